@@ -1,0 +1,74 @@
+"""batchframe: bulk LLM inference through the OpenAI Batch API, table in, typed table out.
+
+>>> import polars as pl
+>>> import batchframe as bf
+>>> requests = bf.build_requests(
+...     pl.DataFrame({"id": [1, 2], "text": ["good", "bad"]}),
+...     endpoint="/v1/chat/completions",
+...     body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
+...     custom_id="id",
+... )
+>>> requests.plan()["n_requests"].to_list()
+[2]
+"""
+
+from __future__ import annotations
+
+from batchframe import exceptions
+from batchframe.exceptions import (
+    APIError,
+    BatchframeError,
+    ColumnNotFoundError,
+    CustomIdError,
+    DuplicateCustomIdError,
+    EncodingError,
+    EndpointError,
+    InputError,
+    JobError,
+    JobExistsError,
+    JobLockedError,
+    JobNotFoundError,
+    JobNotSettledError,
+    LimitError,
+    ManifestVersionError,
+    NullValueError,
+    RequestTooLargeError,
+    ResultsError,
+    StreamingNotSupportedError,
+    TemplateError,
+)
+
+# -- foundation (requests, limits, shards) --
+
+# -- local server --
+
+# -- results --
+
+# -- job --
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIError",
+    "BatchframeError",
+    "ColumnNotFoundError",
+    "CustomIdError",
+    "DuplicateCustomIdError",
+    "EncodingError",
+    "EndpointError",
+    "InputError",
+    "JobError",
+    "JobExistsError",
+    "JobLockedError",
+    "JobNotFoundError",
+    "JobNotSettledError",
+    "LimitError",
+    "ManifestVersionError",
+    "NullValueError",
+    "RequestTooLargeError",
+    "ResultsError",
+    "StreamingNotSupportedError",
+    "TemplateError",
+    "__version__",
+    "exceptions",
+]

@@ -1,0 +1,119 @@
+"""Storage of shards, manifests and downloaded results on any fsspec URL.
+
+This is the only module that imports ``fsspec``. Every write is atomic from a reader's
+point of view: bytes go to a temporary name beside the target and are moved into place,
+so a file appears whole or not at all (a crash leaves at most a stray ``.tmp-*`` file).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+
+class Storage:
+    """A directory on any fsspec filesystem, addressed by relative paths.
+
+    Parameters
+    ----------
+    root
+        A local path or fsspec URL (``memory://...``, ``s3://bucket/prefix``, ...).
+    storage_options
+        Passed to the fsspec filesystem (credentials, endpoint URL, ...).
+    """
+
+    def __init__(self, root: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        from fsspec.core import url_to_fs
+
+        self.root_url = str(root).rstrip("/") or str(root)
+        self.storage_options = dict(storage_options or {})
+        fs, path = url_to_fs(self.root_url, **self.storage_options)
+        self.fs: AbstractFileSystem = fs
+        self.root: str = path.rstrip("/") or path
+        self._is_local = "file" in _protocols(fs)
+
+    # -- paths ---------------------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        """Filesystem path of ``rel`` under the root."""
+        return posixpath.join(self.root, rel) if rel else self.root
+
+    def url(self, rel: str) -> str:
+        """A URL for ``rel`` that the same fsspec filesystem understands."""
+        return self.path(rel) if self._is_local else self.fs.unstrip_protocol(self.path(rel))
+
+    # -- reads ---------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        """Whether ``rel`` exists."""
+        return bool(self.fs.exists(self.path(rel)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The whole content of ``rel``."""
+        data: bytes = self.fs.cat_file(self.path(rel))
+        return data
+
+    @contextmanager
+    def open_read(self, rel: str) -> Iterator[IO[bytes]]:
+        """Open ``rel`` for streaming reads."""
+        with self.fs.open(self.path(rel), "rb") as f:
+            yield f
+
+    def list(self, rel: str) -> list[str]:
+        """Relative paths of the files directly under directory ``rel`` (sorted)."""
+        base = self.path(rel)
+        if not self.fs.exists(base):
+            return []
+        out = []
+        for p in self.fs.ls(base, detail=False):
+            name = posixpath.basename(str(p).rstrip("/"))
+            if name.startswith(".tmp-"):
+                continue
+            out.append(posixpath.join(rel, name) if rel else name)
+        return sorted(out)
+
+    def size(self, rel: str) -> int:
+        """Size of ``rel`` in bytes."""
+        return int(self.fs.size(self.path(rel)))
+
+    # -- writes --------------------------------------------------------------------------
+    def makedirs(self, rel: str) -> None:
+        """Create directory ``rel`` (and parents); a no-op on object stores."""
+        self.fs.makedirs(self.path(rel), exist_ok=True)
+
+    def write_bytes(self, rel: str, data: bytes | bytearray | memoryview) -> None:
+        """Atomically write ``data`` to ``rel`` (temporary file, then move)."""
+        with self.open_write(rel) as f:
+            f.write(data)
+
+    @contextmanager
+    def open_write(self, rel: str) -> Iterator[IO[bytes]]:
+        """Open ``rel`` for writing; it appears under its name only if the block succeeds."""
+        target = self.path(rel)
+        parent = posixpath.dirname(target)
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(target)}")
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                yield f
+            self.fs.mv(tmp, target)
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+            raise
+
+    def delete(self, rel: str) -> None:
+        """Delete ``rel`` if it exists."""
+        p = self.path(rel)
+        if self.fs.exists(p):
+            self.fs.rm(p)
+
+
+def _protocols(fs: AbstractFileSystem) -> set[str]:
+    proto = fs.protocol
+    return {proto} if isinstance(proto, str) else set(proto)

@@ -1,0 +1,160 @@
+"""The batchframe error tree.
+
+Every error batchframe raises is a :class:`BatchframeError`. Input problems are found
+before anything is written or uploaded; they also inherit :class:`ValueError` (or
+:class:`KeyError` for missing columns) so generic handlers keep working::
+
+    BatchframeError
+    ├── InputError(ValueError)              the table or template cannot become valid requests
+    │   ├── ColumnNotFoundError(KeyError)   a template or custom_id names a missing column
+    │   ├── EndpointError                   endpoint is not one the Batch API serves
+    │   ├── TemplateError                   the body template is not valid JSON material
+    │   ├── CustomIdError                   null, empty or too long custom_id
+    │   │   └── DuplicateCustomIdError      the same custom_id on several rows
+    │   ├── NullValueError                  a template leaf is null on some rows
+    │   ├── StreamingNotSupportedError      the body asks for ``"stream": true``
+    │   ├── RequestTooLargeError            a single line is larger than ``max_bytes``
+    │   └── EncodingError                   text that is not valid UTF-8
+    ├── LimitError(ValueError)              BatchLimits values that make no sense
+    ├── JobError                            the job at a root cannot do what was asked
+    │   ├── JobNotFoundError(FileNotFoundError)
+    │   ├── JobExistsError                  a different job already lives at that root
+    │   ├── JobLockedError                  another live process drives the same root
+    │   ├── ManifestVersionError            the manifest was written by a newer batchframe
+    │   └── JobNotSettledError              results asked for before every row is settled
+    ├── APIError                            the Batch API kept failing; the openai error is __cause__
+    └── ResultsError                        output files that cannot be read back
+
+Row-level failures (a request the API answered with an error) never raise: they land in
+``BatchResults.failed`` with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "APIError",
+    "BatchframeError",
+    "ColumnNotFoundError",
+    "CustomIdError",
+    "DuplicateCustomIdError",
+    "EncodingError",
+    "EndpointError",
+    "InputError",
+    "JobError",
+    "JobExistsError",
+    "JobLockedError",
+    "JobNotFoundError",
+    "JobNotSettledError",
+    "LimitError",
+    "ManifestVersionError",
+    "NullValueError",
+    "RequestTooLargeError",
+    "ResultsError",
+    "StreamingNotSupportedError",
+    "TemplateError",
+]
+
+
+class BatchframeError(Exception):
+    """Base class of every error raised by batchframe."""
+
+
+class InputError(BatchframeError, ValueError):
+    """The input table or body template cannot become valid Batch API requests.
+
+    Raised before anything is written or uploaded.
+
+    Attributes
+    ----------
+    rows
+        Positions (0-based, in input order) of the first offending rows, if any.
+    column
+        The offending column or template path, if one can be named.
+    """
+
+    def __init__(
+        self, message: str, *, rows: Sequence[int] = (), column: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.rows = list(rows)
+        self.column = column
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ColumnNotFoundError(InputError, KeyError):
+    """A template leaf or ``custom_id`` names a column the table does not have."""
+
+
+class EndpointError(InputError):
+    """The endpoint is not one the Batch API accepts."""
+
+
+class TemplateError(InputError):
+    """The body template holds something that is not JSON (a set, NaN, a non-string key...)."""
+
+
+class CustomIdError(InputError):
+    """A ``custom_id`` is null, empty or otherwise unusable."""
+
+
+class DuplicateCustomIdError(CustomIdError):
+    """The same ``custom_id`` appears on more than one row."""
+
+
+class NullValueError(InputError):
+    """A template leaf evaluates to null on some rows (a null prompt or input)."""
+
+
+class StreamingNotSupportedError(InputError):
+    """The body asks for ``"stream": true``, which the Batch API rejects."""
+
+
+class RequestTooLargeError(InputError):
+    """A single request line is larger than the per-file byte limit."""
+
+
+class EncodingError(InputError):
+    """Text in the input is not valid UTF-8."""
+
+
+class LimitError(BatchframeError, ValueError):
+    """``BatchLimits`` holds a value that cannot work (zero, negative, over the API's cap)."""
+
+
+class JobError(BatchframeError):
+    """The job at a root cannot do what was asked."""
+
+
+class JobNotFoundError(JobError, FileNotFoundError):
+    """No job manifest exists at the given root."""
+
+
+class JobExistsError(JobError):
+    """A job made from different requests already lives at that root."""
+
+
+class JobLockedError(JobError):
+    """Another live process holds the job's lock."""
+
+
+class ManifestVersionError(JobError):
+    """The manifest was written by a newer batchframe than this one."""
+
+
+class JobNotSettledError(JobError):
+    """Results were asked for before every row reached a final state."""
+
+
+class APIError(BatchframeError):
+    """The Batch or Files API kept failing after retries.
+
+    The original ``openai`` exception is available as ``__cause__``.
+    """
+
+
+class ResultsError(BatchframeError):
+    """Downloaded output or error files cannot be read back."""
