@@ -39,6 +39,18 @@ from batchframe.exceptions import (
 )
 
 # -- foundation (requests, limits, shards) --
+from batchframe._bodies import (
+    ENDPOINTS,
+    chat_body,
+    completions_body,
+    embeddings_body,
+    image_body,
+    image_edit_body,
+    moderations_body,
+    responses_body,
+)
+from batchframe._config import BatchLimits
+from batchframe._requests import Requests, build_requests
 
 # -- local server --
 
@@ -49,13 +61,22 @@ from batchframe.exceptions import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ENDPOINTS",
     "APIError",
     "BatchframeError",
+    "BatchLimits",
+    "build_requests",
+    "chat_body",
     "ColumnNotFoundError",
+    "completions_body",
     "CustomIdError",
     "DuplicateCustomIdError",
+    "embeddings_body",
     "EncodingError",
     "EndpointError",
+    "exceptions",
+    "image_body",
+    "image_edit_body",
     "InputError",
     "JobError",
     "JobExistsError",
@@ -64,11 +85,13 @@ __all__ = [
     "JobNotSettledError",
     "LimitError",
     "ManifestVersionError",
+    "moderations_body",
     "NullValueError",
+    "Requests",
     "RequestTooLargeError",
+    "responses_body",
     "ResultsError",
     "StreamingNotSupportedError",
     "TemplateError",
     "__version__",
-    "exceptions",
 ]
