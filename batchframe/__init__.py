@@ -15,6 +15,22 @@
 from __future__ import annotations
 
 from batchframe import exceptions
+
+# -- foundation (requests, limits, shards) --
+from batchframe._bodies import (
+    ENDPOINTS,
+    chat_body,
+    completions_body,
+    embeddings_body,
+    image_body,
+    image_edit_body,
+    moderations_body,
+    responses_body,
+)
+from batchframe._config import BatchLimits
+from batchframe._requests import Requests, build_requests
+
+# -- local server --
 from batchframe.exceptions import (
     APIError,
     BatchframeError,
@@ -38,22 +54,6 @@ from batchframe.exceptions import (
     TemplateError,
 )
 
-# -- foundation (requests, limits, shards) --
-from batchframe._bodies import (
-    ENDPOINTS,
-    chat_body,
-    completions_body,
-    embeddings_body,
-    image_body,
-    image_edit_body,
-    moderations_body,
-    responses_body,
-)
-from batchframe._config import BatchLimits
-from batchframe._requests import Requests, build_requests
-
-# -- local server --
-
 # -- results --
 
 # -- job --
@@ -63,20 +63,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ENDPOINTS",
     "APIError",
-    "BatchframeError",
     "BatchLimits",
-    "build_requests",
-    "chat_body",
+    "BatchframeError",
     "ColumnNotFoundError",
-    "completions_body",
     "CustomIdError",
     "DuplicateCustomIdError",
-    "embeddings_body",
     "EncodingError",
     "EndpointError",
-    "exceptions",
-    "image_body",
-    "image_edit_body",
     "InputError",
     "JobError",
     "JobExistsError",
@@ -85,13 +78,20 @@ __all__ = [
     "JobNotSettledError",
     "LimitError",
     "ManifestVersionError",
-    "moderations_body",
     "NullValueError",
-    "Requests",
     "RequestTooLargeError",
-    "responses_body",
+    "Requests",
     "ResultsError",
     "StreamingNotSupportedError",
     "TemplateError",
     "__version__",
+    "build_requests",
+    "chat_body",
+    "completions_body",
+    "embeddings_body",
+    "exceptions",
+    "image_body",
+    "image_edit_body",
+    "moderations_body",
+    "responses_body",
 ]

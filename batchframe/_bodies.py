@@ -102,7 +102,7 @@ def chat_body(
 def responses_body(
     model: Any,
     *,
-    input: Any,  # noqa: A002 - the API's own field name
+    input: Any,
     instructions: Any = None,
     text_format: Any = None,
     **params: Any,
@@ -133,7 +133,11 @@ def responses_body(
 
 
 def embeddings_body(
-    model: Any, *, input: Any, dimensions: int | None = None, **params: Any  # noqa: A002
+    model: Any,
+    *,
+    input: Any,
+    dimensions: int | None = None,
+    **params: Any,
 ) -> dict[str, Any]:
     """Body template for ``/v1/embeddings``.
 
@@ -153,7 +157,7 @@ def completions_body(model: Any, *, prompt: Any, **params: Any) -> dict[str, Any
 
 def moderations_body(
     *,
-    input: Any,  # noqa: A002
+    input: Any,
     model: Any = "omni-moderation-latest",
     **params: Any,
 ) -> dict[str, Any]:

@@ -63,4 +63,10 @@ class BatchLimits:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchLimits:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{k: data[k] for k in ("max_requests", "max_bytes", "max_embedding_inputs", "max_tokens") if k in data})
+        return cls(
+            **{
+                k: data[k]
+                for k in ("max_requests", "max_bytes", "max_embedding_inputs", "max_tokens")
+                if k in data
+            }
+        )

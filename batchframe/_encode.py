@@ -128,7 +128,7 @@ def first_rows(mask: pl.Series, offset: int) -> list[int]:
 
 
 def _rows_text(rows: list[int]) -> str:
-    return ", ".join(str(r) for r in rows)
+    return str(rows)
 
 
 def encode_leaf(s: pl.Series, path: str, offset: int) -> pl.Series:
@@ -141,13 +141,13 @@ def encode_leaf(s: pl.Series, path: str, offset: int) -> pl.Series:
             "`.drop_nulls(...)`)"
         )
         raise NullValueError(msg, rows=rows, column=path)
-    dtype = s.dtype
+    dtype: pl.DataType = s.dtype
     if dtype == pl.Binary:
         s = _decode_utf8(s, path, offset)
         dtype = s.dtype
     if dtype in (pl.Categorical,) or isinstance(dtype, pl.Enum):
         s = s.cast(pl.String)
-        dtype = pl.String
+        dtype = s.dtype
     if dtype == pl.String:
         return escape_json_string(s)
     if dtype == pl.Boolean or dtype.is_integer() or isinstance(dtype, pl.Decimal):
@@ -172,7 +172,7 @@ def encode_leaf(s: pl.Series, path: str, offset: int) -> pl.Series:
 def _decode_utf8(s: pl.Series, path: str, offset: int) -> pl.Series:
     try:
         return s.cast(pl.String)
-    except pl.exceptions.InvalidOperationError:
+    except pl.exceptions.PolarsError:
         pass
     bad = []
     for i, value in enumerate(s.to_list()):
@@ -190,7 +190,8 @@ def _decode_utf8(s: pl.Series, path: str, offset: int) -> pl.Series:
 
 
 def _encode_list(s: pl.Series, path: str, offset: int) -> pl.Series:
-    inner = s.dtype.inner  # type: ignore[union-attr]
+    assert isinstance(s.dtype, (pl.List, pl.Array))
+    inner = s.dtype.inner
     if isinstance(s.dtype, pl.Array):
         s = s.cast(pl.List(inner))
     has_null = s.list.eval(pl.element().is_null().any()).list.first()

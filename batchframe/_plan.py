@@ -8,8 +8,6 @@ sequence under additive limits, greedy cutting gives the fewest shards possible.
 
 from __future__ import annotations
 
-import itertools
-from bisect import bisect_right
 from dataclasses import dataclass
 
 import polars as pl
@@ -37,11 +35,17 @@ class Shard:
         return len(self.rows)
 
 
-def _cumsum(values: list[int]) -> list[int]:
-    return [0, *itertools.accumulate(values)]
+def _cumsum(values: pl.Series) -> pl.Series:
+    return pl.concat([pl.Series([0], dtype=pl.Int64), values.cast(pl.Int64).cum_sum()])
 
 
-def _check_rows(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -> None:
+def _last_fitting(cum: pl.Series, start: int, cap: int) -> int:
+    """Largest ``end`` with ``cum[end] - cum[start] <= cap`` (``cum`` is non-decreasing)."""
+    limit = int(cum[start]) + cap
+    return int(cum.search_sorted(limit, side="right")) - 1
+
+
+def check_rows(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -> None:
     checks: list[tuple[str, int | None, str]] = [
         ("n_bytes", limits.max_bytes, "bytes, over the per-file limit `max_bytes`"),
         ("est_tokens", limits.max_tokens, "estimated tokens, over `max_tokens`"),
@@ -79,17 +83,17 @@ def plan_shards(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -
     embeddings
         Whether ``max_embedding_inputs`` applies (``/v1/embeddings``).
     """
-    _check_rows(frame, limits, embeddings=embeddings)
+    check_rows(frame, limits, embeddings=embeddings)
     indexed = frame.select("model", "n_bytes", "n_inputs", "est_tokens").with_row_index("row")
     models = indexed["model"].unique(maintain_order=True).to_list()
     shards: list[Shard] = []
     for model in models:
         group = indexed.filter(pl.col("model") == model)
         rows = group["row"]
-        cb = _cumsum(group["n_bytes"].to_list())
-        ci = _cumsum(group["n_inputs"].to_list())
-        ct = _cumsum(group["est_tokens"].to_list())
-        caps: list[tuple[list[int], int]] = [(cb, limits.max_bytes)]
+        cb = _cumsum(group["n_bytes"])
+        ci = _cumsum(group["n_inputs"])
+        ct = _cumsum(group["est_tokens"])
+        caps: list[tuple[pl.Series, int]] = [(cb, limits.max_bytes)]
         if embeddings:
             caps.append((ci, limits.max_embedding_inputs))
         if limits.max_tokens is not None:
@@ -99,16 +103,16 @@ def plan_shards(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -
         while start < n:
             end = min(start + limits.max_requests, n)
             for cum, cap in caps:
-                end = min(end, bisect_right(cum, cum[start] + cap, lo=start) - 1)
-            # _check_rows guarantees one row always fits, so end > start.
+                end = min(end, _last_fitting(cum, start, cap))
+            # check_rows guarantees one row always fits, so end > start.
             shards.append(
                 Shard(
                     index=len(shards),
                     model=model,
                     rows=rows.slice(start, end - start),
-                    n_bytes=cb[end] - cb[start],
-                    n_inputs=ci[end] - ci[start],
-                    est_tokens=ct[end] - ct[start],
+                    n_bytes=int(cb[end]) - int(cb[start]),
+                    n_inputs=int(ci[end]) - int(ci[start]),
+                    est_tokens=int(ct[end]) - int(ct[start]),
                 )
             )
             start = end

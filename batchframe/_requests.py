@@ -21,7 +21,7 @@ from batchframe._encode import (
     escape_json_string,
     first_rows,
 )
-from batchframe._plan import Shard, plan_frame, plan_shards
+from batchframe._plan import Shard, check_rows, plan_frame, plan_shards
 from batchframe._structured import normalize
 from batchframe.exceptions import (
     ColumnNotFoundError,
@@ -90,7 +90,7 @@ class Requests:
 
     def __repr__(self) -> str:
         models = self.frame["model"].unique(maintain_order=True).to_list()
-        mb = self.frame["n_bytes"].sum() / 1e6
+        mb = int(self.frame["n_bytes"].sum()) / 1e6
         return (
             f"<Requests {self.endpoint}: {len(self):,} rows, {mb:,.1f} MB, "
             f"models={models}, est_tokens={self.frame['est_tokens'].sum():,}>"
@@ -135,8 +135,11 @@ class Requests:
 
     def shard_bytes(self, shard: Shard) -> memoryview:
         """The exact JSONL bytes of one planned shard."""
-        sub = self.frame.select("custom_id", "body")[shard.rows]
-        return encode_lines(self.endpoint, sub["custom_id"], sub["body"])
+        return encode_lines(
+            self.endpoint,
+            _take(self.frame["custom_id"], shard.rows),
+            _take(self.frame["body"], shard.rows),
+        )
 
     def write(
         self,
@@ -180,8 +183,8 @@ class Requests:
                     storage,
                     shard_path(s.index),
                     self.endpoint,
-                    self.frame["custom_id"].gather(s.rows),
-                    self.frame["body"].gather(s.rows),
+                    _take(self.frame["custom_id"], s.rows),
+                    _take(self.frame["body"], s.rows),
                 )
                 for s in shards
             ]
@@ -197,6 +200,13 @@ class Requests:
         return out.select(
             "shard", "path", "n_requests", "n_bytes", "sha256", "model", "n_inputs", "est_tokens"
         )
+
+
+def _take(col: pl.Series, rows: pl.Series) -> pl.Series:
+    """Rows of ``col``; a zero-copy slice when they are contiguous (the usual case)."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        return col.slice(int(rows[0]), len(rows))
+    return col.gather(rows)
 
 
 def shard_path(index: int) -> str:
@@ -309,12 +319,15 @@ def _check_columns(template: Template, id_expr: pl.Expr | None, names: list[str]
 
 
 def _custom_ids(s: pl.Series) -> pl.Series:
-    if s.dtype.is_integer() or s.dtype == pl.Categorical or isinstance(s.dtype, pl.Enum):
+    if s.dtype.is_integer():
+        _check_unique(s)  # cheaper on integers than on their text
+        return s.cast(pl.String).alias("custom_id")
+    if s.dtype == pl.Categorical or isinstance(s.dtype, pl.Enum):
         s = s.cast(pl.String)
     elif s.dtype == pl.Binary:
         try:
             s = s.cast(pl.String)
-        except pl.exceptions.InvalidOperationError:
+        except pl.exceptions.PolarsError:
             msg = "`custom_id` holds bytes that are not UTF-8; cast it to text first"
             raise EncodingError(msg, column="custom_id") from None
     elif s.dtype != pl.String:
@@ -324,6 +337,16 @@ def _custom_ids(s: pl.Series) -> pl.Series:
         )
         raise CustomIdError(msg, column="custom_id")
     s = s.alias("custom_id")
+    _check_unique(s)
+    empty = s.str.len_bytes() == 0
+    if empty.any():
+        rows = first_rows(empty, 0)
+        msg = f"`custom_id` is empty on {int(empty.sum())} row(s), first at row(s) {rows}"
+        raise CustomIdError(msg, rows=rows, column="custom_id")
+    return s
+
+
+def _check_unique(s: pl.Series) -> None:
     if s.null_count():
         rows = first_rows(s.is_null(), 0)
         msg = (
@@ -332,28 +355,21 @@ def _custom_ids(s: pl.Series) -> pl.Series:
             "for ids derived from each row's content)"
         )
         raise CustomIdError(msg, rows=rows, column="custom_id")
-    empty = s.str.len_bytes() == 0
-    if empty.any():
-        rows = first_rows(empty, 0)
-        msg = f"`custom_id` is empty on {int(empty.sum())} row(s), first at row(s) {rows}"
-        raise CustomIdError(msg, rows=rows, column="custom_id")
+    if s.n_unique() == len(s):
+        return
     dup = s.is_duplicated()
-    if dup.any():
-        rows = first_rows(dup, 0)
-        values = s.filter(dup).unique(maintain_order=True).head(5).to_list()
-        msg = (
-            f"`custom_id` must be unique: {int(dup.sum())} row(s) share an id, e.g. "
-            f"{values} at row(s) {rows}; de-duplicate the table or pass `custom_id=None`"
-        )
-        raise DuplicateCustomIdError(msg, rows=rows, column="custom_id")
-    return s
+    rows = first_rows(dup, 0)
+    values = s.filter(dup).unique(maintain_order=True).head(5).cast(pl.String).to_list()
+    msg = (
+        f"`custom_id` must be unique: {int(dup.sum())} row(s) share an id, e.g. "
+        f"{values} at row(s) {rows}; de-duplicate the table or pass `custom_id=None`"
+    )
+    raise DuplicateCustomIdError(msg, rows=rows, column="custom_id")
 
 
 def _content_ids(bodies: pl.Series) -> pl.Series:
     """Deterministic ids from each body; identical bodies get ``-0``, ``-1``, ..."""
-    digests = [
-        hashlib.blake2b(b.encode(), digest_size=8).hexdigest() for b in bodies.to_list()
-    ]
+    digests = [hashlib.blake2b(b.encode(), digest_size=8).hexdigest() for b in bodies.to_list()]
     df = pl.DataFrame({"h": digests})
     return df.select(
         pl.concat_str(
@@ -376,9 +392,11 @@ def _n_inputs(template_body: Any, leaves: dict[str, pl.Series], n: int) -> pl.Se
     value = template_body.get("input") if isinstance(template_body, dict) else None
     if "input" in leaves:
         s = leaves["input"]
-        inner = s.dtype.inner if isinstance(s.dtype, (pl.List, pl.Array)) else None  # type: ignore[union-attr]
-        if inner is not None and not inner.is_integer():
-            return s.list.len().cast(pl.Int64) if isinstance(s.dtype, pl.List) else pl.Series([s.dtype.size] * n, dtype=pl.Int64)  # type: ignore[union-attr]
+        dtype = s.dtype
+        if isinstance(dtype, pl.Array) and not dtype.inner.is_integer():
+            return pl.Series("n_inputs", [dtype.size] * n, dtype=pl.Int64)
+        if isinstance(dtype, pl.List) and not dtype.inner.is_integer():
+            return s.list.len().cast(pl.Int64).alias("n_inputs")
         return pl.Series("n_inputs", [1] * n, dtype=pl.Int64)
     if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
         return pl.Series("n_inputs", [len(value)] * n, dtype=pl.Int64)
@@ -405,18 +423,18 @@ def _encode_chunk(
             rows = first_rows(s.fill_null(False), offset)
             msg = f'`"stream": true` on row(s) {rows}; the Batch API cannot stream, drop `stream`'
             raise StreamingNotSupportedError(msg, rows=rows, column="stream")
-        enc = encode_leaf(s, leaf.path, offset)
-        encoded.append(enc)
+        encoded.append(encode_leaf(s, leaf.path, offset))
         if leaf.path != "model":
             text = _text_parts(s)
             if text is not None:
                 tokens = tokens + counter(text.cast(pl.String))
     parts: list[pl.Expr] = []
-    for frag, enc in zip(template.fragments, [*encoded, None], strict=True):
+    pieces: list[pl.Series | None] = [*encoded, None]
+    for frag, piece in zip(template.fragments, pieces, strict=True):
         if frag:
             parts.append(pl.lit(frag))
-        if enc is not None:
-            parts.append(pl.lit(enc))
+        if piece is not None:
+            parts.append(pl.lit(piece))
     bodies = pl.select(pl.concat_str(parts).alias("body")).to_series()
     if "model" in evaluated:
         models = evaluated["model"]
@@ -552,9 +570,7 @@ def build_requests(
     fixed = len((head + mid + tail).encode())
     cid_bytes = escape_json_string(out["custom_id"]).str.len_bytes().cast(pl.Int64)
     out = out.with_columns(
-        (pl.col("body").str.len_bytes().cast(pl.Int64) + pl.lit(cid_bytes) + fixed).alias(
-            "n_bytes"
-        )
+        (pl.col("body").str.len_bytes().cast(pl.Int64) + pl.lit(cid_bytes) + fixed).alias("n_bytes")
     ).select(list(FRAME_SCHEMA))
     requests = Requests(
         endpoint=endpoint,
@@ -564,7 +580,7 @@ def build_requests(
         tokenizer="exact" if counter is not _tokens.estimate_tokens else "estimate",
     )
     # Refuse lines that could never be uploaded, even before a plan is asked for.
-    requests.plan(BatchLimits(max_requests=max(1, len(out)), max_embedding_inputs=2**62))
+    check_rows(requests.frame, BatchLimits(), embeddings=False)
     return requests
 
 

@@ -1,5 +1,8 @@
-"""Structured outputs: pydantic models or JSON schemas into the strict ``json_schema``
-form the API expects, remembered so results can be parsed into typed columns."""
+"""Structured outputs in the strict ``json_schema`` form the API expects.
+
+Pydantic models or JSON schemas are converted, and the schema is remembered so results
+can be parsed into typed columns.
+"""
 
 from __future__ import annotations
 
@@ -71,7 +74,10 @@ def normalize(endpoint: str, body: dict[str, Any]) -> tuple[dict[str, Any], dict
             schema = inner.get("schema")
             return body, schema if isinstance(schema, dict) else None
         name, schema = _schema_of(fmt, "response_format")
-        rf = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+        rf = {
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": True},
+        }
         return {**body, "response_format": rf}, schema
     text = body.get("text")
     if endpoint == "/v1/responses" and isinstance(text, dict) and text.get("format") is not None:

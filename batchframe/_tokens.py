@@ -21,6 +21,8 @@ Tokens are counted over the text the model reads: every string in the body excep
 from __future__ import annotations
 
 import functools
+import importlib.util
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -39,6 +41,14 @@ _CL100K_PREFIXES = ("gpt-4-", "gpt-4", "gpt-3.5", "text-embedding-", "davinci", 
 _O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o")
 
 Counter = Callable[[pl.Series], pl.Series]
+
+# bpe-openai refuses very long inputs; such texts (far beyond any context window) are
+# estimated instead.
+EXACT_MAX_CHARS = 1_000_000
+
+
+def _estimate_one(text: str) -> int:
+    return (2 * len(text.encode()) - len(text) + 3) // 4
 
 
 def estimate_tokens(texts: pl.Series) -> pl.Series:
@@ -60,18 +70,17 @@ def encoding_name(model: str | None) -> str:
 
 @functools.cache
 def _encoding(name: str) -> Any:
-    import bpe_openai
+    with warnings.catch_warnings():
+        # bpe-openai 0.1.4 loads its bundled ranks through a deprecated importlib API.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import bpe_openai
 
-    return bpe_openai.get_encoding(name)
+        return bpe_openai.get_encoding(name)
 
 
 def has_exact() -> bool:
     """Whether an offline BPE tokenizer (``bpe-openai``) is installed."""
-    try:
-        import bpe_openai  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("bpe_openai") is not None
 
 
 def resolve(tokenizer: str, model: str | None) -> Counter:
@@ -92,7 +101,10 @@ def resolve(tokenizer: str, model: str | None) -> Counter:
 
     def count(texts: pl.Series) -> pl.Series:
         encode = enc.encode_ordinary
-        values = [len(encode(t)) if t else 0 for t in texts.to_list()]
+        values = [
+            (len(encode(t)) if len(t) <= EXACT_MAX_CHARS else _estimate_one(t)) if t else 0
+            for t in texts.to_list()
+        ]
         return pl.Series("est_tokens", values, dtype=pl.Int64)
 
     return count
