@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 from batchframe import exceptions
-
-# -- foundation (requests, limits, shards) --
 from batchframe._bodies import (
     ENDPOINTS,
     chat_body,
@@ -29,8 +27,7 @@ from batchframe._bodies import (
 )
 from batchframe._config import BatchLimits
 from batchframe._requests import Requests, build_requests
-
-# -- local server --
+from batchframe._server import LocalBatchServer
 from batchframe.exceptions import (
     APIError,
     BatchframeError,
@@ -54,10 +51,6 @@ from batchframe.exceptions import (
     TemplateError,
 )
 
-# -- results --
-
-# -- job --
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -77,6 +70,7 @@ __all__ = [
     "JobNotFoundError",
     "JobNotSettledError",
     "LimitError",
+    "LocalBatchServer",
     "ManifestVersionError",
     "NullValueError",
     "RequestTooLargeError",
