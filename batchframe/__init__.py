@@ -26,7 +26,10 @@ from batchframe._bodies import (
     responses_body,
 )
 from batchframe._config import BatchLimits
+from batchframe._job import BatchJob
 from batchframe._requests import Requests, build_requests
+from batchframe._results import BatchResults
+from batchframe._run import run
 from batchframe._server import LocalBatchServer
 from batchframe.exceptions import (
     APIError,
@@ -56,7 +59,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ENDPOINTS",
     "APIError",
+    "BatchJob",
     "BatchLimits",
+    "BatchResults",
     "BatchframeError",
     "ColumnNotFoundError",
     "CustomIdError",
@@ -88,4 +93,5 @@ __all__ = [
     "image_edit_body",
     "moderations_body",
     "responses_body",
+    "run",
 ]

@@ -133,13 +133,14 @@ class Requests:
         """
         return plan_frame(self._shards(limits))
 
-    def shard_bytes(self, shard: Shard) -> memoryview:
+    def shard_bytes(self, shard: Shard) -> bytes:
         """The exact JSONL bytes of one planned shard."""
-        return encode_lines(
+        pieces = encode_lines(
             self.endpoint,
             _take(self.frame["custom_id"], shard.rows),
             _take(self.frame["body"], shard.rows),
         )
+        return b"".join(pieces)
 
     def write(
         self,
@@ -219,29 +220,71 @@ def _line_affixes(endpoint: str) -> tuple[str, str, str]:
     return '{"custom_id":', mid, "}\n"
 
 
-def encode_lines(endpoint: str, custom_ids: pl.Series, bodies: pl.Series) -> memoryview:
-    """JSONL bytes (UTF-8, ``\\n`` after every line) for the given requests, zero-copy."""
+def encode_lines(endpoint: str, custom_ids: pl.Series, bodies: pl.Series) -> list[memoryview]:
+    """JSONL bytes (UTF-8, ``\\n`` after every line) for the given requests.
+
+    Returned as the pieces of one file, in order, without copying when possible: Polars
+    lays out a fresh string column's long values back to back in its view buffers, so
+    those buffers *are* the file. The layout is checked (total size, first and last
+    line); anything unexpected falls back to a contiguous copy.
+    """
     head, mid, tail = _line_affixes(endpoint)
     cid = escape_json_string(custom_ids)
-    lines = pl.select(
-        pl.concat_str([pl.lit(head), pl.lit(cid), pl.lit(mid), pl.lit(bodies), pl.lit(tail)])
-    ).to_series()
-    arr = lines.rechunk().to_arrow()
+    lines = (
+        pl.select(
+            pl.concat_str([pl.lit(head), pl.lit(cid), pl.lit(mid), pl.lit(bodies), pl.lit(tail)])
+        )
+        .to_series()
+        .rechunk()
+    )
+    if lines.is_empty():
+        return []
+    sizes = lines.str.len_bytes()
+    total = int(sizes.sum())
+    view = lines.to_arrow(compat_level=pl.CompatLevel.newest())
+    shortest = sizes.min()
+    if _is_string_view(view) and isinstance(shortest, int) and shortest > _INLINE_MAX:
+        pieces = [memoryview(b) for b in view.buffers()[2:] if b is not None]
+        if sum(len(p) for p in pieces) == total and _ends_match(pieces, lines):
+            return pieces
+    arr = lines.to_arrow()
     _, offsets, data = arr.buffers()
-    if data is None or offsets is None or len(arr) == 0:
-        return memoryview(b"")
     pos = memoryview(offsets).cast("q")  # large_string: int64 offsets
-    return memoryview(data)[pos[arr.offset] : pos[arr.offset + len(arr)]]
+    return [memoryview(data)[pos[arr.offset] : pos[arr.offset + len(arr)]]]
+
+
+# Arrow string views keep values of up to 12 bytes inline, outside the data buffers.
+_INLINE_MAX = 12
+
+
+def _is_string_view(arr: Any) -> bool:
+    import pyarrow as pa
+
+    return isinstance(arr, pa.Array) and pa.types.is_string_view(arr.type)
+
+
+def _ends_match(pieces: list[memoryview], lines: pl.Series) -> bool:
+    first = str(lines[0]).encode()
+    last = str(lines[-1]).encode()
+    nonempty = [p for p in pieces if len(p)]
+    return (
+        bool(nonempty)
+        and bytes(nonempty[0][: len(first)]) == first[: len(nonempty[0])]
+        and bytes(nonempty[-1][-len(last) :]) == last[-len(nonempty[-1]) :]
+    )
 
 
 def write_shard(
     storage: Any, rel: str, endpoint: str, custom_ids: pl.Series, bodies: pl.Series
 ) -> tuple[int, str]:
     """Write one shard file atomically; return (bytes written, sha256 hex)."""
-    data = encode_lines(endpoint, custom_ids, bodies)
-    digest = hashlib.sha256(data).hexdigest()
-    storage.write_bytes(rel, data)
-    return len(data), digest
+    pieces = encode_lines(endpoint, custom_ids, bodies)
+    digest = hashlib.sha256()
+    with storage.open_write(rel) as f:
+        for piece in pieces:
+            digest.update(piece)
+            f.write(piece)
+    return sum(len(p) for p in pieces), digest.hexdigest()
 
 
 # -- building ----------------------------------------------------------------------------

@@ -113,6 +113,41 @@ class Storage:
         if self.fs.exists(p):
             self.fs.rm(p)
 
+    # -- added for the job lock (owned by the job module) ----------------------------------
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Write ``data`` to ``rel`` only if ``rel`` does not exist; return whether it did.
+
+        Local files use ``O_CREAT | O_EXCL``; other filesystems use mode ``"xb"`` where
+        the implementation supports it (s3fs sends ``If-None-Match: *``), else a
+        check-then-write that the caller must confirm by reading the file back.
+        """
+        target = self.path(rel)
+        parent = posixpath.dirname(target)
+        if parent:
+            self.fs.makedirs(parent, exist_ok=True)
+        if self._is_local:
+            import os
+
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
+        try:
+            with self.fs.open(target, "xb") as f:
+                f.write(data)
+            return True
+        except FileExistsError:
+            return False
+        except (ValueError, NotImplementedError, TypeError):
+            pass
+        if self.fs.exists(target):
+            return False
+        self.write_bytes(rel, data)
+        return True
+
 
 def _protocols(fs: AbstractFileSystem) -> set[str]:
     proto = fs.protocol

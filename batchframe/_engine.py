@@ -1,0 +1,466 @@
+"""The machinery under ``BatchJob``: reconcile, submit, poll, download, settle.
+
+Crash safety rests on three rules:
+
+1. Every outside action (upload, create, poll, download) is followed by an atomic save
+   of ``manifest.json``.
+2. Before ``batches.create`` the record is saved as ``submitting`` (the intent), and the
+   batch carries metadata tags (job id, shard, attempt, submission, shard sha256).
+3. A record found ``submitting`` without a batch id is first looked up in
+   ``batches.list`` by those tags and adopted if found; only then is it created again.
+
+So a process killed at any moment, then resumed, neither creates a second batch for a
+shard attempt nor loses one. Public methods live on :class:`batchframe.BatchJob`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
+from typing import Any
+
+import polars as pl
+
+from batchframe._api import APICallError, BatchAPI, RemoteBatch
+from batchframe._manifest import (
+    REMOTE_LIVE,
+    LockInfo,
+    Manifest,
+    ShardAttempt,
+    batch_tags,
+    find_tagged,
+    release_lock,
+)
+from batchframe._retry import (
+    Outcome,
+    child_path,
+    is_token_limit_failure,
+    record_outcome,
+    write_child,
+)
+from batchframe._schedule import QueueBounds, admissible, in_flight_tokens
+from batchframe._storage import Storage
+
+__all__ = ["JobEngine", "api_factory"]
+
+_log = logging.getLogger("batchframe")
+
+#: How long a fresh write-ahead intent is given to show up in ``batches.list`` before
+#: the batch is created again (a create sent just before a crash may still land).
+_INTENT_GRACE = 3.0
+#: Tolerated clock difference when listing batches created since the job started.
+_CLOCK_SKEW = 3600
+#: Above this many live batches, one ``batches.list`` pass replaces per-batch polls.
+_LIST_POLL_THRESHOLD = 20
+#: Waiting shard files uploaded ahead of their turn in the queue.
+_UPLOAD_AHEAD = 2
+
+
+def api_factory(client: Any) -> Callable[[], BatchAPI]:
+    """Return a lazy :class:`BatchAPI` maker for ``client`` (``None``: from the environment)."""
+    if isinstance(client, BatchAPI):
+        return lambda: client
+    holder: list[BatchAPI] = []
+
+    def make() -> BatchAPI:
+        if not holder:
+            holder.append(BatchAPI(client))
+        return holder[0]
+
+    return make
+
+
+class JobEngine:
+    """State and internal steps of a job; see :class:`batchframe.BatchJob`."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        manifest: Manifest,
+        api: Callable[[], BatchAPI],
+        lock: LockInfo,
+        executor: Executor | None,
+    ) -> None:
+        self._storage = storage
+        self._m = manifest
+        self._api_factory = api
+        self._lock = lock
+        self._own_executor = executor is None
+        self._executor: Executor = executor or ThreadPoolExecutor(
+            max_workers=min(8, (os.cpu_count() or 2) * 2), thread_name_prefix="batchframe"
+        )
+        self._reconciled = False
+        self._closed = False
+        self._sleep: Callable[[float], None] = time.sleep
+        self._learned: dict[str | None, QueueBounds] = {
+            (k or None): QueueBounds(v.get("lower"), v.get("upper"))
+            for k, v in manifest.queue.items()
+        }
+        self._finalizer = weakref.finalize(self, release_lock, storage, lock)
+
+    @property
+    def _api(self) -> BatchAPI:
+        return self._api_factory()
+
+    def _save(self) -> None:
+        self._m.queue = {(k or ""): v.to_dict() for k, v in self._learned.items()}
+        self._m.save(self._storage)
+
+    def _bounds(self, model: str | None) -> QueueBounds:
+        return self._learned.setdefault(model, QueueBounds())
+
+    def _map(self, fn: Callable[..., Any], items: list[Any]) -> list[tuple[Any, Future[Any]]]:
+        return [(item, self._executor.submit(fn, item)) for item in items]
+
+    # -- reconciliation -----------------------------------------------------------------
+    def _list_job_batches(self) -> list[RemoteBatch]:
+        return self._api.find_batches(
+            {"batchframe_job": self._m.job_id}, created_after=int(self._m.created_at) - _CLOCK_SKEW
+        )
+
+    def _ensure_reconciled(self) -> None:
+        intents = [r for r in self._m.records if r.status == "submitting" and r.batch_id is None]
+        if self._reconciled and not intents:
+            return
+        ever = any(r.intent_at is not None for r in self._m.records)
+        if ever:
+            self._reconcile(intents)
+        self._reconciled = True
+
+    def _reconcile(self, intents: list[ShardAttempt]) -> None:
+        found = self._list_job_batches()
+        unmatched = [r for r in intents if not find_tagged(found, r)]
+        if unmatched:
+            newest = max(r.intent_at or 0.0 for r in unmatched)
+            wait = _INTENT_GRACE - (time.time() - newest)
+            if wait > 0:
+                _log.debug("waiting %.1f s for recent batch creations to become visible", wait)
+                self._sleep(wait)
+                found = self._list_job_batches()
+        self._adopt(found)
+
+    def _adopt(self, found: list[RemoteBatch]) -> None:
+        for b in found:
+            tags = batch_tags(b)
+            if tags is None:
+                continue
+            r = self._m.record(tags[0], tags[1])
+            if r is None or b.id == r.batch_id or b.id in r.previous_batch_ids:
+                if r is None:
+                    _log.warning(
+                        "batch %s is tagged for this job but for no known shard attempt", b.id
+                    )
+                continue
+            if (
+                r.batch_id is None
+                and r.status in ("submitting", "uploaded")
+                and tags[2] == r.submission
+            ):
+                _log.info(
+                    "adopting batch %s for shard attempt %s (created before a crash)", b.id, r.key
+                )
+                if r.status == "uploaded":
+                    r.move("submitting")
+                r.batch_id = b.id
+                r.submitted_at = r.submitted_at or time.time()
+                r.apply(b)
+                self._save()
+                continue
+            _log.warning(
+                "batch %s duplicates shard attempt %s (recorded: %s); cancelling it",
+                b.id,
+                r.key,
+                r.batch_id,
+            )
+            if not b.is_terminal:
+                self._api.cancel_batch(b.id)
+
+    # -- submitting ---------------------------------------------------------------------
+    def _tags_for(self, r: ShardAttempt) -> dict[str, str]:
+        tags = dict(self._m.options.get("metadata") or {})
+        tags.update(
+            {
+                "batchframe_job": self._m.job_id,
+                "batchframe_shard": str(r.shard),
+                "batchframe_attempt": str(r.attempt),
+                "batchframe_submission": str(r.submission),
+                "batchframe_sha256": r.sha256,
+            }
+        )
+        return tags
+
+    def _submit_admissible(self) -> int:
+        if self._m.cancel_requested:
+            return 0
+        chosen = admissible(
+            self._m.records,
+            queue_token_limit=self._m.options.get("queue_token_limit"),
+            learned=self._learned,
+            max_in_flight=self._m.options.get("max_in_flight"),
+            now=time.time(),
+        )
+        # Upload the next waiting files too, so that when the queue frees up only the
+        # (fast) create call stands between a finished batch and the next one.
+        ready = sum(1 for r in self._m.records if r.status == "uploaded" and r not in chosen)
+        room = _UPLOAD_AHEAD - ready if chosen or self._any_in_flight() else 0
+        ahead = [r for r in self._m.records if r.status == "pending" and r not in chosen]
+        ahead = ahead[: max(0, room)]
+        uploads = [r for r in chosen if r.input_file_id is None] + ahead
+        if not uploads and not chosen:
+            return 0
+        error: BaseException | None = None
+        futures = {
+            self._executor.submit(
+                self._api.upload, self._storage, r.path, filename=f"{self._m.job_id}-{r.key}.jsonl"
+            ): r
+            for r in uploads
+        }
+        for fut in as_completed(futures):
+            r = futures[fut]
+            try:
+                r.input_file_id = fut.result()
+            except Exception as exc:
+                r.last_error = str(exc)
+                error = error or exc
+                continue
+            r.uploaded_at = time.time()
+            r.move("uploaded")
+            self._save()
+        n = 0
+        for r in chosen:
+            if r.input_file_id is None or error is not None:
+                continue
+            try:
+                self._create(r)
+            except Exception as exc:
+                error = exc
+                break
+            n += 1
+        if error is not None:
+            self._save()
+            raise error
+        return n
+
+    def _create(self, r: ShardAttempt) -> None:
+        assert r.input_file_id is not None
+        others = in_flight_tokens(x for x in self._m.records if x is not r).get(r.model, 0)
+        r.inflight_tokens_at_submit = others + r.est_tokens
+        if r.status != "submitting":
+            r.move("submitting")
+        r.intent_at = time.time()
+        self._save()  # write-ahead: the intent is durable before the batch can exist
+        try:
+            b = self._api.create_batch(
+                r.input_file_id,
+                endpoint=self._m.endpoint,
+                metadata=self._tags_for(r),
+                completion_window=str(self._m.options.get("completion_window", "24h")),
+                created_after=int(r.intent_at) - _CLOCK_SKEW,
+            )
+        except APICallError as exc:
+            r.last_error = str(exc)
+            if not exc.retryable:
+                # Refused outright: no batch exists.
+                text = f"{exc.code} {exc}".lower()
+                if "token_limit_exceeded" in text or "enqueued token limit" in text:
+                    r.move("uploaded")
+                    self._token_limit_hit(r, int(r.inflight_tokens_at_submit))
+                    self._save()
+                    return
+                if exc.status_code == 404:
+                    r.input_file_id = None  # the input file is gone (expired); upload again
+                    r.move("pending")
+                else:
+                    r.move("uploaded")
+            self._save()
+            raise
+        r.batch_id = b.id
+        r.submitted_at = time.time()
+        r.last_error = None
+        r.apply(b)
+        if not (r.status == "failed" and is_token_limit_failure(r.batch_errors)):
+            self._bounds(r.model).accepted(r.inflight_tokens_at_submit)
+        self._save()
+        _log.info(
+            "created batch %s for shard attempt %s (%d requests, ~%d tokens)",
+            b.id,
+            r.key,
+            r.n_requests,
+            r.est_tokens,
+        )
+
+    def _token_limit_hit(self, r: ShardAttempt, total: int) -> None:
+        self._bounds(r.model).rejected(total)
+        others = in_flight_tokens(x for x in self._m.records if x is not r).get(r.model, 0)
+        if others == 0:
+            # Nothing of ours holds the queue: someone else does. Back off in time.
+            tries = len(r.previous_batch_ids) + 1
+            r.not_before = time.time() + min(300.0, 2.0 * 2 ** min(tries, 8))
+        else:
+            r.not_before = None
+
+    def _any_in_flight(self) -> bool:
+        return any(r.in_flight for r in self._m.records)
+
+    # -- polling, downloading, settling -------------------------------------------------
+    def _poll(self) -> None:
+        live = [r for r in self._m.records if r.batch_id is not None and r.status in REMOTE_LIVE]
+        if not live:
+            return
+        remote: dict[str, RemoteBatch] = {}
+        if len(live) > _LIST_POLL_THRESHOLD:
+            remote = {b.id: b for b in self._list_job_batches()}
+        missing = [r for r in live if r.batch_id not in remote]
+        for r, fut in self._map(lambda r: self._api.retrieve_batch(r.batch_id), missing):
+            remote[r.batch_id] = fut.result()
+        changed = False
+        for r in live:
+            assert r.batch_id is not None
+            changed |= r.apply(remote[r.batch_id])
+        if changed:
+            self._save()
+
+    def _download(self) -> None:
+        tasks: list[tuple[ShardAttempt, str, str, str]] = []
+        changed = False
+        for r in self._m.records:
+            if not r.is_terminal or r.is_settled or r.batch_id is None:
+                continue
+            for kind, file_id, done in (
+                ("output", r.output_file_id, r.output_downloaded),
+                ("error", r.error_file_id, r.error_downloaded),
+            ):
+                if done:
+                    continue
+                if file_id is None:
+                    setattr(r, f"{kind}_downloaded", True)
+                    changed = True
+                else:
+                    folder = "outputs" if kind == "output" else "errors"
+                    tasks.append((r, kind, file_id, f"{folder}/{r.key}.jsonl"))
+        if changed:
+            self._save()
+        futures = {
+            self._executor.submit(self._api.download, file_id, self._storage, rel): (r, kind, rel)
+            for r, kind, file_id, rel in tasks
+        }
+        error: BaseException | None = None
+        for fut in as_completed(futures):
+            r, kind, rel = futures[fut]
+            try:
+                n = fut.result()
+            except Exception as exc:
+                r.last_error = str(exc)
+                error = error or exc
+                continue
+            setattr(r, f"{kind}_path", rel)
+            setattr(r, f"{kind}_downloaded", True)
+            _log.debug("downloaded %s file of %s (%d bytes) to %s", kind, r.batch_id, n, rel)
+            self._save()
+        if error is not None:
+            raise error
+
+    def _ready(self, r: ShardAttempt) -> bool:
+        if r.is_settled:
+            return False
+        if r.status == "cancelled" and r.batch_id is None:
+            return True
+        return r.is_terminal and r.output_downloaded and r.error_downloaded
+
+    def _outcome(self, r: ShardAttempt) -> Outcome:
+        return record_outcome(
+            self._storage, r, endpoint=self._m.endpoint, json_schema=self._m.json_schema
+        )
+
+    def _settle(self) -> None:
+        ready = [r for r in self._m.records if self._ready(r)]
+        plain = []
+        for r in ready:
+            if r.status == "failed" and is_token_limit_failure(r.batch_errors):
+                self._requeue(r)
+            else:
+                plain.append(r)
+        max_attempts = int(self._m.options.get("max_attempts", 3))
+        for r, fut in self._map(self._outcome, plain):
+            outcome: Outcome = fut.result()
+            retry: set[str] = set()
+            if not self._m.cancel_requested and r.attempt + 1 < max_attempts:
+                retry = set(outcome.failed.filter(pl.col("retryable"))["custom_id"].to_list())
+            if retry and self._m.record(r.shard, r.attempt + 1) is None:
+                child = write_child(
+                    self._storage, r.path, child_path(r.shard, r.attempt + 1), retry
+                )
+                share = child.n_bytes / max(r.n_bytes, 1)
+                self._m.records.append(
+                    ShardAttempt(
+                        shard=r.shard,
+                        attempt=r.attempt + 1,
+                        parent=r.key,
+                        path=child.path,
+                        sha256=child.sha256,
+                        n_requests=child.n_requests,
+                        n_bytes=child.n_bytes,
+                        est_tokens=math.ceil(r.est_tokens * share),
+                        n_inputs=math.ceil(r.n_inputs * share),
+                        model=r.model,
+                    )
+                )
+                _log.info(
+                    "retrying %d row(s) of %s as attempt %d", len(retry), r.key, r.attempt + 1
+                )
+            r.n_ok = outcome.ok["custom_id"].n_unique() if outcome.ok.height else 0
+            r.n_retried = len(retry)
+            r.n_final_failed = outcome.failed.height - len(retry)
+            r.settled_at = time.time()
+            self._save()
+
+    def _requeue(self, r: ShardAttempt) -> None:
+        """Requeue a token_limit_exceeded batch: same input file, next submission, later."""
+        assert r.batch_id is not None
+        _log.info(
+            "batch %s of %s was refused by the enqueued-token limit; it will be resubmitted "
+            "from the same file when the queue has room",
+            r.batch_id,
+            r.key,
+        )
+        r.previous_batch_ids.append(r.batch_id)
+        r.batch_id = None
+        r.submission += 1
+        r.output_file_id = r.error_file_id = None
+        r.output_downloaded = r.error_downloaded = False
+        r.terminal_at = None
+        r.total = r.completed = r.failed = 0
+        r.last_error = "; ".join(str(e.get("message") or e.get("code")) for e in r.batch_errors)
+        r.batch_errors = []
+        r.move("uploaded")
+        if self._m.cancel_requested:
+            r.move("cancelled")
+        else:
+            self._token_limit_hit(r, int(r.inflight_tokens_at_submit or r.est_tokens))
+        self._save()
+
+    def _counts(self) -> tuple[int, int]:
+        ok = failed = 0
+        for r in self._m.records:
+            if r.is_settled:
+                ok += r.n_ok or 0
+                failed += r.n_final_failed or 0
+            else:
+                ok += r.completed
+        return ok, failed
+
+    def _step(self) -> bool:
+        """One round of :meth:`BatchJob.wait`; return whether batches were submitted."""
+        self._ensure_reconciled()
+        self._poll()
+        # Fill the room finished batches left before downloading their files.
+        submitted = self._submit_admissible()
+        self._download()
+        self._settle()
+        return bool(self._submit_admissible() or submitted)

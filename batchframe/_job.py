@@ -1,0 +1,511 @@
+"""``BatchJob``: submit one batch per shard, drive every row to a final state, resume.
+
+The steps themselves (reconcile, submit, poll, download, settle) and the crash-safety
+rules they follow are in :mod:`batchframe._engine`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from batchframe._config import BatchLimits
+from batchframe._engine import JobEngine, api_factory
+from batchframe._manifest import (
+    MANIFEST_FILE,
+    REMOTE_LIVE,
+    Manifest,
+    acquire_lock,
+    release_lock,
+)
+from batchframe._progress import Progress, progress_enabled
+from batchframe._report import collect_results, job_html, status_frame
+from batchframe._schedule import PollBackoff, check_options
+from batchframe._storage import Storage
+from batchframe.exceptions import JobExistsError, JobNotSettledError
+
+if TYPE_CHECKING:
+    import openai
+
+    from batchframe._api import BatchAPI
+    from batchframe._requests import Requests
+    from batchframe._results import BatchResults
+
+__all__ = ["BatchJob"]
+
+_log = logging.getLogger("batchframe")
+
+
+class BatchJob(JobEngine):
+    """A set of batches made from one :class:`Requests`, driven to completion.
+
+    Build one with :meth:`create` or resume one with :meth:`open`; do not call the
+    constructor. The job holds the lock of its root until :meth:`close` (or the end of
+    a ``with`` block, or interpreter exit).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import batchframe as bf
+    >>> df = pl.DataFrame({"id": [1, 2], "text": ["good", "bad"]})
+    >>> req = bf.build_requests(
+    ...     df,
+    ...     endpoint="/v1/chat/completions",
+    ...     body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
+    ...     custom_id="id",
+    ... )
+    >>> with bf.LocalBatchServer() as server:
+    ...     with bf.BatchJob.create(req, "memory://doc-job", client=server.client()) as job:
+    ...         job.wait(poll_interval=0.05)
+    ...         results = job.collect()
+    >>> results.ok["custom_id"].sort().to_list()
+    ['1', '2']
+    >>> job.status()["status"].to_list()
+    ['completed']
+    """
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        requests: Requests,
+        root: str | os.PathLike[str],
+        *,
+        limits: BatchLimits | None = None,
+        client: openai.OpenAI | BatchAPI | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        queue_token_limit: int | Mapping[str, int] | None = None,
+        max_in_flight: int | None = None,
+        max_attempts: int = 3,
+        executor: Executor | None = None,
+        break_lock: bool = False,
+    ) -> BatchJob:
+        """Write the shards of ``requests`` under ``root`` and start a job there.
+
+        Nothing is uploaded yet: call :meth:`submit` / :meth:`wait`.
+
+        Parameters
+        ----------
+        requests
+            From :func:`build_requests`.
+        root
+            Directory or fsspec URL of the job (``"jobs/x"``, ``"s3://bucket/jobs/x"``).
+            It must not hold a job already (use :meth:`open` or :func:`run` to resume).
+        limits
+            Shard limits (default :class:`BatchLimits`, the API's own).
+        client
+            An ``openai.OpenAI`` client; ``None`` builds one from the environment when
+            first needed. The client (and its API key) is never stored. batchframe
+            retries 429s, 5xx and dropped connections itself, with backoff (the
+            client's own ``max_retries`` is not used, so that ``batches.create`` is
+            never re-sent blindly); a ``batchframe._api.BatchAPI`` may be passed to
+            tune that policy.
+        storage_options
+            fsspec options for ``root`` (credentials, endpoint URL, ...).
+        metadata
+            Extra string tags for every batch (at most 11 pairs).
+        queue_token_limit
+            The organisation's enqueued-token limit per model (an int for every model,
+            or ``{"gpt-4o-mini": 2_000_000, ...}``). Shards wait while the estimated
+            tokens of in-flight batches would exceed it. ``None``: learn it from
+            ``token_limit_exceeded`` failures.
+        max_in_flight
+            Most batches queued or running at once (``None``: no cap).
+        max_attempts
+            Tries per row: retryable failures are resubmitted in child shards until a
+            row has been tried this many times.
+        executor
+            Runs per-shard work (writes, uploads, downloads, parsing). Default: a small
+            thread pool owned by the job. Shard writes are plain data; uploads and
+            downloads carry the client, so executors that pickle their tasks (process
+            pools, Dask, Ray) need a picklable client.
+        break_lock
+            Take over a lock left by a process that is gone (see :meth:`open`).
+
+        Raises
+        ------
+        JobExistsError
+            A job already lives at ``root``.
+        """
+        check_options(metadata, queue_token_limit, max_in_flight, max_attempts)
+        limits = limits or BatchLimits()
+        storage = Storage(os.fspath(root), storage_options)
+        if storage.exists(MANIFEST_FILE):
+            msg = (
+                f"a job already exists at `{storage.root_url}`; resume it with "
+                "`BatchJob.open(root)` (or `bf.run(...)`), or choose another root"
+            )
+            raise JobExistsError(msg)
+        lock = acquire_lock(storage, break_lock=break_lock)
+        try:
+            if storage.exists(MANIFEST_FILE):
+                msg = f"a job was created at `{storage.root_url}` meanwhile; open it instead"
+                raise JobExistsError(msg)
+            written = requests.write(
+                storage.root_url, limits=limits, storage_options=storage_options, executor=executor
+            )
+            manifest = Manifest.start(
+                requests,
+                written,
+                limits=limits,
+                options={
+                    "max_attempts": max_attempts,
+                    "queue_token_limit": dict(queue_token_limit)
+                    if isinstance(queue_token_limit, Mapping)
+                    else queue_token_limit,
+                    "max_in_flight": max_in_flight,
+                    "metadata": dict(metadata or {}),
+                    "completion_window": "24h",
+                },
+            )
+            manifest.save(storage)
+        except BaseException:
+            release_lock(storage, lock)
+            raise
+        _log.info(
+            "created job %s at %s: %d requests in %d shards",
+            manifest.job_id,
+            storage.root_url,
+            manifest.n_requests,
+            len(manifest.records),
+        )
+        job = cls(
+            storage=storage,
+            manifest=manifest,
+            api=api_factory(client),
+            lock=lock,
+            executor=executor,
+        )
+        job._reconciled = True  # nothing can exist remotely for a job that was just made
+        return job
+
+    @classmethod
+    def open(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        client: openai.OpenAI | BatchAPI | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        executor: Executor | None = None,
+        break_lock: bool = False,
+    ) -> BatchJob:
+        """Resume the job at ``root`` (another process, another day).
+
+        Batches the job created but had not recorded (a crash between create and save)
+        are adopted on the first :meth:`submit`, :meth:`refresh` or :meth:`wait`.
+
+        Parameters
+        ----------
+        root
+            The job's directory or fsspec URL.
+        client
+            An ``openai.OpenAI`` client; ``None`` builds one from the environment when
+            first needed (:meth:`collect` and :meth:`status` need none).
+        storage_options
+            fsspec options for ``root``.
+        executor
+            Runs per-shard work; default a small thread pool.
+        break_lock
+            Take over the root's lock from a process that is gone. The lock
+            (``lock.json``: host, pid, start time) is held from ``create``/``open``
+            until :meth:`close`. A lock of this same process (an earlier job object,
+            e.g. a re-run notebook cell) is taken over silently; any other holder is
+            never taken over implicitly: a live one raises :class:`JobLockedError`,
+            and a dead one (a pid gone or reused on this host, or any holder on
+            another host) is taken over only with ``break_lock=True``.
+
+        Raises
+        ------
+        JobNotFoundError
+            No job at ``root``.
+        JobLockedError
+            Another live process drives the job, or a dead one left its lock and
+            ``break_lock`` is false.
+        """
+        storage = Storage(os.fspath(root), storage_options)
+        manifest = Manifest.load(storage)
+        lock = acquire_lock(storage, break_lock=break_lock)
+        try:
+            manifest = Manifest.load(storage)  # re-read under the lock
+        except BaseException:
+            release_lock(storage, lock)
+            raise
+        return cls(
+            storage=storage,
+            manifest=manifest,
+            api=api_factory(client),
+            lock=lock,
+            executor=executor,
+        )
+
+    # -- plumbing -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the root's lock and the job's own thread pool. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer()
+        if self._own_executor:
+            self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> BatchJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public properties --------------------------------------------------------------
+    @property
+    def root(self) -> str:
+        """The job root URL."""
+        return self._storage.root_url
+
+    @property
+    def job_id(self) -> str:
+        """Random id of the job, tagged on every batch as ``batchframe_job``."""
+        return self._m.job_id
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint of every request."""
+        return self._m.endpoint
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of the requests the job was made from (see ``Requests.fingerprint``)."""
+        return self._m.fingerprint
+
+    @property
+    def n_requests(self) -> int:
+        """Number of input rows."""
+        return self._m.n_requests
+
+    @property
+    def is_settled(self) -> bool:
+        """Whether every row is in a final state (results can be collected)."""
+        return all(r.is_settled for r in self._m.records)
+
+    @property
+    def is_cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called on this job."""
+        return self._m.cancel_requested
+
+    @property
+    def token_limit_failures(self) -> int:
+        """Batches the API refused with ``token_limit_exceeded`` (resubmitted later)."""
+        return sum(len(r.previous_batch_ids) for r in self._m.records)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchJob {self._m.job_id} at {self.root!r}: {self._m.n_requests:,} requests, "
+            f"{len(self._m.records)} shard attempts, {'settled' if self.is_settled else 'running'}>"
+        )
+
+    def configure(
+        self,
+        *,
+        queue_token_limit: int | Mapping[str, int] | None = None,
+        max_in_flight: int | None = None,
+        max_attempts: int | None = None,
+    ) -> None:
+        """Change scheduling options of the job; ``None`` keeps the current value.
+
+        Parameters
+        ----------
+        queue_token_limit, max_in_flight, max_attempts
+            As in :meth:`create`.
+        """
+        check_options(
+            None, queue_token_limit, max_in_flight, 1 if max_attempts is None else max_attempts
+        )
+        options = self._m.options
+        if queue_token_limit is not None:
+            options["queue_token_limit"] = (
+                dict(queue_token_limit)
+                if isinstance(queue_token_limit, Mapping)
+                else queue_token_limit
+            )
+        if max_in_flight is not None:
+            options["max_in_flight"] = max_in_flight
+        if max_attempts is not None:
+            options["max_attempts"] = max_attempts
+        self._save()
+
+    def submit(self) -> None:
+        """Upload and create batches for every shard the queue admits now.
+
+        Safe to call again at any time: shards already submitted are skipped, and a
+        batch created before a crash is adopted, never created twice. Shards held
+        back by ``queue_token_limit`` or ``max_in_flight`` are submitted by later
+        calls (:meth:`wait` does this for you).
+
+        Raises
+        ------
+        APIError
+            The API kept failing; the state is saved, call again later.
+        """
+        self._ensure_reconciled()
+        if self._m.cancel_requested:
+            _log.warning("job %s was cancelled; nothing is submitted", self._m.job_id)
+            return
+        self._submit_admissible()
+
+    def refresh(self) -> None:
+        """Poll once: update every live batch, download finished files, schedule retries.
+
+        Does not wait and does not submit new batches (see :meth:`submit`, :meth:`wait`).
+        """
+        self._ensure_reconciled()
+        self._poll()
+        self._download()
+        self._settle()
+
+    # -- waiting, cancelling ------------------------------------------------------------
+    def wait(
+        self,
+        *,
+        poll_interval: float | None = None,
+        timeout: float | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        """Poll, download, retry and submit until every row is settled.
+
+        Parameters
+        ----------
+        poll_interval
+            Seconds between polls. ``None``: start at 2 s and back off to 60 s.
+        timeout
+            Give up after this many seconds with ``TimeoutError`` (state is saved;
+            call :meth:`wait` again to continue).
+        progress
+            Show a progress bar (rows done/failed, batches by status, ETA). ``None``:
+            only in a terminal or notebook.
+
+        Raises
+        ------
+        TimeoutError
+            ``timeout`` passed before the job settled.
+        APIError
+            The API kept failing; the state is saved, call again later.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = PollBackoff(interval=poll_interval)
+        bar = Progress(
+            self._m.n_requests, enabled=progress_enabled(progress), description=self._m.job_id
+        )
+        try:
+            while True:
+                if self._step():
+                    backoff.reset()
+                ok, failed = self._counts()
+                bar.update(ok=ok, failed=failed, statuses=[r.status for r in self._m.records])
+                if self.is_settled:
+                    return
+                delay = backoff.next()
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        msg = (
+                            f"job {self._m.job_id} is not settled after {timeout} s; its state "
+                            "is saved: call `wait()` again to continue"
+                        )
+                        raise TimeoutError(msg)
+                    delay = min(delay, left)
+                self._sleep(delay)
+        finally:
+            bar.close()
+
+    def cancel(
+        self, *, wait: bool = True, poll_interval: float | None = None, timeout: float | None = None
+    ) -> None:
+        """Cancel every batch in flight and submit nothing more.
+
+        Rows that already finished are kept; the rest end in ``failed`` with stage
+        ``"cancelled"``. Cancelling takes the API up to about 10 minutes.
+
+        Parameters
+        ----------
+        wait
+            Wait for the cancelled batches to settle and download their partial results.
+        poll_interval, timeout
+            As in :meth:`wait`.
+        """
+        self._m.cancel_requested = True
+        self._save()
+        self._ensure_reconciled()
+        for r in self._m.records:
+            if r.status == "submitting" and r.batch_id is None:
+                r.move("uploaded")
+            if r.status in ("pending", "uploaded"):
+                r.move("cancelled")
+        self._save()
+        for r in self._m.records:
+            if r.batch_id is not None and r.status in REMOTE_LIVE:
+                r.apply(self._api.cancel_batch(r.batch_id))
+                self._save()
+                _log.info("cancelling batch %s (%s)", r.batch_id, r.key)
+        if wait:
+            self.wait(poll_interval=poll_interval, timeout=timeout, progress=False)
+
+    # -- reporting ----------------------------------------------------------------------
+    def status(self) -> pl.DataFrame:
+        """One row per shard attempt: ids, status, request counts and timestamps.
+
+        Returns
+        -------
+        pl.DataFrame
+            ``shard``, ``attempt``, ``submission``, ``model``, ``batch_id``, ``status``,
+            ``settled``, ``n_requests``, ``total``, ``completed``, ``failed``,
+            ``est_tokens``, ``input_file_id``, ``output_file_id``, ``error_file_id``,
+            ``created_at``, ``submitted_at``, ``terminal_at``, ``settled_at`` (UTC),
+            ``last_error``.
+        """
+        return status_frame(self._m.records)
+
+    def _repr_html_(self) -> str:
+        ok, failed = self._counts()
+        return job_html(
+            self._m.job_id,
+            self.root,
+            self._m.endpoint,
+            self._m.n_requests,
+            ok,
+            failed,
+            self.status(),
+        )
+
+    # -- results ------------------------------------------------------------------------
+    def collect(self, *, partial: bool = False) -> BatchResults:
+        """Results of every row: ``ok`` and ``failed`` frames keyed by ``custom_id``.
+
+        Every input row is in exactly one of them; failures carry their stage, whether
+        they were retryable, and how many attempts were made. ``results.batches`` has
+        one row per batch that ran.
+
+        Parameters
+        ----------
+        partial
+            Return the rows settled so far instead of raising when the job is still
+            running.
+
+        Raises
+        ------
+        JobNotSettledError
+            Some rows are not settled and ``partial`` is false: call :meth:`wait` first.
+        """
+        if not partial and not self.is_settled:
+            open_ = [r for r in self._m.records if not r.is_settled]
+            msg = (
+                f"job {self._m.job_id} has {len(open_)} shard attempt(s) not settled yet "
+                f"({sum(r.n_requests for r in open_):,} requests); call `job.wait()` first, "
+                "or `collect(partial=True)` for the rows finished so far"
+            )
+            raise JobNotSettledError(msg)
+        return collect_results(self._storage, self._m, executor=self._executor, partial=partial)

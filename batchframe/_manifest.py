@@ -1,0 +1,569 @@
+"""The job's state on storage: a versioned manifest plus a lock file.
+
+A job root holds::
+
+    manifest.json        this module's Manifest, rewritten atomically after every outside action
+    lock.json            who drives the job right now (host, pid, started)
+    shards/00003.jsonl   attempt 0 of shard 3, as written by ``Requests.write``
+    shards/00003.a1.jsonl  attempt 1 (retryable rows of attempt 0, lines copied verbatim)
+    outputs/00003.a0.jsonl, errors/00003.a0.jsonl   downloaded output and error files
+
+Each *shard attempt* is one :class:`ShardAttempt` record and, once submitted, exactly one
+live batch. Its ``status`` moves through :data:`TRANSITIONS`::
+
+    pending ──upload──▶ uploaded ──intent saved──▶ submitting ──create──▶ validating
+       │                  ▲  │                                          in_progress
+       │                  │  └──▶ cancelled (job cancelled before it ran) finalizing
+       │                  └── failed with token_limit_exceeded          cancelling
+       └──▶ cancelled                                   (same file, submission + 1)
+                                                        ──▶ completed | failed | expired | cancelled
+
+``submitting`` is the write-ahead intent: it is saved *before* ``batches.create`` is
+called, and a record found in that state on resume is reconciled against
+``batches.list`` by its metadata tags (job, shard, attempt, submission) before anything
+is created again. A record is *settled* (``settled_at`` set) once it is terminal, its
+files are downloaded and the retries of its rows, if any, exist as child records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import orjson
+
+from batchframe.exceptions import (
+    JobError,
+    JobLockedError,
+    JobNotFoundError,
+    ManifestVersionError,
+)
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from batchframe._api import RemoteBatch
+    from batchframe._config import BatchLimits
+    from batchframe._requests import Requests
+    from batchframe._storage import Storage
+
+__all__ = [
+    "FORMAT_VERSION",
+    "IN_FLIGHT",
+    "LOCK_FILE",
+    "MANIFEST_FILE",
+    "REMOTE_TERMINAL",
+    "TRANSITIONS",
+    "LockInfo",
+    "Manifest",
+    "RecordStatus",
+    "ShardAttempt",
+    "acquire_lock",
+    "batch_tags",
+    "find_tagged",
+    "release_lock",
+]
+
+_log = logging.getLogger("batchframe")
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+LOCK_FILE = "lock.json"
+
+RecordStatus = Literal[
+    "pending",
+    "uploaded",
+    "submitting",
+    "validating",
+    "in_progress",
+    "finalizing",
+    "cancelling",
+    "completed",
+    "failed",
+    "expired",
+    "cancelled",
+]
+STATUSES: tuple[str, ...] = get_args(RecordStatus)
+REMOTE_LIVE: frozenset[str] = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
+REMOTE_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
+#: Statuses whose batch (may) count against the enqueued-token queue.
+IN_FLIGHT: frozenset[str] = REMOTE_LIVE | {"submitting"}
+_REMOTE = REMOTE_LIVE | REMOTE_TERMINAL
+
+#: Allowed moves. A remote status may jump ahead (polls can miss short states).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"uploaded", "cancelled"}),
+    "uploaded": frozenset({"submitting", "pending", "cancelled"}),
+    "submitting": frozenset({"submitting", "uploaded", "pending"}) | _REMOTE,
+    "validating": _REMOTE,
+    "in_progress": _REMOTE - {"validating"},
+    "finalizing": frozenset({"finalizing", "completed", "failed", "expired", "cancelled"}),
+    "cancelling": frozenset({"cancelling", "cancelled", "completed", "failed", "expired"}),
+    # `failed` -> `uploaded`: token_limit_exceeded, resubmitted from the same input file.
+    "failed": frozenset({"uploaded"}),
+    "completed": frozenset(),
+    "expired": frozenset(),
+    "cancelled": frozenset(),
+}
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(slots=True, kw_only=True)
+class ShardAttempt:
+    """One attempt of one shard: an input file and (once submitted) one batch.
+
+    Attempt 0 holds every row of the shard; attempt ``n + 1`` holds the rows of attempt
+    ``n`` that failed in a retryable way. ``submission`` counts re-creations of the same
+    attempt from the same input file after ``token_limit_exceeded`` (not a row retry).
+    """
+
+    shard: int
+    attempt: int
+    path: str
+    sha256: str
+    n_requests: int
+    n_bytes: int = 0
+    est_tokens: int = 0
+    n_inputs: int = 0
+    model: str | None = None
+    parent: str | None = None
+    status: RecordStatus = "pending"
+    submission: int = 0
+    input_file_id: str | None = None
+    batch_id: str | None = None
+    previous_batch_ids: list[str] = field(default_factory=list)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    output_path: str | None = None
+    error_path: str | None = None
+    output_downloaded: bool = False
+    error_downloaded: bool = False
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    batch_errors: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    n_ok: int | None = None
+    n_final_failed: int | None = None
+    n_retried: int | None = None
+    inflight_tokens_at_submit: int | None = None
+    not_before: float | None = None
+    created_at: float = field(default_factory=_now)
+    uploaded_at: float | None = None
+    intent_at: float | None = None
+    submitted_at: float | None = None
+    batch_created_at: int | None = None
+    terminal_at: float | None = None
+    settled_at: float | None = None
+    updated_at: float = field(default_factory=_now)
+    last_error: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Stable name of this record, e.g. ``"00003.a1"``."""
+        return f"{self.shard:05d}.a{self.attempt}"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the batch (or the local record) will not change status any more."""
+        return self.status in REMOTE_TERMINAL
+
+    @property
+    def is_settled(self) -> bool:
+        """Terminal, downloaded and its retries (if any) scheduled."""
+        return self.settled_at is not None
+
+    @property
+    def in_flight(self) -> bool:
+        """Whether the batch may be queued or running at the API right now."""
+        return self.status in IN_FLIGHT
+
+    def move(self, status: RecordStatus) -> None:
+        """Move to ``status``, checking :data:`TRANSITIONS`.
+
+        Raises
+        ------
+        JobError
+            When the move is not allowed (a bug, or a manifest edited by hand).
+        """
+        if status != self.status and status not in TRANSITIONS[self.status]:
+            msg = (
+                f"shard attempt {self.key} cannot move from `{self.status}` to `{status}`; "
+                "the manifest may have been edited by hand. Restore it or start a new job root"
+            )
+            raise JobError(msg)
+        self.status = status
+        self.updated_at = _now()
+
+    def apply(self, b: RemoteBatch) -> bool:
+        """Copy the state of its remote batch into the record; return whether it changed."""
+        before = self.to_dict()
+        if b.status in STATUSES and b.status != self.status:
+            self.move(b.status)  # type: ignore[arg-type]  # checked just above
+        elif b.status not in STATUSES:
+            _log.warning(
+                "batch %s has an unknown status %r; treating it as running", b.id, b.status
+            )
+        if b.request_counts is not None:
+            self.total = b.request_counts.total
+            self.completed = b.request_counts.completed
+            self.failed = b.request_counts.failed
+        self.output_file_id = b.output_file_id
+        self.error_file_id = b.error_file_id
+        self.batch_created_at = b.created_at or self.batch_created_at
+        self.batch_errors = [
+            {"code": e.code, "message": e.message, "param": e.param, "line": e.line}
+            for e in b.errors
+        ]
+        self.usage = b.usage
+        if self.is_terminal and self.terminal_at is None:
+            self.terminal_at = _now()
+            _log.info("batch %s (shard attempt %s) is %s", b.id, self.key, self.status)
+        changed = self.to_dict() != before
+        if changed:
+            self.updated_at = _now()
+        return changed
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, for the manifest."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardAttempt:
+        """Inverse of :meth:`to_dict`; unknown keys (from newer minor versions) are dropped."""
+        names = {f.name for f in fields(cls)}
+        record = cls(**{k: v for k, v in data.items() if k in names})
+        if record.status not in STATUSES:
+            msg = f"unknown status `{record.status}` for shard attempt {record.key} in the manifest"
+            raise JobError(msg)
+        return record
+
+
+@dataclass(slots=True, kw_only=True)
+class Manifest:
+    """Everything needed to resume a job from its root, and nothing secret.
+
+    It never holds the API key, the base URL's credentials or the client.
+    """
+
+    job_id: str
+    endpoint: str
+    fingerprint: str
+    n_requests: int
+    limits: dict[str, Any]
+    options: dict[str, Any]
+    json_schema: dict[str, Any] | None = None
+    records: list[ShardAttempt] = field(default_factory=list)
+    cancel_requested: bool = False
+    queue: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    created_at: float = field(default_factory=_now)
+    updated_at: float = field(default_factory=_now)
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def start(
+        cls,
+        requests: Requests,
+        written: pl.DataFrame,
+        *,
+        limits: BatchLimits,
+        options: dict[str, Any],
+    ) -> Manifest:
+        """Return a new job's manifest: one attempt-0 record per shard ``Requests.write`` wrote."""
+        from batchframe._requests import shard_path
+
+        records = [
+            ShardAttempt(
+                shard=int(row["shard"]),
+                attempt=0,
+                path=shard_path(int(row["shard"])),
+                sha256=str(row["sha256"]),
+                n_requests=int(row["n_requests"]),
+                n_bytes=int(row["n_bytes"]),
+                est_tokens=int(row["est_tokens"]),
+                n_inputs=int(row["n_inputs"]),
+                model=row["model"],
+            )
+            for row in written.iter_rows(named=True)
+        ]
+        return cls(
+            job_id=cls.new_job_id(),
+            endpoint=requests.endpoint,
+            fingerprint=requests.fingerprint,
+            n_requests=len(requests.frame),
+            limits=limits.to_dict(),
+            options=options,
+            json_schema=requests.json_schema,
+            records=records,
+        )
+
+    @staticmethod
+    def new_job_id() -> str:
+        """Return a fresh random job id (``"bfj_"`` and 20 hex digits)."""
+        return "bfj_" + uuid.uuid4().hex[:20]
+
+    def record(self, shard: int, attempt: int) -> ShardAttempt | None:
+        """Return the record of ``(shard, attempt)``, if any."""
+        for r in self.records:
+            if r.shard == shard and r.attempt == attempt:
+                return r
+        return None
+
+    # -- (de)serialisation --------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form written to ``manifest.json`` (``format_version`` first)."""
+        return {
+            "format_version": self.format_version,
+            "job_id": self.job_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "endpoint": self.endpoint,
+            "fingerprint": self.fingerprint,
+            "n_requests": self.n_requests,
+            "limits": self.limits,
+            "options": self.options,
+            "json_schema": self.json_schema,
+            "cancel_requested": self.cancel_requested,
+            "queue": self.queue,
+            "records": [r.to_dict() for r in self.records],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Inverse of :meth:`to_dict`, upgrading older format versions."""
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            msg = "`manifest.json` has no `format_version`; it was not written by batchframe"
+            raise JobError(msg)
+        if version > FORMAT_VERSION:
+            msg = (
+                f"the manifest has format_version {version} but this batchframe reads up to "
+                f"{FORMAT_VERSION}; upgrade batchframe to resume this job"
+            )
+            raise ManifestVersionError(msg)
+        for upgrade in _MIGRATIONS[version - 1 :]:
+            data = upgrade(data)
+        return cls(
+            job_id=data["job_id"],
+            endpoint=data["endpoint"],
+            fingerprint=data["fingerprint"],
+            n_requests=int(data["n_requests"]),
+            limits=dict(data["limits"]),
+            options=dict(data["options"]),
+            json_schema=data.get("json_schema"),
+            records=[ShardAttempt.from_dict(r) for r in data.get("records", [])],
+            cancel_requested=bool(data.get("cancel_requested", False)),
+            queue=dict(data.get("queue") or {}),
+            created_at=float(data["created_at"]),
+            updated_at=float(data.get("updated_at", data["created_at"])),
+            format_version=FORMAT_VERSION,
+        )
+
+    def save(self, storage: Storage) -> None:
+        """Write ``manifest.json`` atomically."""
+        self.updated_at = _now()
+        storage.write_bytes(MANIFEST_FILE, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
+
+    @classmethod
+    def load(cls, storage: Storage) -> Manifest:
+        """Read ``manifest.json`` from ``storage``.
+
+        Raises
+        ------
+        JobNotFoundError
+            No manifest at the root.
+        ManifestVersionError
+            The manifest was written by a newer batchframe.
+        """
+        if not storage.exists(MANIFEST_FILE):
+            msg = (
+                f"no batchframe job at `{storage.root_url}` (no {MANIFEST_FILE}); "
+                "create one with `BatchJob.create(requests, root)` or `bf.run(...)`"
+            )
+            raise JobNotFoundError(msg)
+        data = orjson.loads(storage.read_bytes(MANIFEST_FILE))
+        return cls.from_dict(data)
+
+
+# Numbered upgrades: _MIGRATIONS[i] turns format_version i + 1 into i + 2.
+_MIGRATIONS: list[Any] = []
+
+
+# -- metadata tags ------------------------------------------------------------------------
+def batch_tags(b: RemoteBatch) -> tuple[int, int, int] | None:
+    """Return ``(shard, attempt, submission)`` from a batch's metadata tags, if any."""
+    try:
+        return (
+            int(b.metadata["batchframe_shard"]),
+            int(b.metadata["batchframe_attempt"]),
+            int(b.metadata.get("batchframe_submission", "0")),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def find_tagged(found: list[RemoteBatch], r: ShardAttempt) -> RemoteBatch | None:
+    """Return the batch in ``found`` tagged for ``r``'s shard, attempt and submission."""
+    for b in found:
+        if batch_tags(b) == (r.shard, r.attempt, r.submission):
+            return b
+    return None
+
+
+# -- lock -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockInfo:
+    """Who holds a job root: host name, process id, when, and a random token."""
+
+    host: str
+    pid: int
+    started: float
+    token: str
+    proc_start: str | None = None
+
+    def describe(self) -> str:
+        """Human-readable holder, for error messages."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return f"process {self.pid} on host `{self.host}` (since {when})"
+
+    @classmethod
+    def mine(cls) -> LockInfo:
+        """Return a new lock description for this process."""
+        pid = os.getpid()
+        return cls(
+            host=socket.gethostname(),
+            pid=pid,
+            started=_now(),
+            token=uuid.uuid4().hex,
+            proc_start=_proc_start(pid),
+        )
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of ``pid`` from ``/proc`` (Linux), to tell a reused pid from the holder."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # Field 2 (comm) may contain spaces and parentheses; fields after it are plain.
+    rest = stat.rsplit(")", 1)[-1].split()
+    return rest[19] if len(rest) > 19 else None
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    rest = stat.rsplit(")", 1)[-1].split()
+    return rest[0] if rest else None
+
+
+def _holder_alive(info: LockInfo) -> bool | None:
+    """True/False when it can be told (same host), None for a holder on another host."""
+    if info.host != socket.gethostname():
+        return None
+    try:
+        os.kill(info.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return None
+    if _proc_state(info.pid) in {"Z", "X"}:
+        return False  # killed, not yet reaped by its parent
+    if info.proc_start is not None:
+        now_start = _proc_start(info.pid)
+        if now_start is not None and now_start != info.proc_start:
+            return False  # the pid was reused by another process
+    return True
+
+
+def _read_lock(storage: Storage) -> LockInfo | None:
+    try:
+        data = orjson.loads(storage.read_bytes(LOCK_FILE))
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError:
+        return LockInfo(host="?", pid=-1, started=0.0, token="")
+    return LockInfo(
+        host=str(data.get("host", "?")),
+        pid=int(data.get("pid", -1)),
+        started=float(data.get("started", 0.0)),
+        token=str(data.get("token", "")),
+        proc_start=data.get("proc_start"),
+    )
+
+
+def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
+    """Take the lock of the job at ``storage``.
+
+    The lock is free when ``lock.json`` is absent. A lock held by this same process
+    (an earlier ``BatchJob`` object, e.g. a re-run notebook cell) is taken over. A lock
+    whose holder is gone (a dead or reused pid on this host) or on another host is taken
+    over only with ``break_lock=True``.
+
+    Raises
+    ------
+    JobLockedError
+        Another process holds the lock; the message names it and says what to do.
+    """
+    mine = LockInfo.mine()
+    payload = orjson.dumps(asdict(mine))
+    for _ in range(3):
+        if storage.create_exclusive(LOCK_FILE, payload):
+            held = _read_lock(storage)
+            if held is not None and held.token == mine.token:
+                return mine
+            continue  # lost a race on a filesystem without exclusive create
+        holder = _read_lock(storage)
+        if holder is None:
+            continue  # released meanwhile
+        alive = _holder_alive(holder)
+        same_process = holder.host == mine.host and holder.pid == mine.pid
+        if same_process or break_lock:
+            if not same_process:
+                _log.warning(
+                    "taking over the lock of %s at %s", holder.describe(), storage.root_url
+                )
+            storage.write_bytes(LOCK_FILE, payload)
+            return mine
+        if alive is False:
+            msg = (
+                f"the job at `{storage.root_url}` is locked by {holder.describe()}, which is no "
+                "longer running; pass `break_lock=True` to take the job over"
+            )
+        elif alive is None:
+            msg = (
+                f"the job at `{storage.root_url}` is locked by {holder.describe()}; if that "
+                "process is gone, pass `break_lock=True` to take the job over"
+            )
+        else:
+            msg = (
+                f"the job at `{storage.root_url}` is being driven by {holder.describe()}; wait "
+                "for it to finish or stop it, then open the job again"
+            )
+        raise JobLockedError(msg)
+    msg = f"could not take the lock of the job at `{storage.root_url}`; try again"
+    raise JobLockedError(msg)
+
+
+def release_lock(storage: Storage, info: LockInfo) -> None:
+    """Remove the lock if it is still ``info``'s (someone may have broken it)."""
+    try:
+        held = _read_lock(storage)
+        if held is not None and held.token == info.token:
+            storage.delete(LOCK_FILE)
+    except Exception:  # releasing is best effort (interpreter exit, storage gone)
+        _log.debug("could not release the lock at %s", storage.root_url, exc_info=True)

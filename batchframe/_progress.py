@@ -1,0 +1,97 @@
+"""The progress bar of ``BatchJob.wait``: rows settled, batches by status, ETA.
+
+Uses ``tqdm.auto`` (a widget in notebooks, text in terminals). It is off when
+``progress=False``, and by default (``progress=None``) unless stderr is a terminal or the
+code runs in a Jupyter kernel.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["Progress", "progress_enabled"]
+
+_ORDER = (
+    "pending",
+    "uploaded",
+    "submitting",
+    "validating",
+    "in_progress",
+    "finalizing",
+    "cancelling",
+    "completed",
+    "expired",
+    "cancelled",
+    "failed",
+)
+_SHORT = {
+    "pending": "wait",
+    "uploaded": "wait",
+    "submitting": "submit",
+    "validating": "valid",
+    "in_progress": "run",
+    "finalizing": "finalizing",
+    "cancelling": "cancelling",
+    "completed": "done",
+    "expired": "expired",
+    "cancelled": "cancelled",
+    "failed": "failed",
+}
+
+
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:
+        return False
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def progress_enabled(progress: bool | None) -> bool:
+    """Resolve ``progress=None`` to on (terminal or notebook) or off."""
+    if progress is not None:
+        return bool(progress)
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return tty or _in_notebook()
+
+
+class Progress:
+    """A rows bar with batches by status in its postfix; a no-op when disabled."""
+
+    def __init__(self, total: int, *, enabled: bool, description: str = "batchframe") -> None:
+        self._bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="row", desc=description, dynamic_ncols=True)
+
+    def update(self, *, ok: int, failed: int, statuses: Iterable[str]) -> None:
+        """Show ``ok + failed`` rows settled and the count of batches per status."""
+        if self._bar is None:
+            return
+        counts = Counter(_SHORT.get(s, s) for s in statuses)
+        order = {_SHORT[s]: i for i, s in enumerate(_ORDER)}
+        parts = [f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: order.get(kv[0], 99))]
+        self._bar.set_postfix_str(
+            f"ok={ok} failed={failed} | batches: " + " ".join(parts), refresh=False
+        )
+        done = ok + failed
+        if done != self._bar.n:
+            self._bar.update(done - self._bar.n)
+        else:
+            self._bar.refresh()
+
+    def close(self) -> None:
+        """Close the bar (leaves the final line on screen)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,150 @@
+"""``bf.run``: build, submit, wait and collect in one call, resuming a job at the root."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+from batchframe._job import BatchJob
+from batchframe._manifest import MANIFEST_FILE
+from batchframe._schedule import check_options
+from batchframe._storage import Storage
+from batchframe.exceptions import JobExistsError
+
+if TYPE_CHECKING:
+    import openai
+    import polars as pl
+    import pyarrow as pa
+
+    from batchframe._api import BatchAPI
+    from batchframe._config import BatchLimits
+    from batchframe._results import BatchResults
+
+__all__ = ["run"]
+
+_log = logging.getLogger("batchframe")
+
+
+def run(
+    frame: pl.DataFrame | pl.LazyFrame | pa.Table,
+    root: str | os.PathLike[str],
+    *,
+    endpoint: str,
+    body: Mapping[str, Any],
+    custom_id: str | pl.Expr | None = None,
+    limits: BatchLimits | None = None,
+    client: openai.OpenAI | BatchAPI | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    queue_token_limit: int | Mapping[str, int] | None = None,
+    max_in_flight: int | None = None,
+    max_attempts: int | None = None,
+    executor: Executor | None = None,
+    poll_interval: float | None = None,
+    timeout: float | None = None,
+    progress: bool | None = None,
+    break_lock: bool = False,
+    tokenizer: str = "auto",
+) -> BatchResults:
+    """Build requests, submit, wait and collect in one call; resume a job at ``root``.
+
+    If ``root`` already holds a job made from the same requests (same table, template
+    and endpoint: the same fingerprint), that job is resumed rather than started
+    again, so re-running a notebook cell or a script after a crash never pays twice.
+
+    Parameters
+    ----------
+    frame, endpoint, body, custom_id, tokenizer
+        As in :func:`build_requests`.
+    root
+        The job's directory or fsspec URL.
+    limits, client, storage_options, metadata, queue_token_limit, max_in_flight, max_attempts, executor, break_lock
+        As in :meth:`BatchJob.create` (``max_attempts`` defaults to 3). On resume the
+        existing job keeps its ``limits`` and ``metadata``; ``queue_token_limit``,
+        ``max_in_flight`` and ``max_attempts`` replace the job's when given.
+    poll_interval, timeout, progress
+        As in :meth:`BatchJob.wait`.
+
+    Returns
+    -------
+    BatchResults
+        ``ok`` and ``failed`` frames covering every input row once.
+
+    Raises
+    ------
+    JobExistsError
+        ``root`` holds a job made from different requests.
+    TimeoutError
+        ``timeout`` passed first; call ``run`` again with the same arguments to resume.
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> import batchframe as bf
+    >>> df = pl.DataFrame({"id": [1, 2], "text": ["good", "bad"]})
+    >>> with bf.LocalBatchServer() as server:
+    ...     results = bf.run(
+    ...         df,
+    ...         "memory://doc-run",
+    ...         endpoint="/v1/chat/completions",
+    ...         body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
+    ...         custom_id="id",
+    ...         client=server.client(),
+    ...         poll_interval=0.05,
+    ...     )
+    >>> len(results.ok), len(results.failed)
+    (2, 0)
+    """
+    from batchframe._requests import build_requests
+
+    requests = build_requests(
+        frame, endpoint=endpoint, body=body, custom_id=custom_id, tokenizer=tokenizer
+    )
+    storage = Storage(os.fspath(root), storage_options)
+    if storage.exists(MANIFEST_FILE):
+        check_options(
+            None, queue_token_limit, max_in_flight, 1 if max_attempts is None else max_attempts
+        )
+        job = BatchJob.open(
+            root,
+            client=client,
+            storage_options=storage_options,
+            executor=executor,
+            break_lock=break_lock,
+        )
+        if job.fingerprint != requests.fingerprint:
+            job.close()
+            msg = (
+                f"the job at `{job.root}` was made from other requests (another table, "
+                f"template or endpoint: fingerprint {job.fingerprint[:12]}… here, "
+                f"{requests.fingerprint[:12]}… now); use another root, or "
+                "`BatchJob.open(root)` to work with the existing job"
+            )
+            raise JobExistsError(msg)
+        job.configure(
+            queue_token_limit=queue_token_limit,
+            max_in_flight=max_in_flight,
+            max_attempts=max_attempts,
+        )
+        _log.info("resuming job %s at %s", job.job_id, job.root)
+    else:
+        job = BatchJob.create(
+            requests,
+            root,
+            limits=limits,
+            client=client,
+            storage_options=storage_options,
+            metadata=metadata,
+            queue_token_limit=queue_token_limit,
+            max_in_flight=max_in_flight,
+            max_attempts=3 if max_attempts is None else max_attempts,
+            executor=executor,
+            break_lock=break_lock,
+        )
+    with job:
+        job.submit()
+        job.wait(poll_interval=poll_interval, timeout=timeout, progress=progress)
+        return job.collect()

@@ -1,0 +1,323 @@
+"""Parse batch output files into typed frames: batchframe vs a per-row orjson loop.
+
+    python benchmarks/bench_parse.py                       # 1M chat lines, 100k embedding lines
+    python benchmarks/bench_parse.py --rows 100_000 --emb-rows 5_000
+
+Writes shard files (chat: 50,000 lines each, the API's per-batch cap; embeddings:
+``--emb-shard-rows``) to a temporary directory, then parses them one at a time, as a job
+does, with ``parse_output`` and with the best hand-written loop (``orjson`` per row,
+same columns and dtypes). Prints one line per shard (MB/s, current and peak RSS: the
+peak must not grow with the number of shards) and one JSON line per case with the
+totals and the ratio to the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+
+from batchframe._results import parse_output
+from batchframe._schemas import ok_schema
+
+CHAT = "/v1/chat/completions"
+EMB = "/v1/embeddings"
+WORDS = [
+    "the",
+    "review",
+    "is",
+    "quite",
+    "good",
+    "bad",
+    "ok",
+    "positive",
+    "negative",
+    "neutral",
+    "délicieux",
+    "🎉",
+    '"quoted"',
+    "service",
+]
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def chat_lines(start: int, n: int, rnd: random.Random) -> bytes:
+    out = []
+    for i in range(start, start + n):
+        content = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 12)))
+        body = {
+            "id": f"chatcmpl-{i:x}",
+            "object": "chat.completion",
+            "created": 1_711_652_795 + i,
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": content,
+                        "refusal": None,
+                        "annotations": [],
+                    },
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 20 + i % 50,
+                "completion_tokens": 2 + i % 9,
+                "total_tokens": 22 + i % 50 + i % 9,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+            },
+            "service_tier": "default",
+            "system_fingerprint": "fp_44709d6fcb",
+        }
+        out.append(
+            orjson.dumps(
+                {
+                    "id": f"batch_req_{i:x}",
+                    "custom_id": f"row-{i}",
+                    "response": {"status_code": 200, "request_id": f"req_{i:x}", "body": body},
+                    "error": None,
+                }
+            )
+        )
+    return b"\n".join(out) + b"\n"
+
+
+def embedding_lines(start: int, n: int, dim: int, pool: list[bytes]) -> bytes:
+    # Vectors come from a pool of pre-rendered arrays: parsing cost does not depend on
+    # the values, and rendering 150M floats in Python would dominate the run.
+    out = []
+    for i in range(start, start + n):
+        out.append(
+            b'{"id":"batch_req_%x","custom_id":"emb-%d","response":{"status_code":200,'
+            b'"request_id":"req_%x","body":{"object":"list","data":[{"object":"embedding",'
+            b'"index":0,"embedding":%s}],"model":"text-embedding-3-small","usage":'
+            b'{"prompt_tokens":%d,"total_tokens":%d}}},"error":null}'
+            % (i, i, i, pool[i % len(pool)], 8 + i % 20, 8 + i % 20)
+        )
+    return b"\n".join(out) + b"\n"
+
+
+def write_shards(
+    folder: Path, name: str, total: int, per: int, make: Callable[[int, int], bytes]
+) -> list[Path]:
+    paths = []
+    for k, start in enumerate(range(0, total, per)):
+        path = folder / f"{name}-{k:04d}.jsonl"
+        path.write_bytes(make(start, min(per, total - start)))
+        paths.append(path)
+    return paths
+
+
+# -- the baseline: best hand-written loop ----------------------------------------------------
+
+
+def loop_chat(data: bytes, batch_id: str) -> pl.DataFrame:
+    cols: dict[str, list[Any]] = {name: [] for name in ok_schema(CHAT)}
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        obj = orjson.loads(raw)
+        resp, err = obj.get("response"), obj.get("error")
+        if err is not None or resp is None or not 200 <= (resp.get("status_code") or 0) < 300:
+            continue
+        body = resp.get("body") or {}
+        choice = (body.get("choices") or [{}])[0]
+        msg = choice.get("message") or {}
+        usage = body.get("usage") or {}
+        cols["custom_id"].append(obj["custom_id"])
+        cols["batch_id"].append(batch_id)
+        cols["request_id"].append(resp.get("request_id"))
+        cols["status_code"].append(resp.get("status_code"))
+        cols["model"].append(body.get("model"))
+        cols["body"].append(orjson.dumps(body).decode())
+        cols["content"].append(msg.get("content"))
+        cols["refusal"].append(msg.get("refusal"))
+        cols["finish_reason"].append(choice.get("finish_reason"))
+        cols["tool_calls"].append(msg.get("tool_calls"))
+        cols["prompt_tokens"].append(usage.get("prompt_tokens"))
+        cols["completion_tokens"].append(usage.get("completion_tokens"))
+        cols["total_tokens"].append(usage.get("total_tokens"))
+        cols["cached_tokens"].append(
+            (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        )
+        cols["reasoning_tokens"].append(
+            (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+        )
+    return pl.DataFrame(cols, schema=ok_schema(CHAT))
+
+
+def loop_embeddings(data: bytes, batch_id: str, dim: int) -> pl.DataFrame:
+    schema = ok_schema(EMB, embedding_dim=dim)
+    cols: dict[str, list[Any]] = {name: [] for name in schema}
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        obj = orjson.loads(raw)
+        resp, err = obj.get("response"), obj.get("error")
+        if err is not None or resp is None or not 200 <= (resp.get("status_code") or 0) < 300:
+            continue
+        body = resp.get("body") or {}
+        rest = orjson.dumps({k: v for k, v in body.items() if k != "data"}).decode()
+        for j, item in enumerate(body.get("data") or []):
+            cols["custom_id"].append(obj["custom_id"])
+            cols["index"].append(item.get("index"))
+            cols["embedding"].append(item.get("embedding"))
+            cols["batch_id"].append(batch_id)
+            cols["request_id"].append(resp.get("request_id"))
+            cols["status_code"].append(resp.get("status_code"))
+            cols["model"].append(body.get("model"))
+            cols["body"].append(rest)
+            cols["prompt_tokens"].append(
+                (body.get("usage") or {}).get("prompt_tokens") if j == 0 else None
+            )
+    return pl.DataFrame(cols, schema=schema)
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set size of this process, in MB.
+
+    The peak is ``VmHWM``: ``getrusage``'s ``ru_maxrss`` survives ``exec``, so in a
+    child process it would report the parent's peak too. ``ru_maxrss`` is the fallback
+    where there is no ``/proc``.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
+
+
+CASES: dict[str, tuple[str, Callable[[argparse.Namespace, Path, bytes], pl.DataFrame]]] = {
+    # name: (shard files, parse one shard)
+    "chat: batchframe": ("chat", lambda a, p, d: parse_output(d, endpoint=CHAT, batch_id="b")[0]),
+    "chat: batchframe (path)": (
+        "chat",
+        lambda a, p, d: parse_output(p, endpoint=CHAT, batch_id="b")[0],
+    ),
+    "chat: orjson loop": ("chat", lambda a, p, d: loop_chat(d, "b")),
+    "emb: batchframe": (
+        "emb",
+        lambda a, p, d: parse_output(d, endpoint=EMB, batch_id="b", embedding_dim=a.dim)[0],
+    ),
+    "emb: orjson loop": ("emb", lambda a, p, d: loop_embeddings(d, "b", a.dim)),
+}
+
+
+def run_case(args: argparse.Namespace) -> None:
+    """Parse the shard files of one case, one at a time (runs in its own process)."""
+    kind, parse = CASES[args.case]
+    paths = sorted(Path(args.dir).glob(f"{kind}-*.jsonl"))[: args.limit or None]
+    if paths:  # warm up (imports, DuckDB's thread pool) on a few lines, untimed
+        head = b"\n".join(paths[0].read_bytes().split(b"\n", 100)[:100]) + b"\n"
+        warm = Path(args.dir) / f"warm-{kind}.jsonl"
+        warm.write_bytes(head)
+        parse(args, warm, head)
+        warm.unlink()
+    total_mb = total_s = 0.0
+    rows = 0
+    for k, path in enumerate(paths):
+        data = path.read_bytes()
+        t0 = time.perf_counter()
+        frame = parse(args, path, data)
+        dt = time.perf_counter() - t0
+        mb = len(data) / 1e6
+        total_mb, total_s, rows = total_mb + mb, total_s + dt, rows + len(frame)
+        del frame, data
+        cur, peak = rss_mb()
+        if k < 2 or k == len(paths) - 1:
+            print(f"  {args.case:24s} shard {k:3d}: {mb:7.1f} MB {dt:6.2f} s {mb / dt:6.0f} MB/s"
+                  f"  rss {cur:5.0f} MB  peak {peak:5.0f} MB", flush=True)  # fmt: skip
+    cur, peak = rss_mb()
+    name = args.case + (f" ({len(paths)} shard)" if args.limit else "")
+    print(json.dumps({"case": name, "shards": len(paths), "rows": rows, "mb": round(total_mb, 1),
+                      "seconds": round(total_s, 2), "mb_per_s": round(total_mb / total_s, 1),
+                      "peak_rss_mb": round(peak)}))  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rows", type=int, default=1_000_000, help="chat output lines")
+    ap.add_argument("--shard-rows", type=int, default=50_000, help="chat lines per shard file")
+    ap.add_argument("--emb-rows", type=int, default=100_000, help="embedding output lines")
+    ap.add_argument(
+        "--emb-shard-rows", type=int, default=10_000, help="embedding lines per shard file"
+    )
+    ap.add_argument("--dim", type=int, default=1536)
+    ap.add_argument("--dir", help="where to write shard files (default: a temporary directory)")
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        run_case(args)
+        return
+
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="bench_parse-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        rnd = random.Random(0)
+        t0 = time.perf_counter()
+        chat = write_shards(
+            folder, "chat", args.rows, args.shard_rows, lambda s, n: chat_lines(s, n, rnd)
+        )
+        pool = [
+            orjson.dumps([float(f"{rnd.gauss(0, 0.03):.10f}") for _ in range(args.dim)])
+            for _ in range(64)
+        ]
+        emb = write_shards(
+            folder,
+            "emb",
+            args.emb_rows,
+            args.emb_shard_rows,
+            lambda s, n: embedding_lines(s, n, args.dim, pool),
+        )
+        print(f"generated {len(chat)} chat + {len(emb)} embedding shard files in "
+              f"{time.perf_counter() - t0:.1f} s ({folder})")  # fmt: skip
+        # Each case runs in a fresh process, so its peak RSS is its own.
+        runs = [(case, 0) for case, (kind, _) in CASES.items() if (chat if kind == "chat" else emb)]
+        runs += [("chat: batchframe", 1)] if len(chat) > 1 else []
+        runs += [("emb: batchframe", 1)] if len(emb) > 1 else []
+        results = []
+        for case, limit in runs:
+            cmd = [sys.executable, __file__, "--dir", str(folder), "--dim", str(args.dim)]
+            out = subprocess.run([*cmd, "--case", case, "--limit", str(limit)], check=True,
+                                 capture_output=True, text=True).stdout  # fmt: skip
+            *progress, last = out.strip().splitlines()
+            print("\n".join(progress))
+            results.append(json.loads(last))
+        loops = {r["case"].split(":")[0]: r["mb_per_s"] for r in results if "loop" in r["case"]}
+        print()
+        for r in results:
+            r["vs_orjson_loop"] = round(r["mb_per_s"] / loops[r["case"].split(":")[0]], 2)
+            print(json.dumps(r))
+    finally:
+        if not args.dir:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
