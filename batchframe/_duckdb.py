@@ -1,9 +1,11 @@
 """DuckDB, twice: the JSON engine that reads output/error lines, and the table sink.
 
-Reading: DuckDB's ``read_json`` with declared columns was the fastest JSON engine
-measured here (DESIGN.md, "Performance"), several times a per-row ``orjson`` loop. Each
-call uses its own cursor on a per-process in-memory database, so threads never share
-a connection.
+Reading: DuckDB's ``read_json`` with declared columns is the fastest JSON engine
+measured here (benchmarks/bench_parse.py: about 2x a per-row ``orjson`` loop on 50k-line
+chat shards, about 3x on embeddings; keeping each raw ``body`` as JSON text costs a
+second parse of it, without which chat reached ~3.8x). Polars ``str.json_decode`` and
+pyarrow's JSON reader were slower. Each call uses its own cursor on a per-process
+in-memory database, so threads never share a connection.
 
 Writing: :func:`write_duckdb` upserts ``{table}``, ``{table}_failed`` and
 ``{table}_batches`` in one transaction, sqlite-utils' ``upsert_all`` in spirit.
@@ -309,7 +311,7 @@ def _readable(data: bytes | bytearray | memoryview | os.PathLike[str]) -> Iterat
 
     DuckDB reads a path with its own parallel reader; a Python file object goes
     through fsspec, copying the bytes twice and reading under the GIL (measured
-    1.3-1.5x slower). So bytes are put in a RAM-backed temporary file when the machine
+    ~1.4x slower on chat shards). So bytes are put in a RAM-backed temporary file when the machine
     has one with room, and deleted right after.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -3,6 +3,18 @@
 Schemas are declared here, never inferred from data, so an empty or all-failed job still
 returns frames with the right columns and dtypes (DESIGN.md, "Typed results").
 
+Row shapes, where a body holds more than one answer (``body`` always keeps the rest):
+
+- chat/completions, completions: the first choice (``n > 1``: the others are in ``body``).
+- embeddings: one row per input vector, keyed ``(custom_id, index)``; the request's
+  ``prompt_tokens`` sit on its first row only (so sums are right); ``body`` is the body
+  without ``data`` (the vectors are in ``embedding``); base64 vectors are decoded.
+- moderations: one row per request; with several results (an input array) ``flagged``
+  is any, ``categories`` or-ed and ``category_scores`` the maximum over them.
+- images: one row per request from ``data[0]``, with ``n_images``; ``body`` has
+  ``data[0].b64_json`` set to null (the image lives once, in ``b64_json``) and keeps
+  any further images.
+
 The ``parsed`` column of structured outputs is typed from the JSON schema the requests
 carried. :func:`compile_json_schema` returns that dtype together with a converter that
 checks one decoded answer against the schema, so the dtype and the check can never
