@@ -27,7 +27,32 @@ import polars as pl
 
 import batchframe as bf
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "service", "was", "great", "terrible", "food", "delivery", "late", "arrived", "broken", "works", "perfectly", "would", "buy", "again", "not", "recommend"]
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "service",
+    "was",
+    "great",
+    "terrible",
+    "food",
+    "delivery",
+    "late",
+    "arrived",
+    "broken",
+    "works",
+    "perfectly",
+    "would",
+    "buy",
+    "again",
+    "not",
+    "recommend",
+]
 SPICE = ['she said "wow"', "line\nbreak", "café", "naïve", "日本語", "emoji 😀", "back\\slash"]
 SYSTEM = "Label the sentiment: positive, negative or neutral."
 
