@@ -104,14 +104,31 @@ def compile_template(body: Any) -> Template:
     return t
 
 
-def escape_json_string(s: pl.Series) -> pl.Series:
-    """JSON-quote every value of a String series (``"..."`` with escapes)."""
+def escape_json_chars(s: pl.Series) -> pl.Series:
+    """Escape every value of a String series for use inside JSON quotes (no quotes added)."""
     mask = s.str.contains_any(_SPECIAL)
     if mask.any():
         # Only rows holding a special character pay for the rewrite.
         idx = mask.arg_true()
         s = s.scatter(idx, s.gather(idx).str.replace_many(_SPECIAL, _ESCAPED))
-    return _wrap(s, '"', '"')
+    return s
+
+
+def escape_json_string(s: pl.Series) -> pl.Series:
+    """JSON-quote every value of a String series (``"..."`` with escapes)."""
+    return _wrap(escape_json_chars(s), '"', '"')
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A leaf column as JSON text; ``quoted`` means the quotes are still to be added.
+
+    Leaving the quotes to the surrounding template fragments saves one pass over the
+    text of every string leaf.
+    """
+
+    values: pl.Series
+    quoted: bool = False
 
 
 def _wrap(s: pl.Series, left: str, right: str) -> pl.Series:
@@ -131,8 +148,15 @@ def _rows_text(rows: list[int]) -> str:
     return str(rows)
 
 
-def encode_leaf(s: pl.Series, path: str, offset: int) -> pl.Series:
+def encode_leaf(s: pl.Series, path: str, offset: int) -> Encoded:
     """Encode one evaluated leaf column into JSON text; refuse nulls and non-JSON values."""
+    if s.dtype == pl.String:
+        _check_nulls(s, path, offset)
+        return Encoded(escape_json_chars(s), quoted=True)
+    return Encoded(_encode_value(s, path, offset))
+
+
+def _check_nulls(s: pl.Series, path: str, offset: int) -> bool:
     if s.null_count():
         rows = first_rows(s.is_null(), offset)
         msg = (
@@ -141,6 +165,11 @@ def encode_leaf(s: pl.Series, path: str, offset: int) -> pl.Series:
             "`.drop_nulls(...)`)"
         )
         raise NullValueError(msg, rows=rows, column=path)
+    return True
+
+
+def _encode_value(s: pl.Series, path: str, offset: int) -> pl.Series:
+    _check_nulls(s, path, offset)
     dtype: pl.DataType = s.dtype
     if dtype == pl.Binary:
         s = _decode_utf8(s, path, offset)

@@ -15,6 +15,7 @@ from batchframe import _tokens
 from batchframe._bodies import check_endpoint
 from batchframe._config import BatchLimits
 from batchframe._encode import (
+    Encoded,
     Template,
     compile_template,
     encode_leaf,
@@ -456,7 +457,7 @@ def _encode_chunk(
     const_tokens: int,
 ) -> pl.DataFrame:
     n = chunk.height
-    encoded: list[pl.Series] = []
+    encoded: list[Encoded] = []
     evaluated: dict[str, pl.Series] = {}
     tokens = pl.Series("t", [const_tokens] * n, dtype=pl.Int64)
     for i, leaf in enumerate(template.leaves):
@@ -472,12 +473,15 @@ def _encode_chunk(
             if text is not None:
                 tokens = tokens + counter(text.cast(pl.String))
     parts: list[pl.Expr] = []
-    pieces: list[pl.Series | None] = [*encoded, None]
+    pieces: list[Encoded | None] = [*encoded, None]
+    closing = ""  # the quote that ends the previous string leaf
     for frag, piece in zip(template.fragments, pieces, strict=True):
-        if frag:
-            parts.append(pl.lit(frag))
+        literal = closing + frag + ('"' if piece is not None and piece.quoted else "")
+        if literal:
+            parts.append(pl.lit(literal))
         if piece is not None:
-            parts.append(pl.lit(piece))
+            parts.append(pl.lit(piece.values))
+            closing = '"' if piece.quoted else ""
     bodies = pl.select(pl.concat_str(parts).alias("body")).to_series()
     if "model" in evaluated:
         models = evaluated["model"]
