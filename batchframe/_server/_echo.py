@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from batchframe._schemas import MODERATION_CATEGORIES
 from batchframe._server._echo_images import count, images, missing, videos
 from batchframe._server._errors import ApiError, bad_request, error_body
 from batchframe._server._schema_fill import fill_schema
@@ -36,21 +37,6 @@ Executor = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
 CONTEXT_TOKENS = 128_000
 EMBEDDING_CONTEXT_TOKENS = 8_192
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
-MODERATION_CATEGORIES = (
-    "harassment",
-    "harassment/threatening",
-    "hate",
-    "hate/threatening",
-    "illicit",
-    "illicit/violent",
-    "self-harm",
-    "self-harm/intent",
-    "self-harm/instructions",
-    "sexual",
-    "sexual/minors",
-    "violence",
-    "violence/graphic",
-)
 _IMAGE_CATEGORIES = {
     "self-harm",
     "self-harm/intent",

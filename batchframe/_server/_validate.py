@@ -17,19 +17,12 @@ from typing import Any
 
 import orjson
 
+from batchframe._bodies import ENDPOINTS as BATCH_ENDPOINTS
 from batchframe._server._errors import bad_request
 from batchframe._server._tokens import estimate_body_tokens
 
-ENDPOINTS = (
-    "/v1/responses",
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/completions",
-    "/v1/moderations",
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/videos",
-)
+# The API also accepts video jobs, which batchframe itself does not build.
+ENDPOINTS = (*BATCH_ENDPOINTS, "/v1/videos")
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
