@@ -2,8 +2,9 @@
 
 A template is split once into constant JSON fragments and expression leaves. Each row's
 body is then ``fragment0 + leaf0 + fragment1 + ... + fragmentN``, where every leaf is a
-column encoded to JSON by Polars string kernels (escaping with one Aho-Corasick pass).
-Nothing is serialised per row in Python, and each request is encoded exactly once.
+column encoded to JSON by Polars' own JSON writer (text, numbers, booleans and flat
+lists; nested values fall back to the stdlib encoder, strict about NaN). Nothing is
+serialised per row in Python, and each request is encoded exactly once.
 """
 
 from __future__ import annotations
@@ -16,12 +17,6 @@ from typing import Any
 import polars as pl
 
 from batchframe.exceptions import EncodingError, NullValueError, TemplateError
-
-# JSON string escapes (RFC 8259 §7): quote, backslash and every control character.
-_SPECIAL = ["\\", '"', "\n", "\r", "\t"] + [chr(c) for c in range(32) if chr(c) not in "\n\r\t"]
-_ESCAPED = ["\\\\", '\\"', "\\n", "\\r", "\\t"] + [
-    f"\\u{c:04x}" for c in range(32) if chr(c) not in "\n\r\t"
-]
 
 SHOWN_ROWS = 5
 
@@ -105,13 +100,18 @@ def compile_template(body: Any) -> Template:
 
 
 def escape_json_chars(s: pl.Series) -> pl.Series:
-    """Escape every value of a String series for use inside JSON quotes (no quotes added)."""
-    mask = s.str.contains_any(_SPECIAL)
-    if mask.any():
-        # Only rows holding a special character pay for the rewrite.
-        idx = mask.arg_true()
-        s = s.scatter(idx, s.gather(idx).str.replace_many(_SPECIAL, _ESCAPED))
-    return s
+    """Escape every value of a String series for use inside JSON quotes (no quotes added).
+
+    Polars' own JSON writer escapes about 2x faster than finding and replacing special
+    characters with string kernels; the one-field wrapper it adds is cut off again.
+    """
+    encoded = pl.select(
+        pl.struct(pl.lit(s).alias("s"))
+        .struct.json_encode()
+        .str.strip_prefix('{"s":"')
+        .str.strip_suffix('"}')
+    ).to_series()
+    return encoded.alias(s.name)
 
 
 def escape_json_string(s: pl.Series) -> pl.Series:
@@ -133,10 +133,6 @@ class Encoded:
 
 def _wrap(s: pl.Series, left: str, right: str) -> pl.Series:
     return pl.select(pl.concat_str([pl.lit(left), pl.lit(s), pl.lit(right)])).to_series()
-
-
-def _escape_expr(e: pl.Expr) -> pl.Expr:
-    return pl.concat_str([pl.lit('"'), e.str.replace_many(_SPECIAL, _ESCAPED), pl.lit('"')])
 
 
 def first_rows(mask: pl.Series, offset: int) -> list[int]:
@@ -231,13 +227,23 @@ def _encode_list(s: pl.Series, path: str, offset: int) -> pl.Series:
             f"{_rows_text(rows)}; fill or drop them first"
         )
         raise NullValueError(msg, rows=rows, column=path)
-    if inner == pl.String:
-        elem = _escape_expr(pl.element())
-    elif inner == pl.Boolean or inner.is_integer():
-        elem = pl.element().cast(pl.String)
-    else:
-        return _encode_nested(s, path, offset)
-    return _wrap(s.list.eval(elem).list.join(","), "[", "]")
+    if inner.is_float():
+        bad = s.list.eval(~pl.element().is_finite().all()).list.first()
+        if bad.any():
+            rows = first_rows(bad, offset)
+            msg = (
+                f"template leaf `{path}` holds NaN or infinity at row(s) {_rows_text(rows)}, "
+                "which JSON cannot carry; replace them first"
+            )
+            raise TemplateError(msg, rows=rows, column=path)
+    if inner == pl.String or inner == pl.Boolean or inner.is_integer() or inner.is_float():
+        return pl.select(
+            pl.struct(pl.lit(s).alias("s"))
+            .struct.json_encode()
+            .str.strip_prefix('{"s":')
+            .str.strip_suffix("}")
+        ).to_series()
+    return _encode_nested(s, path, offset)
 
 
 def _encode_nested(s: pl.Series, path: str, offset: int) -> pl.Series:
