@@ -27,7 +27,8 @@ from batchframe._bodies import (
 )
 from batchframe._config import BatchLimits
 from batchframe._job import BatchJob
-from batchframe._requests import Requests, build_requests
+from batchframe._build import build_requests
+from batchframe._requests import Requests
 from batchframe._results import BatchResults
 from batchframe._run import run
 from batchframe._server import LocalBatchServer

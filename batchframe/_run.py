@@ -98,7 +98,7 @@ def run(
     >>> len(results.ok), len(results.failed)
     (2, 0)
     """
-    from batchframe._requests import build_requests
+    from batchframe._build import build_requests
 
     requests = build_requests(
         frame, endpoint=endpoint, body=body, custom_id=custom_id, tokenizer=tokenizer
