@@ -25,9 +25,9 @@ from batchframe._bodies import (
     moderations_body,
     responses_body,
 )
+from batchframe._build import build_requests
 from batchframe._config import BatchLimits
 from batchframe._job import BatchJob
-from batchframe._build import build_requests
 from batchframe._requests import Requests
 from batchframe._results import BatchResults
 from batchframe._run import run
