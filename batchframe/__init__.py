@@ -28,6 +28,7 @@ from batchframe._bodies import (
 from batchframe._build import build_requests
 from batchframe._config import BatchLimits
 from batchframe._job import BatchJob
+from batchframe._read import read_results, scan_results
 from batchframe._requests import Requests
 from batchframe._results import BatchResults
 from batchframe._run import run
@@ -41,11 +42,13 @@ from batchframe.exceptions import (
     EncodingError,
     EndpointError,
     InputError,
+    InvalidTransitionError,
     JobError,
     JobExistsError,
     JobLockedError,
     JobNotFoundError,
     JobNotSettledError,
+    JobTimeoutError,
     LimitError,
     ManifestVersionError,
     NullValueError,
@@ -70,11 +73,13 @@ __all__ = [
     "EncodingError",
     "EndpointError",
     "InputError",
+    "InvalidTransitionError",
     "JobError",
     "JobExistsError",
     "JobLockedError",
     "JobNotFoundError",
     "JobNotSettledError",
+    "JobTimeoutError",
     "LimitError",
     "LocalBatchServer",
     "ManifestVersionError",
@@ -93,6 +98,8 @@ __all__ = [
     "image_body",
     "image_edit_body",
     "moderations_body",
+    "read_results",
     "responses_body",
     "run",
+    "scan_results",
 ]

@@ -5,10 +5,19 @@ No other batchframe module imports ``openai`` at run time; they call these funct
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from batchframe.exceptions import APIError
 
 if TYPE_CHECKING:
     import openai
+
+    from batchframe._storage import Storage
 
 
 def make_client(
@@ -61,25 +70,14 @@ def strict_json_schema(model: Any) -> dict[str, Any]:
 # Batch/Files adapter used by BatchJob (owned by the job module's author).
 #
 # Everything below wraps the SDK so the rest of batchframe sees only its own frozen
-# dataclasses and `batchframe.exceptions.APIError`. Every call runs with the SDK's own
-# retries switched off and is retried here instead, with backoff, so that:
+# dataclasses and `batchframe.exceptions.APIError` (with operation, status_code, code
+# and retryable set). Every call runs with the SDK's own retries switched off and is
+# retried here instead, with backoff, so that:
 #   * `batches.create` can never be silently re-sent by the SDK (it has no idempotency
 #     key); before re-sending, the batches list is searched for the metadata tags;
 #   * downloads restart from scratch into an atomic write, so a dropped connection never
 #     leaves half a file behind.
 # ======================================================================================
-
-import logging  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Mapping  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import TypeVar  # noqa: E402
-
-from batchframe.exceptions import APIError  # noqa: E402
-
-if TYPE_CHECKING:
-    from batchframe._storage import Storage
 
 _log = logging.getLogger("batchframe")
 _T = TypeVar("_T")
@@ -130,37 +128,6 @@ class RemoteBatch:
     def is_terminal(self) -> bool:
         """Whether the status is one of completed, failed, expired, cancelled."""
         return self.status in TERMINAL_STATUSES
-
-
-class APICallError(APIError):
-    """An :class:`~batchframe.exceptions.APIError` that says what failed and how.
-
-    Attributes
-    ----------
-    operation
-        Which call failed (``"batches.create"``, ...).
-    status_code
-        HTTP status of the last attempt, ``None`` for connection errors.
-    code
-        The API's error code (``body.error.code``) when it sent one.
-    retryable
-        Whether the last failure was of a transient kind (429, 5xx, connection).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        operation: str,
-        status_code: int | None = None,
-        code: str | None = None,
-        retryable: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.operation = operation
-        self.status_code = status_code
-        self.code = code
-        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,7 +312,7 @@ class BatchAPI:
                         f"`{operation}` was refused by the API ({_describe(exc, self._scrub)}); "
                         "check the request, the model name and the account's access, then retry"
                     )
-                    raise APICallError(
+                    raise APIError(
                         msg, operation=operation, status_code=status, code=code, retryable=False
                     ) from exc
                 if i + 1 < self.retry.max_tries:
@@ -366,7 +333,7 @@ class BatchAPI:
             f"`{operation}` kept failing after {self.retry.max_tries} tries "
             f"(last: {_describe(last, self._scrub)}); the job state is saved, call the same method again later"
         )
-        raise APICallError(
+        raise APIError(
             msg, operation=operation, status_code=info[1], code=info[2], retryable=True
         ) from last
 
@@ -445,7 +412,7 @@ class BatchAPI:
             return self._call(
                 "batches.cancel", lambda: _to_remote(self._client.batches.cancel(batch_id))
             )
-        except APICallError as exc:
+        except APIError as exc:
             if exc.retryable or exc.status_code is None or exc.status_code == 404:
                 raise
             # 400/409: not cancellable any more (already terminal); report its state.

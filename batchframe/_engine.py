@@ -26,7 +26,7 @@ from typing import Any
 
 import polars as pl
 
-from batchframe._api import APICallError, BatchAPI, RemoteBatch
+from batchframe._api import BatchAPI, RemoteBatch
 from batchframe._manifest import (
     REMOTE_LIVE,
     LockInfo,
@@ -36,15 +36,24 @@ from batchframe._manifest import (
     find_tagged,
     release_lock,
 )
+from batchframe._read import (
+    READ_WINDOW,
+    cache_tag,
+    finalize_outcome,
+    map_bounded,
+    write_cache,
+)
 from batchframe._retry import (
     Outcome,
     child_path,
     is_token_limit_failure,
     record_outcome,
+    shard_ids,
     write_child,
 )
 from batchframe._schedule import QueueBounds, admissible, in_flight_tokens
 from batchframe._storage import Storage
+from batchframe.exceptions import APIError
 
 __all__ = ["JobEngine", "api_factory"]
 
@@ -263,7 +272,7 @@ class JobEngine:
                 completion_window=str(self._m.options.get("completion_window", "24h")),
                 created_after=int(r.intent_at) - _CLOCK_SKEW,
             )
-        except APICallError as exc:
+        except APIError as exc:
             r.last_error = str(exc)
             if not exc.retryable:
                 # Refused outright: no batch exists.
@@ -375,10 +384,19 @@ class JobEngine:
 
     def _outcome(self, r: ShardAttempt) -> Outcome:
         return record_outcome(
-            self._storage, r, endpoint=self._m.endpoint, json_schema=self._m.json_schema
+            self._storage,
+            r,
+            endpoint=self._m.endpoint,
+            json_schema=self._m.json_schema,
+            embedding_dim=self._m.embedding_dim(r.model),
         )
 
     def _settle(self) -> None:
+        """Settle every attempt whose files are in: retries into a child, rows cached.
+
+        Attempts are parsed ``READ_WINDOW`` at a time, so memory tracks one or two
+        shards however many batches finished since the last poll.
+        """
         ready = [r for r in self._m.records if self._ready(r)]
         plain = []
         for r in ready:
@@ -387,38 +405,62 @@ class JobEngine:
             else:
                 plain.append(r)
         max_attempts = int(self._m.options.get("max_attempts", 3))
-        for r, fut in self._map(self._outcome, plain):
-            outcome: Outcome = fut.result()
+        tags: dict[str | None, str] = {}
+        for r, outcome in map_bounded(self._executor, self._outcome, plain, window=READ_WINDOW):
             retry: set[str] = set()
             if not self._m.cancel_requested and r.attempt + 1 < max_attempts:
                 retry = set(outcome.failed.filter(pl.col("retryable"))["custom_id"].to_list())
-            if retry and self._m.record(r.shard, r.attempt + 1) is None:
-                child = write_child(
-                    self._storage, r.path, child_path(r.shard, r.attempt + 1), retry
-                )
-                share = child.n_bytes / max(r.n_bytes, 1)
-                self._m.records.append(
-                    ShardAttempt(
-                        shard=r.shard,
-                        attempt=r.attempt + 1,
-                        parent=r.key,
-                        path=child.path,
-                        sha256=child.sha256,
-                        n_requests=child.n_requests,
-                        n_bytes=child.n_bytes,
-                        est_tokens=math.ceil(r.est_tokens * share),
-                        n_inputs=math.ceil(r.n_inputs * share),
-                        model=r.model,
-                    )
-                )
-                _log.info(
-                    "retrying %d row(s) of %s as attempt %d", len(retry), r.key, r.attempt + 1
-                )
-            r.n_ok = outcome.ok["custom_id"].n_unique() if outcome.ok.height else 0
-            r.n_retried = len(retry)
-            r.n_final_failed = outcome.failed.height - len(retry)
+            child = self._m.record(r.shard, r.attempt + 1)
+            if child is not None:
+                retried: set[str] = set(shard_ids(self._storage, child.path))
+            elif retry:
+                retried = retry
+                self._write_child(r, retry)
+            else:
+                retried = set()
+            final = finalize_outcome(outcome, retried, endpoint=self._m.endpoint)
+            if self._learn_embedding_dim(r, final):
+                tags.pop(r.model, None)
+            r.n_ok = final.ok["custom_id"].n_unique() if final.ok.height else 0
+            r.n_retried = len(retried)
+            r.n_final_failed = final.failed.height
             r.settled_at = time.time()
+            try:
+                if r.model not in tags:
+                    tags[r.model] = cache_tag(self._m, r.model)
+                write_cache(self._storage, r, final, endpoint=self._m.endpoint, tag=tags[r.model])
+            except Exception as exc:  # a cache only: collect() parses the files again
+                _log.warning("could not cache the parsed results of %s: %s", r.key, exc)
             self._save()
+
+    def _write_child(self, r: ShardAttempt, retry: set[str]) -> None:
+        """Write the retryable rows of ``r`` as attempt ``r.attempt + 1`` and record it."""
+        written = write_child(self._storage, r.path, child_path(r.shard, r.attempt + 1), retry)
+        share = written.n_bytes / max(r.n_bytes, 1)
+        child = ShardAttempt(
+            shard=r.shard,
+            attempt=r.attempt + 1,
+            parent=r.key,
+            path=written.path,
+            sha256=written.sha256,
+            n_requests=written.n_requests,
+            n_bytes=written.n_bytes,
+            est_tokens=math.ceil(r.est_tokens * share),
+            n_inputs=math.ceil(r.n_inputs * share),
+            model=r.model,
+        )
+        self._m.records.append(child)
+        _log.info("retrying %d row(s) of %s as attempt %d", len(retry), r.key, r.attempt + 1)
+
+    def _learn_embedding_dim(self, r: ShardAttempt, outcome: Outcome) -> bool:
+        """Remember the first vector width seen, so every later part is typed alike."""
+        if "embedding" not in outcome.ok.columns or not outcome.ok.height:
+            return False
+        dtype = outcome.ok.schema["embedding"]
+        if isinstance(dtype, pl.Array) and self._m.embedding_dim(r.model) is None:
+            self._m.embedding_dims[r.model or ""] = dtype.size
+            return True
+        return False
 
     def _requeue(self, r: ShardAttempt) -> None:
         """Requeue a token_limit_exceeded batch: same input file, next submission, later."""
@@ -435,6 +477,7 @@ class JobEngine:
         r.output_file_id = r.error_file_id = None
         r.output_downloaded = r.error_downloaded = False
         r.terminal_at = None
+        r.batch_ended_at = None
         r.total = r.completed = r.failed = 0
         r.last_error = "; ".join(str(e.get("message") or e.get("code")) for e in r.batch_errors)
         r.batch_errors = []

@@ -25,10 +25,11 @@ from batchframe._manifest import (
     release_lock,
 )
 from batchframe._progress import Progress, progress_enabled
-from batchframe._report import collect_results, job_html, status_frame
+from batchframe._read import collect_results
+from batchframe._report import job_html, status_frame
 from batchframe._schedule import PollBackoff, check_options
 from batchframe._storage import Storage
-from batchframe.exceptions import JobExistsError, JobNotSettledError
+from batchframe.exceptions import JobExistsError, JobTimeoutError
 
 if TYPE_CHECKING:
     import openai
@@ -127,12 +128,14 @@ class BatchJob(JobEngine):
             downloads carry the client, so executors that pickle their tasks (process
             pools, Dask, Ray) need a picklable client.
         break_lock
-            Take over a lock left by a process that is gone (see :meth:`open`).
+            Take over the root's lock whoever holds it (see :meth:`open`).
 
         Raises
         ------
         JobExistsError
             A job already lives at ``root``.
+        JobLockedError
+            Another live process is creating a job at ``root`` right now.
         """
         check_options(metadata, queue_token_limit, max_in_flight, max_attempts)
         limits = limits or BatchLimits()
@@ -213,21 +216,24 @@ class BatchJob(JobEngine):
         executor
             Runs per-shard work; default a small thread pool.
         break_lock
-            Take over the root's lock from a process that is gone. The lock
-            (``lock.json``: host, pid, start time) is held from ``create``/``open``
-            until :meth:`close`. A lock of this same process (an earlier job object,
-            e.g. a re-run notebook cell) is taken over silently; any other holder is
-            never taken over implicitly: a live one raises :class:`JobLockedError`,
-            and a dead one (a pid gone or reused on this host, or any holder on
-            another host) is taken over only with ``break_lock=True``.
+            Take over the root's lock whoever holds it. The lock (``lock.json``:
+            host, pid, process start time) is held from ``create``/``open`` until
+            :meth:`close`. Without ``break_lock`` it is taken over only when that is
+            safe: from this same process (an earlier job object, e.g. a re-run
+            notebook cell), silently; from a process on this host that is gone (a
+            crash or a kill: its pid is dead or now another process's), with a
+            warning on the ``batchframe`` logger. A live holder on this host, and any holder
+            that cannot be checked from here (another host, another container, or
+            before a reboot), raise :class:`JobLockedError` naming it; pass
+            ``break_lock=True`` once you are sure it no longer drives the job.
 
         Raises
         ------
         JobNotFoundError
             No job at ``root``.
         JobLockedError
-            Another live process drives the job, or a dead one left its lock and
-            ``break_lock`` is false.
+            Another live process on this host, or a process that cannot be checked
+            from here, holds the job's lock and ``break_lock`` is false.
         """
         storage = Storage(os.fspath(root), storage_options)
         manifest = Manifest.load(storage)
@@ -382,15 +388,15 @@ class BatchJob(JobEngine):
         poll_interval
             Seconds between polls. ``None``: start at 2 s and back off to 60 s.
         timeout
-            Give up after this many seconds with ``TimeoutError`` (state is saved;
-            call :meth:`wait` again to continue).
+            Give up after this many seconds with :class:`JobTimeoutError` (a
+            ``TimeoutError``; the state is saved: call :meth:`wait` again to continue).
         progress
             Show a progress bar (rows done/failed, batches by status, ETA). ``None``:
             only in a terminal or notebook.
 
         Raises
         ------
-        TimeoutError
+        JobTimeoutError
             ``timeout`` passed before the job settled.
         APIError
             The API kept failing; the state is saved, call again later.
@@ -416,7 +422,7 @@ class BatchJob(JobEngine):
                             f"job {self._m.job_id} is not settled after {timeout} s; its state "
                             "is saved: call `wait()` again to continue"
                         )
-                        raise TimeoutError(msg)
+                        raise JobTimeoutError(msg)
                     delay = min(delay, left)
                 self._sleep(delay)
         finally:
@@ -436,6 +442,12 @@ class BatchJob(JobEngine):
             Wait for the cancelled batches to settle and download their partial results.
         poll_interval, timeout
             As in :meth:`wait`.
+
+        Raises
+        ------
+        JobTimeoutError
+            ``timeout`` passed before the cancelled batches settled (they stay
+            cancelled; call :meth:`wait` to collect their partial results).
         """
         self._m.cancel_requested = True
         self._save()
@@ -487,7 +499,10 @@ class BatchJob(JobEngine):
 
         Every input row is in exactly one of them; failures carry their stage, whether
         they were retryable, and how many attempts were made. ``results.batches`` has
-        one row per batch that ran.
+        one row per batch that ran. Shard attempts are read one or two at a time from
+        the Parquet files the job cached under ``results/`` as it settled them, so
+        memory beyond the result itself tracks one shard. :func:`read_results` gives
+        the same from the root alone.
 
         Parameters
         ----------
@@ -500,12 +515,4 @@ class BatchJob(JobEngine):
         JobNotSettledError
             Some rows are not settled and ``partial`` is false: call :meth:`wait` first.
         """
-        if not partial and not self.is_settled:
-            open_ = [r for r in self._m.records if not r.is_settled]
-            msg = (
-                f"job {self._m.job_id} has {len(open_)} shard attempt(s) not settled yet "
-                f"({sum(r.n_requests for r in open_):,} requests); call `job.wait()` first, "
-                "or `collect(partial=True)` for the rows finished so far"
-            )
-            raise JobNotSettledError(msg)
         return collect_results(self._storage, self._m, executor=self._executor, partial=partial)

@@ -3,10 +3,12 @@
 A job root holds::
 
     manifest.json        this module's Manifest, rewritten atomically after every outside action
-    lock.json            who drives the job right now (host, pid, started)
+    lock.json            who drives the job right now (host, pid, process start time)
     shards/00003.jsonl   attempt 0 of shard 3, as written by ``Requests.write``
     shards/00003.a1.jsonl  attempt 1 (retryable rows of attempt 0, lines copied verbatim)
     outputs/00003.a0.jsonl, errors/00003.a0.jsonl   downloaded output and error files
+    results/00003.a0.*.ok.parquet, *.failed.parquet  their rows, parsed once (a cache,
+                         see batchframe._read)
 
 Each *shard attempt* is one :class:`ShardAttempt` record and, once submitted, exactly one
 live batch. Its ``status`` moves through :data:`TRANSITIONS`::
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import orjson
 
 from batchframe.exceptions import (
+    InvalidTransitionError,
     JobError,
     JobLockedError,
     JobNotFoundError,
@@ -161,6 +164,7 @@ class ShardAttempt:
     intent_at: float | None = None
     submitted_at: float | None = None
     batch_created_at: int | None = None
+    batch_ended_at: int | None = None
     terminal_at: float | None = None
     settled_at: float | None = None
     updated_at: float = field(default_factory=_now)
@@ -191,7 +195,7 @@ class ShardAttempt:
 
         Raises
         ------
-        JobError
+        InvalidTransitionError
             When the move is not allowed (a bug, or a manifest edited by hand).
         """
         if status != self.status and status not in TRANSITIONS[self.status]:
@@ -199,7 +203,7 @@ class ShardAttempt:
                 f"shard attempt {self.key} cannot move from `{self.status}` to `{status}`; "
                 "the manifest may have been edited by hand. Restore it or start a new job root"
             )
-            raise JobError(msg)
+            raise InvalidTransitionError(msg)
         self.status = status
         self.updated_at = _now()
 
@@ -224,6 +228,8 @@ class ShardAttempt:
             for e in b.errors
         ]
         self.usage = b.usage
+        if self.is_terminal:
+            self.batch_ended_at = b.timestamps.get(f"{self.status}_at") or self.batch_ended_at
         if self.is_terminal and self.terminal_at is None:
             self.terminal_at = _now()
             _log.info("batch %s (shard attempt %s) is %s", b.id, self.key, self.status)
@@ -263,6 +269,9 @@ class Manifest:
     json_schema: dict[str, Any] | None = None
     records: list[ShardAttempt] = field(default_factory=list)
     cancel_requested: bool = False
+    #: Embeddings only: vector width per model (``""`` for no model), from the bodies'
+    #: ``dimensions`` or else the first vector seen; results are typed with it.
+    embedding_dims: dict[str, int] = field(default_factory=dict)
     queue: dict[str, dict[str, int | None]] = field(default_factory=dict)
     created_at: float = field(default_factory=_now)
     updated_at: float = field(default_factory=_now)
@@ -303,12 +312,17 @@ class Manifest:
             options=options,
             json_schema=requests.json_schema,
             records=records,
+            embedding_dims=_requested_dims(requests),
         )
 
     @staticmethod
     def new_job_id() -> str:
         """Return a fresh random job id (``"bfj_"`` and 20 hex digits)."""
         return "bfj_" + uuid.uuid4().hex[:20]
+
+    def embedding_dim(self, model: str | None) -> int | None:
+        """Width of ``model``'s embedding vectors, when known (embeddings jobs only)."""
+        return self.embedding_dims.get(model or "")
 
     def record(self, shard: int, attempt: int) -> ShardAttempt | None:
         """Return the record of ``(shard, attempt)``, if any."""
@@ -332,6 +346,7 @@ class Manifest:
             "options": self.options,
             "json_schema": self.json_schema,
             "cancel_requested": self.cancel_requested,
+            "embedding_dims": self.embedding_dims,
             "queue": self.queue,
             "records": [r.to_dict() for r in self.records],
         }
@@ -361,6 +376,7 @@ class Manifest:
             json_schema=data.get("json_schema"),
             records=[ShardAttempt.from_dict(r) for r in data.get("records", [])],
             cancel_requested=bool(data.get("cancel_requested", False)),
+            embedding_dims={str(k): int(v) for k, v in (data.get("embedding_dims") or {}).items()},
             queue=dict(data.get("queue") or {}),
             created_at=float(data["created_at"]),
             updated_at=float(data.get("updated_at", data["created_at"])),
@@ -393,6 +409,29 @@ class Manifest:
         return cls.from_dict(data)
 
 
+def _requested_dims(requests: Requests) -> dict[str, int]:
+    """``dimensions`` per model, for an embeddings job whose bodies agree on one per model."""
+    if requests.endpoint != "/v1/embeddings" or not len(requests.frame):
+        return {}
+    import polars as pl
+
+    dims = (
+        requests.frame.lazy()
+        .select(
+            pl.col("model").fill_null(""),
+            pl.col("body").str.json_path_match("$.dimensions").alias("dim"),
+        )
+        .group_by("model")
+        .agg(pl.col("dim").unique().alias("dims"))
+        .collect()
+    )
+    out: dict[str, int] = {}
+    for model, values in dims.iter_rows():
+        if len(values) == 1 and values[0] is not None and values[0].isdigit():
+            out[str(model)] = int(values[0])
+    return out
+
+
 # Numbered upgrades: _MIGRATIONS[i] turns format_version i + 1 into i + 2.
 _MIGRATIONS: list[Any] = []
 
@@ -421,18 +460,35 @@ def find_tagged(found: list[RemoteBatch], r: ShardAttempt) -> RemoteBatch | None
 # -- lock -----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LockInfo:
-    """Who holds a job root: host name, process id, when, and a random token."""
+    """Who holds a job root: host name, process id, when, and a random token.
+
+    ``proc_start`` (the process start time), ``boot_id`` and ``pid_ns`` (Linux: the
+    boot and the pid namespace) tell whether ``pid`` can be checked from here at all,
+    and whether the process running under it now is the holder: two containers may
+    share a host name, and pids are reused.
+    """
 
     host: str
     pid: int
     started: float
     token: str
     proc_start: str | None = None
+    boot_id: str | None = None
+    pid_ns: str | None = None
 
     def describe(self) -> str:
         """Human-readable holder, for error messages."""
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
-        return f"process {self.pid} on host `{self.host}` (since {when})"
+        when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(self.started))
+        return f"process {self.pid} on host `{self.host}` (holding it since {when})"
+
+    def same_pid_space(self, other: LockInfo) -> bool:
+        """Whether ``other``'s pid means the same process here (same host, boot, namespace)."""
+        if self.host != other.host:
+            return False
+        return all(
+            a is None or b is None or a == b
+            for a, b in ((self.boot_id, other.boot_id), (self.pid_ns, other.pid_ns))
+        )
 
     @classmethod
     def mine(cls) -> LockInfo:
@@ -444,7 +500,24 @@ class LockInfo:
             started=_now(),
             token=uuid.uuid4().hex,
             proc_start=_proc_start(pid),
+            boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
+            pid_ns=_pid_namespace(),
         )
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _proc_start(pid: int) -> str | None:
@@ -469,9 +542,9 @@ def _proc_state(pid: int) -> str | None:
     return rest[0] if rest else None
 
 
-def _holder_alive(info: LockInfo) -> bool | None:
-    """True/False when it can be told (same host), None for a holder on another host."""
-    if info.host != socket.gethostname():
+def _holder_alive(info: LockInfo, mine: LockInfo) -> bool | None:
+    """True/False when it can be told (same pid space), None for a holder elsewhere."""
+    if not info.same_pid_space(mine):
         return None
     try:
         os.kill(info.pid, 0)
@@ -496,23 +569,32 @@ def _read_lock(storage: Storage) -> LockInfo | None:
     except FileNotFoundError:
         return None
     except orjson.JSONDecodeError:
-        return LockInfo(host="?", pid=-1, started=0.0, token="")
-    return LockInfo(
-        host=str(data.get("host", "?")),
-        pid=int(data.get("pid", -1)),
-        started=float(data.get("started", 0.0)),
-        token=str(data.get("token", "")),
-        proc_start=data.get("proc_start"),
-    )
+        data = None
+    try:
+        return LockInfo(
+            host=str(data["host"]),
+            pid=int(data["pid"]),
+            started=float(data.get("started", 0.0)),
+            token=str(data.get("token", "")),
+            proc_start=data.get("proc_start"),
+            boot_id=data.get("boot_id"),
+            pid_ns=data.get("pid_ns"),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return LockInfo(host="?", pid=-1, started=0.0, token=str(data)[:100])
 
 
 def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
     """Take the lock of the job at ``storage``.
 
-    The lock is free when ``lock.json`` is absent. A lock held by this same process
-    (an earlier ``BatchJob`` object, e.g. a re-run notebook cell) is taken over. A lock
-    whose holder is gone (a dead or reused pid on this host) or on another host is taken
-    over only with ``break_lock=True``.
+    The lock is free when ``lock.json`` is absent. It is taken over, with a warning
+    on the ``batchframe`` logger, when its holder is this same process (an earlier
+    ``BatchJob`` object, e.g. a re-run notebook cell) or a process on this host that
+    is gone (its pid is dead, a zombie, or now belongs to a process with another start
+    time): that is what lets a job resume after a crash or a kill. A holder that cannot
+    be checked from here (another host, another container's pid namespace, or before a
+    reboot) is taken over only with ``break_lock=True``; a live holder on this host
+    only with ``break_lock=True`` too.
 
     Raises
     ------
@@ -521,7 +603,7 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
     """
     mine = LockInfo.mine()
     payload = orjson.dumps(asdict(mine))
-    for _ in range(3):
+    for _ in range(5):
         if storage.create_exclusive(LOCK_FILE, payload):
             held = _read_lock(storage)
             if held is not None and held.token == mine.token:
@@ -530,31 +612,45 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
         holder = _read_lock(storage)
         if holder is None:
             continue  # released meanwhile
-        alive = _holder_alive(holder)
-        same_process = holder.host == mine.host and holder.pid == mine.pid
-        if same_process or break_lock:
-            if not same_process:
-                _log.warning(
-                    "taking over the lock of %s at %s", holder.describe(), storage.root_url
+        same_process = holder.pid == mine.pid and holder.same_pid_space(mine)
+        alive = None if same_process else _holder_alive(holder, mine)
+        if not (same_process or alive is False or break_lock):
+            if holder.pid < 0:
+                msg = (
+                    f"the job at `{storage.root_url}` has an unreadable `{LOCK_FILE}` (a "
+                    "crash while it was written?); if no process drives the job, pass "
+                    "`break_lock=True` to take it over"
                 )
-            storage.write_bytes(LOCK_FILE, payload)
-            return mine
-        if alive is False:
-            msg = (
-                f"the job at `{storage.root_url}` is locked by {holder.describe()}, which is no "
-                "longer running; pass `break_lock=True` to take the job over"
+            elif alive is None:
+                msg = (
+                    f"the job at `{storage.root_url}` is locked by {holder.describe()}, "
+                    "which cannot be checked from here (another host, container or boot); "
+                    "if that process is gone, pass `break_lock=True` to take the job over"
+                )
+            else:
+                msg = (
+                    f"the job at `{storage.root_url}` is being driven by {holder.describe()}; "
+                    "wait for it to finish or stop it, then open the job again (or pass "
+                    "`break_lock=True` if you are sure it no longer drives this job)"
+                )
+            raise JobLockedError(msg)
+        if not same_process:
+            why = (
+                "which is no longer running"
+                if alive is False
+                else "because `break_lock=True` was passed"
             )
-        elif alive is None:
-            msg = (
-                f"the job at `{storage.root_url}` is locked by {holder.describe()}; if that "
-                "process is gone, pass `break_lock=True` to take the job over"
+            _log.warning(
+                "taking over the lock of the job at %s from %s, %s",
+                storage.root_url,
+                holder.describe(),
+                why,
             )
-        else:
-            msg = (
-                f"the job at `{storage.root_url}` is being driven by {holder.describe()}; wait "
-                "for it to finish or stop it, then open the job again"
-            )
-        raise JobLockedError(msg)
+        # Remove the stale lock only if it is still the one just judged, then race for
+        # a fresh exclusive create like any other taker.
+        again = _read_lock(storage)
+        if again is not None and again.token == holder.token:
+            storage.delete(LOCK_FILE)
     msg = f"could not take the lock of the job at `{storage.root_url}`; try again"
     raise JobLockedError(msg)
 

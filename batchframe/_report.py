@@ -1,32 +1,27 @@
-"""Views of a job's manifest: the status frame, the batches frame, HTML, collected results."""
+"""Views of a job's manifest: the status frame, the batches frame and the HTML summary.
+
+Both frames have declared schemas (never inferred), so a job where nothing ran yet
+still gives typed, empty columns, and DuckDB tables made from them are typed too.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from batchframe._retry import Outcome, record_outcome, shard_ids
-
 if TYPE_CHECKING:
     from batchframe._manifest import Manifest, ShardAttempt
-    from batchframe._results import BatchResults
-    from batchframe._storage import Storage
 
 __all__ = [
     "BATCHES_SCHEMA",
     "STATUS_SCHEMA",
     "batches_frame",
-    "collect_results",
     "job_html",
     "status_frame",
 ]
-
-_log = logging.getLogger("batchframe")
 
 _TS = pl.Datetime("us", "UTC")
 _STATUS: dict[str, pl.DataType] = {
@@ -151,7 +146,9 @@ def batches_frame(manifest: Manifest) -> pl.DataFrame:
                 "created_at": None
                 if r.batch_created_at is None
                 else r.batch_created_at * 1_000_000,
-                "completed_at": _us(r.terminal_at),
+                "completed_at": (
+                    _us(r.terminal_at) if r.batch_ended_at is None else r.batch_ended_at * 1_000_000
+                ),
                 "request_total": r.total,
                 "request_completed": r.completed,
                 "request_failed": r.failed,
@@ -188,62 +185,3 @@ def job_html(
         f"batches: {escape(summary)}</p>"
     )
     return head + status._repr_html_()
-
-
-def collect_results(
-    storage: Storage,
-    manifest: Manifest,
-    *,
-    executor: Executor,
-    partial: bool,
-) -> BatchResults:
-    """Every settled row as ok or failed; a row retried in a child attempt counts there."""
-    from batchframe._results import BatchResults
-
-    def outcome(r: ShardAttempt) -> Outcome:
-        return record_outcome(
-            storage, r, endpoint=manifest.endpoint, json_schema=manifest.json_schema
-        )
-
-    settled = [r for r in manifest.records if r.is_settled]
-    settled.sort(key=lambda r: (r.attempt, r.shard))
-    run: Callable[[ShardAttempt], Outcome] = outcome
-    futures = [(r, executor.submit(run, r)) for r in settled]
-    oks: list[pl.DataFrame] = []
-    fails: list[pl.DataFrame] = []
-    empty: pl.DataFrame | None = None
-    for r, fut in futures:
-        result = fut.result()
-        if result.ok.height:
-            oks.append(result.ok)
-        elif empty is None:
-            empty = result.ok
-        failed = result.failed
-        child = manifest.record(r.shard, r.attempt + 1)
-        if child is not None and failed.height:
-            retried = pl.Series(shard_ids(storage, child.path), dtype=pl.String)
-            failed = failed.filter(~pl.col("custom_id").is_in(retried.implode()))
-        if failed.height:
-            fails.append(failed)
-    if not oks:
-        if empty is None:
-            from batchframe._results import parse_output
-
-            empty = parse_output(
-                b"", endpoint=manifest.endpoint, batch_id="", json_schema=manifest.json_schema
-            )[0]
-        oks.append(empty)
-    results = BatchResults.from_parts(
-        oks, fails, endpoint=manifest.endpoint, batches=batches_frame(manifest)
-    )
-    if not partial:
-        n = results.ok["custom_id"].n_unique() + results.failed.height
-        if n != manifest.n_requests:
-            _log.warning(
-                "job %s accounts for %d rows but was made from %d; were shard files changed "
-                "after the job started?",
-                manifest.job_id,
-                n,
-                manifest.n_requests,
-            )
-    return results

@@ -173,12 +173,16 @@ def record_outcome(
     *,
     endpoint: str,
     json_schema: dict[str, Any] | None,
+    embedding_dim: int | None = None,
 ) -> Outcome:
     """Every row of ``record`` (a settled-able terminal attempt) as ok or failed.
 
     Rows in neither file are failed with stage ``"missing"`` (retryable: they never
     ran); rows of a batch that failed validation get stage ``"batch"``; rows of an
     attempt withdrawn by ``cancel()`` before it was submitted get stage ``"cancelled"``.
+    ``embedding_dim`` (embeddings: the job's vector width, when known) types the
+    ``embedding`` column, also of an attempt without a single success; the shard's
+    model fills ``model`` where a response names none.
     """
     from batchframe._results import parse_errors, parse_output
 
@@ -193,6 +197,7 @@ def record_outcome(
             batch_id=batch_id or "",
             json_schema=json_schema,
             attempts=attempts,
+            embedding_dim=embedding_dim,
             model=record.model,
         )
 

@@ -53,7 +53,11 @@ def run(
 
     If ``root`` already holds a job made from the same requests (same table, template
     and endpoint: the same fingerprint), that job is resumed rather than started
-    again, so re-running a notebook cell or a script after a crash never pays twice.
+    again, so re-running a notebook cell or a script after a crash never pays twice:
+    batches it already created are polled (or adopted, if the crash came between
+    creating one and recording it), and a finished job just returns its results
+    without a single API call that creates anything. A lock left by a crashed
+    process on this host is taken over with a warning (see :meth:`BatchJob.open`).
 
     Parameters
     ----------
@@ -63,7 +67,8 @@ def run(
         The job's directory or fsspec URL.
     limits, client, storage_options, metadata, queue_token_limit, max_in_flight, max_attempts, executor, break_lock
         As in :meth:`BatchJob.create` (``max_attempts`` defaults to 3). On resume the
-        existing job keeps its ``limits`` and ``metadata``; ``queue_token_limit``,
+        existing job keeps its ``limits`` and ``metadata`` (its shards are written
+        already; other values are logged as ignored); ``queue_token_limit``,
         ``max_in_flight`` and ``max_attempts`` replace the job's when given.
     poll_interval, timeout, progress
         As in :meth:`BatchJob.wait`.
@@ -77,8 +82,15 @@ def run(
     ------
     JobExistsError
         ``root`` holds a job made from different requests.
-    TimeoutError
-        ``timeout`` passed first; call ``run`` again with the same arguments to resume.
+    JobLockedError
+        Another live process drives the job at ``root`` (or one on another host held
+        it; pass ``break_lock=True`` if it is gone).
+    JobTimeoutError
+        ``timeout`` passed first (a ``TimeoutError``); call ``run`` again with the
+        same arguments to resume.
+    APIError
+        The API refused a call or kept failing; the state is saved, call ``run``
+        again to resume.
 
     Examples
     --------
@@ -124,6 +136,7 @@ def run(
                 "`BatchJob.open(root)` to work with the existing job"
             )
             raise JobExistsError(msg)
+        _warn_ignored(job, limits, metadata)
         job.configure(
             queue_token_limit=queue_token_limit,
             max_in_flight=max_in_flight,
@@ -148,3 +161,25 @@ def run(
         job.submit()
         job.wait(poll_interval=poll_interval, timeout=timeout, progress=progress)
         return job.collect()
+
+
+def _warn_ignored(
+    job: BatchJob, limits: BatchLimits | None, metadata: Mapping[str, str] | None
+) -> None:
+    """Log options a resumed job cannot take any more (its shards and tags are fixed)."""
+    kept = job._m
+    if limits is not None and limits.to_dict() != kept.limits:
+        _log.warning(
+            "job %s at %s keeps the limits it was created with (%s); the `limits` passed "
+            "now are ignored. Use another root to shard differently",
+            job.job_id,
+            job.root,
+            kept.limits,
+        )
+    if metadata is not None and dict(metadata) != kept.options.get("metadata"):
+        _log.warning(
+            "job %s at %s keeps the metadata it was created with; the `metadata` passed "
+            "now is ignored",
+            job.job_id,
+            job.root,
+        )

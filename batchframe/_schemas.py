@@ -3,6 +3,14 @@
 Schemas are declared here, never inferred from data, so an empty or all-failed job still
 returns frames with the right columns and dtypes (DESIGN.md, "Typed results").
 
+``body`` is the API's own text of ``response.body``, byte for byte, whenever the line
+has the layout OpenAI writes (``{"id", "custom_id", "response": {"status_code",
+"request_id", "body"}, "error": null}`` in that order, minified or ``json.dumps``-spaced;
+see :func:`batchframe._lines.cut_body`). A line in any other layout (other key order,
+extra members) is parsed whole and its ``body`` is the same JSON value re-serialised by
+DuckDB (minified; numbers and escapes may be spelled differently). Either way
+``orjson.loads(body)`` gives the body.
+
 Row shapes, where a body holds more than one answer (``body`` always keeps the rest):
 
 - chat/completions, completions: the first choice (``n > 1``: the others are in ``body``).

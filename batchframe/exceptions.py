@@ -19,10 +19,16 @@ before anything is written or uploaded; they also inherit :class:`ValueError` (o
     ├── JobError                            the job at a root cannot do what was asked
     │   ├── JobNotFoundError(FileNotFoundError)
     │   ├── JobExistsError                  a different job already lives at that root
-    │   ├── JobLockedError                  another live process drives the same root
+    │   ├── JobLockedError                  another live process (or another host) holds the root
     │   ├── ManifestVersionError            the manifest was written by a newer batchframe
+    │   ├── InvalidTransitionError(RuntimeError)
+    │   │                                   a shard attempt asked for an illegal state move
     │   └── JobNotSettledError              results asked for before every row is settled
-    ├── APIError                            the Batch API kept failing; the openai error is __cause__
+    │       └── JobTimeoutError(TimeoutError)
+    │                                       ``wait(timeout=)`` / ``cancel(timeout=)`` ran out
+    ├── APIError                            the API refused a call or kept failing; the openai
+    │                                       error is ``__cause__``; attributes ``operation``,
+    │                                       ``status_code``, ``code``, ``retryable``
     └── ResultsError                        output files that cannot be read back
 
 Row-level failures (a request the API answered with an error) never raise: they land in
@@ -42,11 +48,13 @@ __all__ = [
     "EncodingError",
     "EndpointError",
     "InputError",
+    "InvalidTransitionError",
     "JobError",
     "JobExistsError",
     "JobLockedError",
     "JobNotFoundError",
     "JobNotSettledError",
+    "JobTimeoutError",
     "LimitError",
     "ManifestVersionError",
     "NullValueError",
@@ -145,15 +153,57 @@ class ManifestVersionError(JobError):
     """The manifest was written by a newer batchframe than this one."""
 
 
+class InvalidTransitionError(JobError, RuntimeError):
+    """A shard attempt was asked to move between states the job never moves between.
+
+    This is a bug in batchframe or a manifest edited by hand; it is never caused by
+    the API's answers.
+    """
+
+
 class JobNotSettledError(JobError):
     """Results were asked for before every row reached a final state."""
 
 
+class JobTimeoutError(JobNotSettledError, TimeoutError):
+    """``BatchJob.wait``/``BatchJob.cancel`` (or ``bf.run``) gave up after ``timeout`` seconds.
+
+    The job's state is saved; calling the same method again continues where it stopped.
+    """
+
+
 class APIError(BatchframeError):
-    """The Batch or Files API kept failing after retries.
+    """The Batch or Files API refused a call, or kept failing after retries.
 
     The original ``openai`` exception is available as ``__cause__``.
+
+    Attributes
+    ----------
+    operation
+        Which call failed (``"batches.create"``, ``"files.create"``, ...), if known.
+    status_code
+        HTTP status of the last attempt; ``None`` for connection errors.
+    code
+        The API's error code (``body.error.code``) when it sent one.
+    retryable
+        Whether the last failure was of a transient kind (429, 5xx, a dropped
+        connection): calling the same method again later may succeed.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str | None = None,
+        status_code: int | None = None,
+        code: str | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.status_code = status_code
+        self.code = code
+        self.retryable = retryable
 
 
 class ResultsError(BatchframeError):

@@ -9,6 +9,13 @@ does, with ``parse_output`` and with the best hand-written loop (``orjson`` per 
 same columns and dtypes). Prints one line per shard (MB/s, current and peak RSS: the
 peak must not grow with the number of shards) and one JSON line per case with the
 totals and the ratio to the loop.
+
+The main chat files are minified (``orjson``). Two more layouts get ``--layout-shards``
+shards each: ``chat-spaced``, written the way the API's files are (``json.dumps``:
+``", "`` and ``": "``), and ``chat-reordered``, other key orders (``custom_id`` first,
+``body`` first in ``response``), which batchframe cannot cut the body out of and
+parses whole. Before timing, each kind's first shard is parsed both ways and the
+frames compared (bodies as JSON values).
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ WORDS = [
 # -- data ----------------------------------------------------------------------------------
 
 
-def chat_lines(start: int, n: int, rnd: random.Random) -> bytes:
+def chat_lines(start: int, n: int, rnd: random.Random, layout: str = "minified") -> bytes:
     out = []
     for i in range(start, start + n):
         content = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(2, 12)))
@@ -87,16 +94,20 @@ def chat_lines(start: int, n: int, rnd: random.Random) -> bytes:
             "service_tier": "default",
             "system_fingerprint": "fp_44709d6fcb",
         }
-        out.append(
-            orjson.dumps(
-                {
-                    "id": f"batch_req_{i:x}",
-                    "custom_id": f"row-{i}",
-                    "response": {"status_code": 200, "request_id": f"req_{i:x}", "body": body},
-                    "error": None,
-                }
-            )
-        )
+        line = {
+            "id": f"batch_req_{i:x}",
+            "custom_id": f"row-{i}",
+            "response": {"status_code": 200, "request_id": f"req_{i:x}", "body": body},
+            "error": None,
+        }
+        if layout == "spaced":
+            out.append(json.dumps(line, ensure_ascii=False).encode())
+        elif layout == "reordered":
+            response = {"body": body, "request_id": f"req_{i:x}", "status_code": 200}
+            reordered = {"custom_id": f"row-{i}", "response": response}
+            out.append(orjson.dumps({**reordered, "id": f"batch_req_{i:x}", "error": None}))
+        else:
+            out.append(orjson.dumps(line))
     return b"\n".join(out) + b"\n"
 
 
@@ -210,26 +221,56 @@ def rss_mb() -> tuple[float, float]:
         return peak, peak
 
 
+def _chat(a: argparse.Namespace, p: Path, d: bytes) -> pl.DataFrame:
+    return parse_output(d, endpoint=CHAT, batch_id="b")[0]
+
+
+def _emb(a: argparse.Namespace, p: Path, d: bytes) -> pl.DataFrame:
+    return parse_output(d, endpoint=EMB, batch_id="b", embedding_dim=a.dim)[0]
+
+
+def _chat_loop(a: argparse.Namespace, p: Path, d: bytes) -> pl.DataFrame:
+    return loop_chat(d, "b")
+
+
+def _emb_loop(a: argparse.Namespace, p: Path, d: bytes) -> pl.DataFrame:
+    return loop_embeddings(d, "b", a.dim)
+
+
 CASES: dict[str, tuple[str, Callable[[argparse.Namespace, Path, bytes], pl.DataFrame]]] = {
     # name: (shard files, parse one shard)
-    "chat: batchframe": ("chat", lambda a, p, d: parse_output(d, endpoint=CHAT, batch_id="b")[0]),
+    "chat: batchframe": ("chat", _chat),
     "chat: batchframe (path)": (
         "chat",
         lambda a, p, d: parse_output(p, endpoint=CHAT, batch_id="b")[0],
     ),
-    "chat: orjson loop": ("chat", lambda a, p, d: loop_chat(d, "b")),
-    "emb: batchframe": (
-        "emb",
-        lambda a, p, d: parse_output(d, endpoint=EMB, batch_id="b", embedding_dim=a.dim)[0],
-    ),
-    "emb: orjson loop": ("emb", lambda a, p, d: loop_embeddings(d, "b", a.dim)),
+    "chat: orjson loop": ("chat", _chat_loop),
+    "chat-spaced: batchframe": ("chat-spaced", _chat),
+    "chat-spaced: orjson loop": ("chat-spaced", _chat_loop),
+    "chat-reordered: batchframe": ("chat-reordered", _chat),
+    "chat-reordered: orjson loop": ("chat-reordered", _chat_loop),
+    "emb: batchframe": ("emb", _emb),
+    "emb: orjson loop": ("emb", _emb_loop),
 }
+
+
+def check_same(args: argparse.Namespace, kind: str, path: Path) -> None:
+    """batchframe and the loop give the same frame for one shard (bodies as JSON values)."""
+    from polars.testing import assert_frame_equal
+
+    data = path.read_bytes()
+    ours, loop = (
+        CASES[f"{kind}: {who}"][1](args, path, data) for who in ("batchframe", "orjson loop")
+    )
+    assert_frame_equal(ours.drop("body"), loop.drop("body"))
+    for a, b in zip(ours["body"].gather_every(997), loop["body"].gather_every(997), strict=True):
+        assert orjson.loads(a) == orjson.loads(b)
 
 
 def run_case(args: argparse.Namespace) -> None:
     """Parse the shard files of one case, one at a time (runs in its own process)."""
     kind, parse = CASES[args.case]
-    paths = sorted(Path(args.dir).glob(f"{kind}-*.jsonl"))[: args.limit or None]
+    paths = sorted(Path(args.dir).glob(f"{kind}-[0-9]*.jsonl"))[: args.limit or None]
     if paths:  # warm up (imports, DuckDB's thread pool) on a few lines, untimed
         head = b"\n".join(paths[0].read_bytes().split(b"\n", 100)[:100]) + b"\n"
         warm = Path(args.dir) / f"warm-{kind}.jsonl"
@@ -268,6 +309,9 @@ def main() -> None:
         "--emb-shard-rows", type=int, default=10_000, help="embedding lines per shard file"
     )
     ap.add_argument("--dim", type=int, default=1536)
+    ap.add_argument(
+        "--layout-shards", type=int, default=2, help="chat shards per other layout (0: none)"
+    )
     ap.add_argument("--dir", help="where to write shard files (default: a temporary directory)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
@@ -295,10 +339,24 @@ def main() -> None:
             args.emb_shard_rows,
             lambda s, n: embedding_lines(s, n, args.dim, pool),
         )
-        print(f"generated {len(chat)} chat + {len(emb)} embedding shard files in "
+        layouts = {
+            layout: write_shards(
+                folder,
+                f"chat-{layout}",
+                min(args.rows, args.layout_shards * args.shard_rows),
+                args.shard_rows,
+                lambda s, n, layout=layout: chat_lines(s, n, rnd, layout),
+            )
+            for layout in ("spaced", "reordered")
+        }
+        files = {"chat": chat, "emb": emb, **{f"chat-{k}": v for k, v in layouts.items()}}
+        print(f"generated {sum(map(len, files.values()))} shard files in "
               f"{time.perf_counter() - t0:.1f} s ({folder})")  # fmt: skip
+        for kind, paths in files.items():
+            if paths:
+                check_same(args, kind, paths[0])
         # Each case runs in a fresh process, so its peak RSS is its own.
-        runs = [(case, 0) for case, (kind, _) in CASES.items() if (chat if kind == "chat" else emb)]
+        runs = [(case, 0) for case, (kind, _) in CASES.items() if files[kind]]
         runs += [("chat: batchframe", 1)] if len(chat) > 1 else []
         runs += [("emb: batchframe", 1)] if len(emb) > 1 else []
         results = []

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import polars as pl
+import polars.testing
 import pytest
 
 import batchframe as bf
@@ -212,7 +213,10 @@ def test_queue_scheduling(tmp_path: Any, known: bool) -> None:
     limits = bf.BatchLimits(max_requests=10)
     per_shard = int(req.plan(limits)["est_tokens"].max())  # type: ignore[arg-type]
     limit = int(per_shard * 2.5)
-    with bf.LocalBatchServer(queue_token_limit=limit, requests_per_second=400, seed=4) as server:
+    # Batches stay queued a while, so a job that does not know the limit surely meets it.
+    with bf.LocalBatchServer(
+        queue_token_limit=limit, requests_per_second=400, validation_seconds=0.5, seed=4
+    ) as server:
         job = bf.BatchJob.create(
             req,
             str(tmp_path / "j"),
@@ -326,19 +330,102 @@ def test_run_resumes_and_refuses_other_requests(server: bf.LocalBatchServer, tmp
         "limits": bf.BatchLimits(max_requests=4),
     }
     first = bf.run(frame(10), root, **kwargs)
-    n_batches = len(server.batches())
+    created = [b["id"] for b in server.batches_created()]
+    n_files = len(server.files())
+    assert len(created) == 3
+    n_calls = len(server.calls)
     again = bf.run(frame(10), root, **kwargs)
-    assert len(server.batches()) == n_batches  # resumed, nothing paid twice
-    assert (
-        first.ok.sort("custom_id")["content"].to_list()
-        == again.ok.sort("custom_id")["content"].to_list()
-    )
+    # Resumed: not one batch or file created, nothing paid twice.
+    assert [b["id"] for b in server.batches_created()] == created
+    assert len(server.files()) == n_files
+    assert not [c for c in server.calls[n_calls:] if c.method == "POST"]
+    pl.testing.assert_frame_equal(first.ok, again.ok)
+    pl.testing.assert_frame_equal(first.failed, again.failed)
+    assert first.batches is not None and again.batches is not None
+    pl.testing.assert_frame_equal(first.batches, again.batches)
     with pytest.raises(bf.JobExistsError, match="other requests"):
         bf.run(frame(11), root, **kwargs)
     with pytest.raises(bf.JobExistsError, match=r"BatchJob\.open"):
         bf.BatchJob.create(requests_for(3), root, client=server.client())
     with pytest.raises(bf.JobNotFoundError, match="no batchframe job"):
         bf.BatchJob.open(str(tmp_path / "nothing"))
+
+
+def test_run_accepts_every_create_and_wait_option() -> None:
+    import inspect
+
+    run = inspect.signature(bf.run).parameters
+    create = inspect.signature(bf.BatchJob.create).parameters
+    wait = inspect.signature(bf.BatchJob.wait).parameters
+    build = inspect.signature(bf.build_requests).parameters
+    wanted = (
+        [n for n in create if n not in ("requests", "root")]
+        + [n for n in wait if n != "self"]
+        + [n for n in build if n != "frame"]
+    )
+    for name in wanted:
+        assert name in run, name
+        assert run[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    assert list(run)[:2] == ["frame", "root"]
+    defaults = {**{n: p.default for n, p in create.items()}, **wait, **build}
+    for name in ("limits", "client", "storage_options", "metadata", "executor", "break_lock"):
+        assert run[name].default == defaults[name], name
+
+
+def test_run_after_a_crash_takes_over_the_dead_lock(
+    server: bf.LocalBatchServer, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import subprocess
+    import sys
+
+    from batchframe._manifest import LOCK_FILE
+
+    root = tmp_path / "j"
+    kwargs: dict[str, Any] = {
+        "endpoint": "/v1/chat/completions",
+        "body": BODIES["/v1/chat/completions"],
+        "custom_id": "id",
+        "client": server.client(),
+        "poll_interval": POLL,
+    }
+    with bf.BatchJob.create(requests_for(6), str(root), client=server.client()) as job:
+        job.submit()
+    # The process that drove it died without releasing its lock (SIGKILL, OOM, reboot).
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True
+    )
+    pid = int(dead.stdout)
+    (root / LOCK_FILE).write_bytes(
+        orjson.dumps(
+            {"host": __import__("socket").gethostname(), "pid": pid, "started": 0, "token": "t"}
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="batchframe"):
+        results = bf.run(frame(6), str(root), **kwargs)
+    assert results.ok.height == 6
+    assert f"process {pid}" in caplog.text and "no longer running" in caplog.text
+    assert len(server.batches_created()) == 1
+    assert not (root / LOCK_FILE).exists()
+
+
+def test_run_logs_options_a_resumed_job_ignores(
+    server: bf.LocalBatchServer, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = str(tmp_path / "j")
+    kwargs: dict[str, Any] = {
+        "endpoint": "/v1/chat/completions",
+        "body": BODIES["/v1/chat/completions"],
+        "custom_id": "id",
+        "client": server.client(),
+        "poll_interval": POLL,
+    }
+    bf.run(frame(4), root, limits=bf.BatchLimits(max_requests=2), **kwargs)
+    with caplog.at_level(logging.WARNING, logger="batchframe"):
+        bf.run(frame(4), root, limits=bf.BatchLimits(max_requests=2), **kwargs)
+        assert "ignored" not in caplog.text
+        bf.run(frame(4), root, limits=bf.BatchLimits(max_requests=3), metadata={"a": "b"}, **kwargs)
+    assert "`limits` passed now are ignored" in caplog.text
+    assert "`metadata` passed now is ignored" in caplog.text
 
 
 def test_collect_before_settled_and_partial(tmp_path: Any) -> None:
@@ -385,11 +472,48 @@ def test_status_html_progress_and_timeout(
         html = job._repr_html_()
         assert job.job_id in html and "<table" in html
         assert job.job_id in repr(job)
-        with pytest.raises(TimeoutError, match="call `wait\\(\\)` again"):
-            job.wait(poll_interval=POLL, timeout=0)
         job.wait(poll_interval=POLL, progress=True)
     err = capsys.readouterr().err
     assert "row" in err and "ok=6" in err
+
+
+def test_status_and_batches_have_declared_dtypes(tmp_path: Any) -> None:
+    from batchframe._report import BATCHES_SCHEMA, STATUS_SCHEMA
+
+    with (
+        bf.LocalBatchServer(validation_seconds=30) as slow,
+        bf.BatchJob.create(requests_for(3), str(tmp_path / "j"), client=slow.client()) as job,
+    ):
+        # Nothing submitted: every id, file, timestamp and error is null, yet typed.
+        assert job.status().schema == STATUS_SCHEMA
+        assert job.collect(partial=True).batches is not None
+        assert job.collect(partial=True).batches.schema == BATCHES_SCHEMA  # type: ignore[union-attr]
+        job.submit()
+        assert job.status().schema == STATUS_SCHEMA
+        assert not any(isinstance(t, pl.Null) for t in job.status().schema.dtypes())
+
+
+def test_wait_and_cancel_timeout(tmp_path: Any) -> None:
+    with (
+        bf.LocalBatchServer(validation_seconds=30) as slow,
+        bf.BatchJob.create(requests_for(4), str(tmp_path / "j"), client=slow.client()) as job,
+    ):
+        with pytest.raises(bf.JobTimeoutError, match="call `wait\\(\\)` again") as info:
+            job.wait(poll_interval=POLL, timeout=0.1)
+        assert isinstance(info.value, TimeoutError)
+        assert isinstance(info.value, bf.JobNotSettledError)
+        assert job.status()["status"].to_list() == ["validating"]
+        with pytest.raises(TimeoutError):
+            bf.run(
+                frame(4),
+                str(tmp_path / "j2"),
+                endpoint="/v1/chat/completions",
+                body=BODIES["/v1/chat/completions"],
+                custom_id="id",
+                client=slow.client(),
+                poll_interval=POLL,
+                timeout=0.1,
+            )
 
 
 def test_second_job_object_in_same_process_takes_over(
@@ -416,6 +540,9 @@ def test_client_level_errors_exhausted_keep_state(tmp_path: Any) -> None:
             ) as info:
                 job.submit()
             assert info.value.__cause__ is not None
+            err = info.value
+            assert (err.operation, err.status_code, err.retryable) == ("files.create", 503, True)
+            assert type(err) is bf.APIError
             assert job.status()["status"].to_list() == ["pending"]
             assert "503" in (job.status()["last_error"][0] or "")
         with bf.BatchJob.open(root, client=api) as job:

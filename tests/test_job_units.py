@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
+import socket
 import subprocess
 import sys
 
@@ -14,6 +17,7 @@ from batchframe._manifest import (
     LOCK_FILE,
     MANIFEST_FILE,
     TRANSITIONS,
+    LockInfo,
     Manifest,
     ShardAttempt,
     acquire_lock,
@@ -22,9 +26,13 @@ from batchframe._manifest import (
 from batchframe._schedule import PollBackoff, QueueBounds, admissible
 from batchframe._storage import Storage
 from batchframe.exceptions import (
+    APIError,
+    InvalidTransitionError,
     JobError,
     JobLockedError,
     JobNotFoundError,
+    JobNotSettledError,
+    JobTimeoutError,
     ManifestVersionError,
 )
 
@@ -102,8 +110,10 @@ def test_transitions(start: str, end: str, ok: bool) -> None:
         r.move(end)  # type: ignore[arg-type]
         assert r.status == end
     else:
-        with pytest.raises(JobError, match="cannot move"):
+        with pytest.raises(InvalidTransitionError, match="cannot move") as info:
             r.move(end)  # type: ignore[arg-type]
+        assert isinstance(info.value, JobError) and isinstance(info.value, RuntimeError)
+        assert r.status == start
 
 
 def test_transition_table_covers_every_status() -> None:
@@ -125,7 +135,9 @@ def test_lock_same_process_and_release(tmp_path) -> None:
     assert not storage.exists(LOCK_FILE)
 
 
-def test_lock_live_other_process(tmp_path) -> None:
+def test_lock_live_other_process_then_dead_one_is_taken_over(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
     storage = Storage(str(tmp_path))
     code = (
         "import sys, time\n"
@@ -139,19 +151,57 @@ def test_lock_live_other_process(tmp_path) -> None:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"locked"
-        with pytest.raises(JobLockedError, match=f"process {proc.pid} on host") as info:
+        host = socket.gethostname()
+        with pytest.raises(JobLockedError, match=f"process {proc.pid} on host `{host}`") as info:
             acquire_lock(storage)
         assert "being driven by" in str(info.value)
+        assert "holding it since 20" in str(info.value)  # when it took the lock
         with pytest.raises(JobLockedError):
             acquire_lock(storage)
     finally:
         proc.kill()
         proc.wait()
-    # Dead holder: refused without break_lock, taken over with it.
-    with pytest.raises(JobLockedError, match=r"no longer running.*break_lock=True"):
-        acquire_lock(storage)
-    lock = acquire_lock(storage, break_lock=True)
+    # The holder is dead (killed, reaped): taken over without break_lock, with a warning.
+    with caplog.at_level(logging.WARNING, logger="batchframe"):
+        lock = acquire_lock(storage)
     assert lock.pid == os.getpid()
+    assert orjson.loads(storage.read_bytes(LOCK_FILE))["token"] == lock.token
+    (warning,) = [r for r in caplog.records if r.name == "batchframe"]
+    assert warning.levelno == logging.WARNING
+    assert f"process {proc.pid}" in warning.getMessage()
+    assert "no longer running" in warning.getMessage()
+
+
+def _foreign_lock(storage: Storage, **fields: object) -> None:
+    data: dict[str, object] = {
+        "host": socket.gethostname(),
+        "pid": os.getppid(),
+        "started": 0.0,
+        "token": "theirs",
+        "proc_start": None,
+    }
+    data.update(fields)
+    storage.write_bytes(LOCK_FILE, orjson.dumps(data))
+
+
+def test_lock_pid_reused_by_another_process_is_taken_over(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from batchframe._manifest import _proc_start
+
+    storage = Storage(str(tmp_path))
+    parent = os.getppid()  # alive, on this host, but not the process that took the lock
+    if _proc_start(parent) is None:
+        pytest.skip("no /proc start times on this platform")
+    _foreign_lock(storage, proc_start="1")
+    with caplog.at_level(logging.WARNING, logger="batchframe"):
+        assert acquire_lock(storage).pid == os.getpid()
+    assert "no longer running" in caplog.text
+    # The same pid with its real start time is a live holder.
+    _foreign_lock(storage, proc_start=_proc_start(parent))
+    with pytest.raises(JobLockedError, match=f"process {parent} on host"):
+        acquire_lock(storage)
+    assert acquire_lock(storage, break_lock=True).pid == os.getpid()
 
 
 def test_lock_other_host(tmp_path) -> None:
@@ -159,9 +209,69 @@ def test_lock_other_host(tmp_path) -> None:
     storage.write_bytes(
         LOCK_FILE, orjson.dumps({"host": "elsewhere", "pid": 1, "started": 0, "token": "t"})
     )
-    with pytest.raises(JobLockedError, match=r"`elsewhere`.*if that process is gone"):
+    with pytest.raises(
+        JobLockedError, match=r"`elsewhere`.*cannot be checked from here.*if that process is gone"
+    ):
         acquire_lock(storage)
     assert acquire_lock(storage, break_lock=True).host != "elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("pid_ns", "pid:[1]"), ("boot_id", "another-boot")],
+    ids=["another-container", "before-a-reboot"],
+)
+def test_lock_that_cannot_be_checked_needs_break_lock(tmp_path, field: str, value: str) -> None:
+    """Same host name, but the pid means nothing here: never taken over by itself."""
+    storage = Storage(str(tmp_path))
+    mine = LockInfo.mine()
+    if getattr(mine, field) is None:
+        pytest.skip(f"no {field} on this platform")
+    for pid in (12345678, os.getpid()):  # a dead pid here, or even this very pid
+        _foreign_lock(storage, pid=pid, **{field: value})
+        with pytest.raises(JobLockedError, match=r"cannot be checked from here"):
+            acquire_lock(storage)
+    assert acquire_lock(storage, break_lock=True).token != "theirs"
+
+
+def test_lock_unreadable_needs_break_lock(tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    for junk in (b"", b"[1, 2]", b'{"host": "x"}'):  # killed while writing it, or damaged
+        storage.write_bytes(LOCK_FILE, junk)
+        with pytest.raises(JobLockedError, match=r"unreadable `lock\.json`.*break_lock=True"):
+            acquire_lock(storage)
+    assert acquire_lock(storage, break_lock=True).pid == os.getpid()
+
+
+def test_exception_tree() -> None:
+    timeout = JobTimeoutError("slow")
+    assert isinstance(timeout, TimeoutError) and isinstance(timeout, JobNotSettledError)
+    assert isinstance(timeout, JobError)
+    assert issubclass(InvalidTransitionError, RuntimeError)
+    plain = APIError("boom")
+    assert (plain.operation, plain.status_code, plain.code, plain.retryable) == (
+        None,
+        None,
+        None,
+        False,
+    )
+    err = APIError(
+        "refused", operation="batches.create", status_code=400, code="bad", retryable=False
+    )
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.operation, back.status_code, back.code, str(back)) == (
+        "batches.create",
+        400,
+        "bad",
+        "refused",
+    )
+    import batchframe as bf
+    from batchframe import _api
+
+    assert not hasattr(_api, "APICallError")
+    for name in ("JobTimeoutError", "InvalidTransitionError"):
+        assert getattr(bf, name) is getattr(bf.exceptions, name)
+        assert name in (bf.exceptions.__doc__ or "")
 
 
 def test_admission_known_limit() -> None:

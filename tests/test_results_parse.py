@@ -495,27 +495,22 @@ def test_failed_rows_keep_file_order_and_exact_lines() -> None:
 # -- engine plumbing ---------------------------------------------------------------------
 
 
-def test_without_a_ram_disk_bytes_are_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import batchframe._duckdb as engine
+def test_buffers_and_paths_with_glob_characters(tmp_path: object) -> None:
+    from pathlib import Path
 
     data = jsonl([line("a", chat_body()), http_error_line("b")])
     expected = parse(data)
-    monkeypatch.setattr(engine, "_RAM_DIR", "/nonexistent-dir")
-    got = parse(data)
-    assert_frame_equal(got[0], expected[0])
-    assert_frame_equal(got[1], expected[1])
+    path = Path(str(tmp_path)) / "out[1]*?.jsonl"
+    path.write_bytes(data)
+    for source in (bytearray(data), memoryview(data), path, str(path)):
+        got = parse_output(source, endpoint=CHAT, batch_id="batch_1")  # type: ignore[arg-type]
+        assert_frame_equal(got[0], expected[0])
+        assert_frame_equal(got[1], expected[1])
 
 
-def test_no_temporary_files_are_left(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    import os
-
-    import batchframe._duckdb as engine
-
-    monkeypatch.setattr(engine, "_RAM_DIR", str(tmp_path))
-    parse(jsonl([line("a", chat_body())]))
-    with pytest.raises(ResultsError):
-        parse(b"not json\n")
-    assert os.listdir(str(tmp_path)) == []
+def test_a_control_character_outside_json_strings_names_the_line() -> None:
+    with pytest.raises(ResultsError, match=r"line 2\b"):
+        parse(jsonl([line("a", chat_body()), b'{"custom_id": "b",\x1f "response": null}']))
 
 
 def test_parsing_from_many_threads() -> None:

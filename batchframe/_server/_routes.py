@@ -272,8 +272,11 @@ class App:
             output_expires_seconds=params["output_expires_seconds"],
         )
         self.store.add_batch(record)
+        # Answer with the batch as created (`validating`), as the API does, even if the
+        # background lifecycle moves it on before the reply is written.
+        payload = self._batch(batch["id"])
         self.lifecycle.start(batch["id"])
-        return Reply(payload=self._batch(batch["id"]), object_id=batch["id"])
+        return Reply(payload=payload, object_id=batch["id"])
 
     def cancel_batch(self, batch_id: str) -> Reply:
         """``POST /v1/batches/{id}/cancel``."""

@@ -1,0 +1,220 @@
+"""Jobs seen from the command line: read-only snapshots, summaries and the wait loop.
+
+``status`` and ``collect`` read ``manifest.json`` and the downloaded files without
+taking the job's lock and without any network call, so they work from another process
+or machine (given the same root) while a ``wait`` elsewhere drives the job.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+import orjson
+import polars as pl
+
+from batchframe._manifest import LOCK_FILE, STATUSES, Manifest, ShardAttempt
+from batchframe._progress import Progress
+from batchframe._report import status_frame
+from batchframe._schedule import PollBackoff
+from batchframe._storage import Storage
+from batchframe.exceptions import JobNotSettledError, JobTimeoutError
+
+if TYPE_CHECKING:
+    from batchframe._job import BatchJob
+    from batchframe._results import BatchResults
+
+__all__ = [
+    "STATUS_COLUMNS",
+    "JobSnapshot",
+    "progress_line",
+    "read_job",
+    "watch",
+]
+
+#: Columns of the ``status`` table (``--wide`` shows every column of ``BatchJob.status``).
+STATUS_COLUMNS = (
+    "shard",
+    "attempt",
+    "model",
+    "status",
+    "batch_id",
+    "n_requests",
+    "completed",
+    "failed",
+    "submitted_at",
+    "settled_at",
+    "last_error",
+)
+_ORDER = {s: i for i, s in enumerate(STATUSES)}
+
+ProgressMode = Literal["bar", "lines", "none"]
+
+
+def row_counts(records: Iterable[ShardAttempt]) -> tuple[int, int, int]:
+    """Rows ``(ok, failed, retried)`` so far: settled attempts count what they settled."""
+    ok = failed = retried = 0
+    for r in records:
+        if r.is_settled:
+            ok += r.n_ok or 0
+            failed += r.n_final_failed or 0
+            retried += r.n_retried or 0
+        else:
+            ok += r.completed
+    return ok, failed, retried
+
+
+def batch_counts(statuses: Iterable[str]) -> str:
+    """``"in_progress=2 completed=4"``: shard attempts per status, in lifecycle order."""
+    counts = Counter(statuses)
+    return " ".join(f"{s}={n}" for s, n in sorted(counts.items(), key=lambda kv: _ORDER[kv[0]]))
+
+
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    """A job's state as read from its root, with no lock and no network."""
+
+    storage: Storage
+    manifest: Manifest
+    lock: Mapping[str, Any] | None
+
+    @property
+    def records(self) -> list[ShardAttempt]:
+        """Every shard attempt."""
+        return self.manifest.records
+
+    @property
+    def is_settled(self) -> bool:
+        """Whether every row is in a final state."""
+        return all(r.is_settled for r in self.records)
+
+    def status(self) -> pl.DataFrame:
+        """The frame of ``BatchJob.status()``."""
+        return status_frame(self.records)
+
+    def summary(self) -> list[str]:
+        """Lines describing the job: id, endpoint, rows, state, lock holder."""
+        m = self.manifest
+        ok, failed, retried = row_counts(self.records)
+        shards = len({r.shard for r in self.records})
+        state = "settled" if self.is_settled else "running"
+        if m.cancel_requested:
+            state = f"cancelled ({state})"
+        created = datetime.fromtimestamp(m.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        lines = [
+            f"job {m.job_id} at {self.storage.root_url} (created {created} UTC)",
+            f"{m.endpoint}: {m.n_requests:,} rows in {shards} shard(s), "
+            f"{len(self.records)} shard attempt(s)",
+            f"{state}: {ok:,} ok, {failed:,} failed, "
+            f"{max(0, m.n_requests - ok - failed):,} pending"
+            + (f"; {retried:,} row(s) retried" if retried else ""),
+        ]
+        if self.lock is not None:
+            since = datetime.fromtimestamp(float(self.lock.get("started", 0)), timezone.utc)
+            lines.append(
+                f"driven by process {self.lock.get('pid')} on host {self.lock.get('host')} "
+                f"since {since:%Y-%m-%d %H:%M:%S} UTC"
+            )
+        return lines
+
+    def collect(self, *, partial: bool) -> BatchResults:
+        """``BatchJob.collect`` without the lock: parse the files already downloaded."""
+        if not partial and not self.is_settled:
+            open_ = [r for r in self.records if not r.is_settled]
+            msg = (
+                f"job {self.manifest.job_id} has {len(open_)} shard attempt(s) not settled "
+                f"yet; run `batchframe wait {self.storage.root_url}` first, or pass --partial "
+                "for the rows finished so far"
+            )
+            raise JobNotSettledError(msg)
+        from batchframe._read import read_results
+
+        return read_results(
+            self.storage.root_url, storage_options=self.storage.storage_options, partial=partial
+        )
+
+
+def read_job(root: str, storage_options: Mapping[str, Any] | None = None) -> JobSnapshot:
+    """Read the job at ``root`` (raises ``JobNotFoundError`` when there is none)."""
+    storage = Storage(root, storage_options)
+    manifest = Manifest.load(storage)
+    lock: dict[str, Any] | None = None
+    try:
+        data = orjson.loads(storage.read_bytes(LOCK_FILE))
+        lock = data if isinstance(data, dict) else None
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        lock = None
+    return JobSnapshot(storage, manifest, lock)
+
+
+def progress_line(n_requests: int, ok: int, failed: int, statuses: str) -> str:
+    """One plain progress line (without its time stamp), for output that is not a terminal."""
+    return (
+        f"{ok + failed:,}/{n_requests:,} rows done ({ok:,} ok, {failed:,} failed) "
+        f"| batches: {statuses}"
+    )
+
+
+def watch(
+    job: BatchJob,
+    *,
+    timeout: float | None,
+    poll_interval: float | None,
+    mode: ProgressMode,
+    out: TextIO | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Drive ``job`` like ``BatchJob.wait``, showing a bar, plain lines, or nothing.
+
+    Each round polls the live batches, downloads finished files, schedules retries and
+    submits what the queue admits. Lines are printed only when something changed.
+
+    Raises
+    ------
+    JobTimeoutError
+        ``timeout`` seconds passed before the job settled (its state is saved).
+    """
+    out = out or sys.stdout
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    backoff = PollBackoff(interval=poll_interval)
+    bar = Progress(job.n_requests, enabled=mode == "bar", description=job.job_id)
+    last_line = ""
+    last_statuses: list[str] = []
+    try:
+        while True:
+            job.refresh()
+            if not job.is_cancelled:
+                job.submit()
+            statuses = job.status()["status"].to_list()
+            ok, failed = job._counts()
+            bar.update(ok=ok, failed=failed, statuses=statuses)
+            if statuses != last_statuses:  # a batch was submitted or finished: poll soon
+                backoff.reset()
+                last_statuses = statuses
+            if mode == "lines":
+                line = progress_line(job.n_requests, ok, failed, batch_counts(statuses))
+                if line != last_line:
+                    out.write(f"[{time.monotonic() - start:7.1f}s] {line}\n")
+                    out.flush()
+                    last_line = line
+            if job.is_settled:
+                return
+            delay = backoff.next()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    msg = (
+                        f"job {job.job_id} is not settled after {timeout:g} s; its state is "
+                        f"saved: run `batchframe wait {job.root}` to continue"
+                    )
+                    raise JobTimeoutError(msg)
+                delay = min(delay, left)
+            sleep(delay)
+    finally:
+        bar.close()

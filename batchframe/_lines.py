@@ -1,0 +1,187 @@
+"""Output and error JSONL as text lines, with each line's ``response.body`` cut out verbatim.
+
+Lines are read as text once, by Polars' CSV reader with a separator that cannot occur
+in valid JSON (``\\x1f``: control characters must be escaped inside JSON strings) and
+no quoting: one String column, CRLF endings, a BOM and very long lines handled, at
+several GB/s. Everything else works on that frame:
+
+- the raw ``line`` of a failed row is the text of its line (byte-exact, minus the line
+  ending), so nothing has to be found again in the file;
+- :func:`cut_body` finds the ``response.body`` value of each line by its position,
+  giving the API's exact body text without a JSON engine serialising it again (see
+  the function for why the cut is safe);
+- the JSON engine (``_duckdb_json``) parses only the cut body and a short head, which
+  is most of its work, and the whole line only where the cut was not possible.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+import orjson
+import polars as pl
+
+__all__ = [
+    "as_bytes",
+    "cut_body",
+    "diagnose",
+    "embeddings_are_base64",
+    "iter_lines",
+    "read_text_lines",
+]
+
+# -- reading lines ---------------------------------------------------------------------
+
+_WS = r"[ \t\n\r]*"
+# A JSON string token, strictly (so a matched head always parses).
+_STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+
+
+def _member(name: str, value: str) -> str:
+    return f'"{name}"{_WS}:{_WS}{value}'
+
+
+_SEP = f"{_WS},{_WS}"
+#: The layout OpenAI writes, up to the opening brace of the body (key order and
+#: JSON whitespace as in the reference; ``"body":`` then at most one space).
+_HEAD = (
+    r"^\{"
+    + _WS
+    + _member("id", _STRING)
+    + _SEP
+    + _member("custom_id", _STRING)
+    + _SEP
+    + _member("response", r"\{")
+    + _WS
+    + _member("status_code", "[0-9]{1,9}")
+    + _SEP
+    + _member("request_id", _STRING)
+    + _SEP
+    + r'"body": ?\{'
+)
+_BODY_KEY = '"body":'
+#: What may follow the body, with the number of bytes after the body's closing brace.
+_TAILS = {'}},"error":null}': 15, '}}, "error": null}': 17}
+#: ASCII whitespace as ``bytes.strip`` sees it: lines of only these are blank.
+_BLANK = " \t\r\n\x0b\x0c"
+
+
+def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.DataFrame:
+    """The non-blank lines of ``data``, each with its ``response.body`` cut out if it can be.
+
+    Columns: ``_ordinal`` (position among the non-blank lines), ``_lineno`` (1-based
+    line number in the file), ``line`` (the text: CRLF endings lose their ``\\r``, the
+    first line its UTF-8 BOM, nothing else changes), and with ``cut`` ``_span`` and
+    ``_head`` from :func:`cut_body`. A path is memory-mapped, bytes are read in place;
+    the work is spread over all cores by Polars' streaming engine.
+
+    Raises
+    ------
+    polars.exceptions.PolarsError
+        The bytes are not UTF-8 text, or a line holds the ``\\x1f`` control character
+        (neither can be a JSON line; callers turn this into a ``ResultsError``).
+    """
+    source: bytes | str = (
+        bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else os.fspath(data)
+    )
+    lines = pl.scan_csv(
+        source,
+        separator="\x1f",
+        quote_char=None,
+        has_header=False,
+        new_columns=["line"],
+        schema={"line": pl.String},
+        comment_prefix=None,
+        glob=False,
+    )
+    return (
+        lines.with_row_index("_lineno", offset=1)
+        .filter(pl.col("line").str.contains(f"[^{re.escape(_BLANK)}]"))
+        .with_row_index("_ordinal")
+        .with_columns(**(cut_body(pl.col("line")) if cut else {}))
+        .collect(engine="streaming")
+    )
+
+
+def cut_body(line: pl.Expr) -> dict[str, pl.Expr]:
+    """``_span`` (the ``response.body`` text) and ``_head`` of lines of the usual layout.
+
+    A line qualifies when it starts with ``{"id": <string>, "custom_id": <string>,
+    "response": {"status_code": <digits>, "request_id": <string>, "body": {`` (any JSON
+    whitespace between tokens, but ``"body":`` then at most one space) and ends with
+    ``}}, "error": null}`` (minified or with one space after ``,`` and ``:``). Then
+    ``_span`` is the text between, from the body's ``{`` to its ``}``, and ``_head`` is
+    the line up to ``"body":`` followed by ``null}}`` (a small JSON document with
+    custom_id, status_code and request_id). Other lines get nulls in both.
+
+    The cut is only a candidate: it is the body exactly when ``_span`` is one valid
+    JSON value, which the JSON engine checks as it parses it (it never has to parse the
+    whole line). The head pattern consists of whole JSON tokens, so it fixes the
+    structure up to the body; if something else followed the body (more members of
+    ``response``, or of the line before ``"error"``), the text between would be the
+    body followed by a comma or a closing brace and more, which is not one JSON value.
+    ``"body":`` cannot occur inside a JSON string (its quotes would be escaped), so the
+    first one in a qualifying line is the key the pattern ends with.
+    """
+    key_at = line.str.find(_BODY_KEY, literal=True)
+    spaced = (line.str.find(_BODY_KEY + " {", literal=True) == key_at).fill_null(False)
+    tail = pl.lit(None, dtype=pl.Int64)
+    for text, size in reversed(_TAILS.items()):
+        tail = pl.when(line.str.ends_with(text)).then(size).otherwise(tail)
+    # The line up to `"body":`; `str.slice` counts characters, `str.find` bytes.
+    head = pl.when(line.str.contains(_HEAD) & tail.is_not_null()).then(
+        line.cast(pl.Binary).bin.slice(0, key_at + len(_BODY_KEY)).cast(pl.String)
+    )
+    start = head.str.len_chars().cast(pl.Int64) + spaced.cast(pl.Int64)
+    return {
+        "_span": line.str.slice(start, line.str.len_chars() - start - tail),
+        "_head": head + pl.lit("null}}"),
+    }
+
+
+# -- raw bytes -------------------------------------------------------------------------
+
+
+def as_bytes(data: bytes | os.PathLike[str]) -> bytes:
+    """The bytes of ``data`` (read from disk if it is a path)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    with open(data, "rb") as f:
+        return f.read()
+
+
+_EMBEDDING_VALUE = re.compile(rb'"embedding"\s*:\s*(\S)')
+
+
+def embeddings_are_base64(data: bytes | os.PathLike[str]) -> bool:
+    """Whether vectors came as base64 strings (``encoding_format="base64"``)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        with open(data, "rb") as f:
+            data = f.read(1 << 20)
+    match = _EMBEDDING_VALUE.search(data)
+    return bool(match and match.group(1) == b'"')
+
+
+def iter_lines(data: bytes) -> Iterable[tuple[int, bytes]]:
+    """``(1-based line number, line)`` for every non-blank line."""
+    for lineno, line in enumerate(data.split(b"\n"), start=1):
+        if line.strip():
+            yield lineno, line.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else line
+
+
+def diagnose(data: bytes) -> str | None:
+    """Name the first line that is not a JSON object with a ``custom_id``."""
+    for lineno, text in iter_lines(data):
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            return f"line {lineno} is not valid JSON ({exc})"
+        if not isinstance(obj, dict):
+            return f"line {lineno} is not a JSON object"
+        if not isinstance(obj.get("custom_id"), str) or not obj["custom_id"]:
+            return f"line {lineno} has no `custom_id`"
+        if not isinstance(obj.get("response"), (dict, type(None))):
+            return f"line {lineno}: `response` is not an object"
+    return None

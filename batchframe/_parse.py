@@ -1,0 +1,333 @@
+"""Output and error files into typed frames: ``parse_output`` and ``parse_errors``.
+
+Parsing needs no network and no job: bytes in, ``(ok, failed)`` frames out. Every
+non-blank line lands in exactly one of them (embeddings: one ok row per input of the
+request). The rule for ok is the reference's: ``error is None and response is not None
+and 200 <= status_code < 300``; anything else is a failed row that keeps its raw line.
+
+A line that is not a JSON object with a ``custom_id`` raises :class:`ResultsError`
+naming the line: it means a damaged file (a truncated download), which should be
+fetched again rather than silently skipped; nothing is lost, the file stays where it is.
+
+The lines are read by :mod:`batchframe._lines` and typed by DuckDB
+(:mod:`batchframe._duckdb_json`); this module sorts rows into ok and failed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import polars as pl
+
+from batchframe._duckdb_json import read_lines
+from batchframe._lines import as_bytes, diagnose, embeddings_are_base64
+from batchframe._schemas import (
+    FAILED_SCHEMA,
+    SchemaMismatch,
+    compile_json_schema,
+    endpoint_key,
+    ok_schema,
+)
+from batchframe.exceptions import ResultsError
+
+__all__ = ["parse_errors", "parse_output"]
+
+_RETRYABLE_CODES = frozenset(
+    {"batch_expired", "request_timeout", "rate_limit_exceeded", "server_error"}
+)
+_PERMANENT_CODES = frozenset(
+    {"batch_cancelled", "content_policy_violation", "content_filter", "invalid_request_error"}
+)
+
+
+def parse_output(
+    data: bytes | os.PathLike[str],
+    *,
+    endpoint: str,
+    batch_id: str,
+    json_schema: Mapping[str, Any] | None = None,
+    attempts: int = 1,
+    embedding_dim: int | None = None,
+    model: str | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Parse a batch output file into ``(ok, failed)`` frames with declared schemas.
+
+    Parameters
+    ----------
+    data
+        The file's bytes (or a local path). A trailing empty line, blank lines, CRLF
+        endings and very large lines (base64 images) are fine. Any chunk of whole lines
+        can be parsed on its own, so a huge file may be fed in pieces.
+    endpoint
+        The batch's endpoint, e.g. ``"/v1/chat/completions"``.
+    batch_id
+        Written to the ``batch_id`` column of both frames.
+    json_schema
+        The structured-output schema the requests carried (bare, or as sent in
+        ``response_format`` / ``text.format``). The answer (chat: ``message.content``;
+        responses: the output text) is decoded into a typed ``parsed`` column; an answer
+        that is not JSON, does not match, or is a refusal becomes a failed row with
+        stage ``"parse"`` and its raw line.
+    attempts
+        Written to ``failed.attempts``.
+    embedding_dim
+        Width of the ``embedding`` array. ``None``: taken from the first vector; for
+        an empty file the column is then ``List(Float32)``.
+    model
+        Used for ``model`` when a body names none (image endpoints).
+
+    Returns
+    -------
+    tuple[pl.DataFrame, pl.DataFrame]
+        ``ok`` with :func:`~batchframe._schemas.ok_schema` columns and ``failed`` with
+        ``FAILED_SCHEMA``. Rows keep the file's order. ``ok.body`` is the API's exact
+        body text for lines in the layout OpenAI writes (else the same JSON, minified:
+        see :mod:`batchframe._schemas`); ``failed.line`` is the line's exact text.
+
+    Raises
+    ------
+    ResultsError
+        A line is not a JSON object with a non-empty ``custom_id`` (the message names
+        the line number).
+    """
+    key = endpoint_key(endpoint)
+    parsed_dtype, convert = compile_json_schema(json_schema) if json_schema else (None, None)
+    base64 = key == "embeddings" and embeddings_are_base64(data)
+    rows = _read(data, endpoint=endpoint, typed=True, base64=base64)
+    if rows["_ok"].all():  # the usual case: skip copying every column through a filter
+        ok, bad = rows, rows.clear()
+    else:
+        ok, bad = rows.filter(pl.col("_ok")), rows.filter(~pl.col("_ok"))
+    failures = [_request_failures(bad)]
+
+    if key == "embeddings":
+        ok, dropped = _explode_embeddings(ok, embedding_dim, base64)
+        failures.append(dropped)
+        if embedding_dim is None and len(ok):
+            embedding_dim = ok.schema["embedding"].size  # type: ignore[attr-defined]
+    if convert is not None and key in ("chat/completions", "responses"):
+        ok, dropped = _parse_structured(ok, key, convert, parsed_dtype)
+        failures.append(dropped)
+
+    schema = ok_schema(endpoint, parsed=parsed_dtype, embedding_dim=embedding_dim)
+    ok = ok.with_columns(batch_id=pl.lit(batch_id))
+    if model is not None:
+        ok = ok.with_columns(pl.col("model").fill_null(model))
+    ok = ok.select(pl.col(name).cast(dtype) for name, dtype in schema.items())
+    return ok, _failed_frame(pl.concat(failures), batch_id=batch_id, attempts=attempts)
+
+
+def parse_errors(
+    data: bytes | os.PathLike[str], *, endpoint: str, batch_id: str, attempts: int = 1
+) -> pl.DataFrame:
+    """Parse a batch error file into failed rows (``FAILED_SCHEMA``).
+
+    HTTP failures (``response.status_code >= 400``, the error in
+    ``response.body.error``) have stage ``"request"``; non-HTTP ones (``response:
+    null``, ``error: {code, message}``) have stage ``"expired"`` for
+    ``batch_expired``, ``"cancelled"`` for ``batch_cancelled`` and ``"request"``
+    otherwise. ``retryable`` is true for 408, 429, 5xx, status 0/none, ``batch_expired``
+    and ``request_timeout``; false for other 4xx and ``batch_cancelled``. A line that
+    looks like a success is kept as a failed row (error code ``unexpected_success``)
+    with its raw line, never dropped.
+
+    Raises
+    ------
+    ResultsError
+        A line is not a JSON object with a non-empty ``custom_id``.
+    """
+    rows = _read(data, endpoint=endpoint, typed=False, base64=False)
+    rows = rows.with_columns(
+        _error_code=pl.when(pl.col("_ok"))
+        .then(pl.lit("unexpected_success"))
+        .otherwise(pl.col("_error_code")),
+        _error_message=pl.when(pl.col("_ok"))
+        .then(pl.lit("a success line in the error file; its body is kept in `line`"))
+        .otherwise(pl.col("_error_message")),
+        _ok=pl.lit(False),
+    )
+    return _failed_frame(_request_failures(rows), batch_id=batch_id, attempts=attempts)
+
+
+# -- parsing internals -----------------------------------------------------------------
+
+
+def _read(
+    data: bytes | os.PathLike[str], *, endpoint: str, typed: bool, base64: bool
+) -> pl.DataFrame:
+    try:
+        rows = read_lines(data, endpoint=endpoint, typed=typed, base64=base64)
+    except ResultsError as exc:
+        where = diagnose(as_bytes(data))
+        msg = (
+            f"{where}; the file may be truncated or damaged, download it again"
+            if where
+            else str(exc)
+        )
+        raise ResultsError(msg) from exc
+    missing = rows.filter(pl.col("custom_id").fill_null("") == "")
+    if len(missing):
+        msg = (
+            f"line {missing['_lineno'][0]} has no `custom_id`; "
+            "the results cannot be matched to requests"
+        )
+        raise ResultsError(msg)
+    return rows
+
+
+def _request_failures(bad: pl.DataFrame) -> pl.DataFrame:
+    """Failed rows (minus ``line``) for lines the API answered with an error."""
+    code, status = pl.col("_error_code"), pl.col("status_code")
+    retryable = (
+        pl.when(code.is_in(_PERMANENT_CODES))
+        .then(False)
+        .when(code.is_in(_RETRYABLE_CODES))
+        .then(True)
+        .when(status.is_in([408, 429]) | (status >= 500))
+        .then(True)
+        # No HTTP answer at all (status 0 or absent): the request did not run properly.
+        .when(status.is_null() | (status == 0))
+        .then(True)
+        .otherwise(False)
+    )
+    stage = (
+        pl.when(code == "batch_expired")
+        .then(pl.lit("expired"))
+        .when(code == "batch_cancelled")
+        .then(pl.lit("cancelled"))
+        .otherwise(pl.lit("request"))
+    )
+    message = pl.col("_error_message").fill_null(
+        pl.when(status.is_null())
+        .then(pl.lit("no response and no error in the line"))
+        .otherwise(pl.format("HTTP status {} without an error message", status))
+    )
+    return bad.select(
+        "_ordinal",
+        "custom_id",
+        stage=stage,
+        status_code=status,
+        error_code=code,
+        error_message=message,
+        retryable=retryable,
+        line="line",
+    )
+
+
+def _parse_failures(rows: pl.DataFrame, code: pl.Expr, message: pl.Expr) -> pl.DataFrame:
+    return rows.select(
+        "_ordinal",
+        "custom_id",
+        stage=pl.lit("parse"),
+        status_code="status_code",
+        error_code=code,
+        error_message=message,
+        retryable=pl.lit(False),
+        line="line",
+    )
+
+
+def _explode_embeddings(
+    ok: pl.DataFrame, dim: int | None, base64: bool
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One row per input vector; requests with no or odd-sized vectors become failures."""
+    vec = pl.element().struct.field("embedding")
+    ok = ok.with_columns(
+        _sizes=pl.col("_data").list.eval(vec.bin.size() // 4 if base64 else vec.list.len())
+    )
+    if dim is None and len(ok):
+        dim = ok.select(pl.col("_sizes").list.first().drop_nulls().first()).item()
+    empty = pl.col("_sizes").list.len().fill_null(0) == 0
+    odd = (
+        pl.lit(False)
+        if dim is None
+        else ~pl.col("_sizes").list.eval(pl.element() == dim).list.all()
+    )
+    problem = pl.when(empty).then(pl.lit("no_embeddings")).when(odd).then(pl.lit("embedding_dim"))
+    ok = ok.with_columns(_problem=problem)
+    messages = {
+        "no_embeddings": "the response holds no embeddings",
+        "embedding_dim": f"an embedding does not have the expected {dim} dimensions",
+    }
+    failures = _parse_failures(
+        ok.filter(pl.col("_problem").is_not_null()),
+        pl.col("_problem"),
+        pl.col("_problem").replace_strict(messages, return_dtype=pl.String),
+    )
+    target = pl.List(pl.Float32) if dim is None else pl.Array(pl.Float32, dim)
+    rows = (
+        ok.filter(pl.col("_problem").is_null())
+        .explode("_data")
+        .with_columns(
+            index=pl.col("_data").struct.field("index"),
+            embedding=pl.col("_data").struct.field("embedding"),
+        )
+        # Usage is per request: keep it on the request's first row so sums stay right.
+        .with_columns(
+            prompt_tokens=pl.when(pl.col("_ordinal").is_first_distinct()).then("prompt_tokens")
+        )
+    )
+    emb = pl.col("embedding")
+    if dim is None:  # no vector anywhere to take a width from
+        return rows.with_columns(pl.lit(None, dtype=target).alias("embedding")), failures
+    return rows.with_columns(
+        emb.bin.reinterpret(dtype=target) if base64 else emb.cast(target)
+    ), failures
+
+
+def _parse_structured(
+    ok: pl.DataFrame, key: str, convert: Any, dtype: pl.DataType | None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Decode each answer into ``parsed``; answers that do not fit become failures."""
+    text_col = "content" if key == "chat/completions" else "output_text"
+    refusal_col = "refusal" if key == "chat/completions" else "_refusal"
+    finish = ok["finish_reason"] if "finish_reason" in ok.columns else pl.Series([None] * len(ok))
+    values: list[Any] = []
+    failed: list[tuple[int, str, str]] = []
+    keep: list[bool] = []
+    for ordinal, text, refusal, reason in zip(
+        ok["_ordinal"], ok[text_col], ok[refusal_col], finish, strict=True
+    ):
+        problem: tuple[str, str] | None = None
+        if text is None:
+            problem = (
+                ("refusal", refusal)
+                if refusal
+                else ("no_content", "the answer has no text to parse")
+            )
+        else:
+            try:
+                values.append(convert(orjson.loads(text)))
+            except orjson.JSONDecodeError as exc:
+                hint = (
+                    " (finish_reason 'length': the answer was cut off)"
+                    if reason == "length"
+                    else ""
+                )
+                problem = ("invalid_json", f"the answer is not valid JSON{hint}: {exc}")
+            except SchemaMismatch as exc:
+                problem = ("schema_mismatch", f"the answer does not match the schema: {exc}")
+        keep.append(problem is None)
+        if problem is not None:
+            failed.append((ordinal, *problem))
+    mask = pl.Series(keep, dtype=pl.Boolean)
+    good = ok.filter(mask).with_columns(pl.Series("parsed", values, dtype=dtype, strict=True))
+    problems = pl.DataFrame(
+        failed,
+        schema={"_ordinal": ok.schema["_ordinal"], "_code": pl.String, "_message": pl.String},
+        orient="row",
+    )
+    bad = ok.filter(~mask).join(problems, on="_ordinal")
+    return good, _parse_failures(bad, pl.col("_code"), pl.col("_message"))
+
+
+def _failed_frame(failures: pl.DataFrame, *, batch_id: str, attempts: int) -> pl.DataFrame:
+    """Attach batch id and attempts; order by position in the file."""
+    return (
+        failures.sort("_ordinal")
+        .with_columns(batch_id=pl.lit(batch_id), attempts=pl.lit(attempts))
+        .select(pl.col(name).cast(dtype) for name, dtype in FAILED_SCHEMA.items())
+    )
