@@ -64,15 +64,30 @@ def progress_enabled(progress: bool | None) -> bool:
     return tty or _in_notebook()
 
 
+def _tqdm_class() -> Any:
+    """The notebook widget bar where ipywidgets can draw it, else the text bar.
+
+    ``tqdm.auto`` would warn ("IProgress not found") in a kernel without ipywidgets;
+    the text bar renders fine in notebooks too.
+    """
+    import importlib.util
+
+    if _in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm
+    from tqdm.std import tqdm as text_tqdm
+
+    return text_tqdm
+
+
 class Progress:
     """A rows bar with batches by status in its postfix; a no-op when disabled."""
 
     def __init__(self, total: int, *, enabled: bool, description: str = "batchframe") -> None:
         self._bar: Any = None
         if enabled:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, unit="row", desc=description, dynamic_ncols=True)
+            self._bar = _tqdm_class()(total=total, unit="row", desc=description, dynamic_ncols=True)
 
     def update(self, *, ok: int, failed: int, statuses: Iterable[str]) -> None:
         """Show ``ok + failed`` rows settled and the count of batches per status."""

@@ -83,6 +83,14 @@ def test_notebook_runs(
         if out.output_type == "error"
     ]
     assert not errors
+    warnings = [
+        out.text
+        for cell in book.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.output_type == "stream" and "Warning" in out.text
+    ]
+    assert not warnings  # a reader sees results, not library noise
     html = [
         out.data["text/html"]
         for cell in book.cells
