@@ -105,13 +105,7 @@ def escape_json_chars(s: pl.Series) -> pl.Series:
     Polars' own JSON writer escapes about 2x faster than finding and replacing special
     characters with string kernels; the one-field wrapper it adds is cut off again.
     """
-    encoded = pl.select(
-        pl.struct(pl.lit(s).alias("s"))
-        .struct.json_encode()
-        .str.strip_prefix('{"s":"')
-        .str.strip_suffix('"}')
-    ).to_series()
-    return encoded.alias(s.name)
+    return _polars_json(s, '"', '"').alias(s.name)
 
 
 def escape_json_string(s: pl.Series) -> pl.Series:
@@ -178,14 +172,7 @@ def _encode_value(s: pl.Series, path: str, offset: int) -> pl.Series:
     if dtype == pl.Boolean or dtype.is_integer() or isinstance(dtype, pl.Decimal):
         return s.cast(pl.String)
     if dtype.is_float():
-        bad = ~s.is_finite()
-        if bad.any():
-            rows = first_rows(bad, offset)
-            msg = (
-                f"template leaf `{path}` holds NaN or infinity at row(s) {_rows_text(rows)}, "
-                "which JSON cannot carry; replace them first"
-            )
-            raise TemplateError(msg, rows=rows, column=path)
+        _refuse_non_finite(~s.is_finite(), path, offset)
         return s.cast(pl.String)
     if isinstance(dtype, (pl.Date, pl.Datetime, pl.Time, pl.Duration)):
         return escape_json_string(s.cast(pl.String))
@@ -228,22 +215,33 @@ def _encode_list(s: pl.Series, path: str, offset: int) -> pl.Series:
         )
         raise NullValueError(msg, rows=rows, column=path)
     if inner.is_float():
-        bad = s.list.eval(~pl.element().is_finite().all()).list.first()
-        if bad.any():
-            rows = first_rows(bad, offset)
-            msg = (
-                f"template leaf `{path}` holds NaN or infinity at row(s) {_rows_text(rows)}, "
-                "which JSON cannot carry; replace them first"
-            )
-            raise TemplateError(msg, rows=rows, column=path)
+        _refuse_non_finite(s.list.eval(~pl.element().is_finite().all()).list.first(), path, offset)
     if inner == pl.String or inner == pl.Boolean or inner.is_integer() or inner.is_float():
-        return pl.select(
-            pl.struct(pl.lit(s).alias("s"))
-            .struct.json_encode()
-            .str.strip_prefix('{"s":')
-            .str.strip_suffix("}")
-        ).to_series()
+        return _polars_json(s, "", "")
     return _encode_nested(s, path, offset)
+
+
+def _refuse_non_finite(bad: pl.Series, path: str, offset: int) -> None:
+    if bad.any():
+        rows = first_rows(bad, offset)
+        msg = (
+            f"template leaf `{path}` holds NaN or infinity at row(s) {_rows_text(rows)}, "
+            "which JSON cannot carry; replace them first"
+        )
+        raise TemplateError(msg, rows=rows, column=path)
+
+
+def _polars_json(s: pl.Series, open_quote: str, close_quote: str) -> pl.Series:
+    """Each value as JSON, written by Polars (``{"s":<value>}`` with the wrapper cut off).
+
+    ``open_quote``/``close_quote`` (``'"'``) also cut a string's own quotes.
+    """
+    return pl.select(
+        pl.struct(pl.lit(s).alias("s"))
+        .struct.json_encode()
+        .str.strip_prefix('{"s":' + open_quote)
+        .str.strip_suffix(close_quote + "}")
+    ).to_series()
 
 
 def _encode_nested(s: pl.Series, path: str, offset: int) -> pl.Series:
