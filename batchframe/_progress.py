@@ -12,21 +12,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from batchframe._manifest import STATUSES
+
 __all__ = ["Progress", "progress_enabled"]
 
-_ORDER = (
-    "pending",
-    "uploaded",
-    "submitting",
-    "validating",
-    "in_progress",
-    "finalizing",
-    "cancelling",
-    "completed",
-    "expired",
-    "cancelled",
-    "failed",
-)
 _SHORT = {
     "pending": "wait",
     "uploaded": "wait",
@@ -94,7 +83,7 @@ class Progress:
         if self._bar is None:
             return
         counts = Counter(_SHORT.get(s, s) for s in statuses)
-        order = {_SHORT[s]: i for i, s in enumerate(_ORDER)}
+        order = {_SHORT[s]: i for i, s in enumerate(STATUSES)}
         parts = [f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: order.get(kv[0], 99))]
         self._bar.set_postfix_str(
             f"ok={ok} failed={failed} | batches: " + " ".join(parts), refresh=False
