@@ -29,6 +29,7 @@ from batchframe._read import collect_results
 from batchframe._report import job_html, status_frame
 from batchframe._schedule import PollBackoff, check_options
 from batchframe._storage import Storage
+from batchframe._timeline import Timeline
 from batchframe.exceptions import JobExistsError, JobTimeoutError
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 
     from batchframe._api import BatchAPI
     from batchframe._requests import Requests
-    from batchframe._results import BatchResults
+    from batchframe._timeline import Timeline
+from batchframe._results import BatchResults
 
 __all__ = ["BatchJob"]
 
@@ -480,6 +482,17 @@ class BatchJob(JobEngine):
             ``last_error``.
         """
         return status_frame(self._m.records)
+
+    def timeline(self) -> Timeline:
+        """Batches over time by status, as a chart (SVG; shown inline in notebooks).
+
+        Returns
+        -------
+        Timeline
+            One bar per shard attempt: queued until submitted, then its batch's
+            status. ``timeline().to_svg()`` gives the SVG text to save or embed.
+        """
+        return Timeline(self.status())
 
     def _repr_html_(self) -> str:
         ok, failed = self._counts()

@@ -627,3 +627,30 @@ def test_progress_off_when_not_interactive_and_configure(
         assert job._m.options["max_attempts"] == 5
         assert job._m.options["queue_token_limit"] == {"gpt-4o-mini": 10**6}
         assert job.collect().ok.height == 4
+
+
+def test_timeline_draws_every_shard_attempt(tmp_path: Any) -> None:
+    req = bf.build_requests(
+        frame(30),
+        endpoint="/v1/chat/completions",
+        body=BODIES["/v1/chat/completions"],
+        custom_id="id",
+    )
+    with bf.LocalBatchServer(failure_rate=0.3, requests_per_second=500, seed=2) as server:
+        job = bf.BatchJob.create(
+            req,
+            str(tmp_path / "j"),
+            client=server.client(),
+            limits=bf.BatchLimits(max_requests=10),
+        )
+        with job:
+            job.wait(poll_interval=POLL)
+            status = job.status()
+            svg = job.timeline()._repr_svg_()
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(svg)  # well-formed
+    titles = [el.text or "" for el in root.iter("{http://www.w3.org/2000/svg}title")]
+    for shard, attempt in status.select("shard", "attempt").iter_rows():
+        assert any(t.startswith(f"{shard}.a{attempt}: completed") for t in titles)
+    assert status["attempt"].max() >= 1  # retries drawn as their own bars
