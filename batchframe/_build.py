@@ -251,8 +251,18 @@ def _encode_chunk(
         }
     )
     if "__cid" in chunk.columns:
-        out = out.with_columns(chunk["__cid"].alias("custom_id"))
+        out = _with_line_bytes(out.with_columns(chunk["__cid"].alias("custom_id")), endpoint)
     return out
+
+
+def _with_line_bytes(frame: pl.DataFrame, endpoint: str) -> pl.DataFrame:
+    """Add ``n_bytes``: the size of each request's JSONL line, newline included."""
+    head, mid, tail = line_affixes(endpoint)
+    fixed = len((head + mid + tail).encode())
+    cid_bytes = escape_json_string(frame["custom_id"]).str.len_bytes().cast(pl.Int64)
+    return frame.with_columns(
+        (pl.col("body").str.len_bytes().cast(pl.Int64) + pl.lit(cid_bytes) + fixed).alias("n_bytes")
+    )
 
 
 def build_requests(
@@ -362,13 +372,8 @@ def build_requests(
         parts = [f.result() for f in futures]
     out = pl.concat(parts) if parts else pl.DataFrame(schema=FRAME_SCHEMA)
     if id_expr is None:
-        out = out.with_columns(_content_ids(out["body"]))
-    head, mid, tail = line_affixes(endpoint)
-    fixed = len((head + mid + tail).encode())
-    cid_bytes = escape_json_string(out["custom_id"]).str.len_bytes().cast(pl.Int64)
-    out = out.with_columns(
-        (pl.col("body").str.len_bytes().cast(pl.Int64) + pl.lit(cid_bytes) + fixed).alias("n_bytes")
-    ).select(list(FRAME_SCHEMA))
+        out = _with_line_bytes(out.with_columns(_content_ids(out["body"])), endpoint)
+    out = out.select(list(FRAME_SCHEMA))
     requests = Requests(
         endpoint=endpoint,
         frame=out.cast(FRAME_SCHEMA),  # type: ignore[arg-type]

@@ -483,3 +483,19 @@ def test_limits_validated():
         bf.BatchLimits(max_tokens=-1)
     assert bf.BatchLimits().max_bytes == 209_715_200
     assert bf.BatchLimits(max_requests=100_000).max_requests == 100_000
+
+
+def test_empty_table_gives_typed_empty_requests(constructor, memfs):
+    df = pl.DataFrame(schema={"id": pl.Int64, "text": pl.String})
+    req = _chat(constructor(df), custom_id="id")
+    assert len(req) == 0
+    assert dict(req.frame.schema) == {
+        "custom_id": pl.String,
+        "body": pl.String,
+        "model": pl.String,
+        "n_bytes": pl.Int64,
+        "n_inputs": pl.Int64,
+        "est_tokens": pl.Int64,
+    }
+    assert req.plan().height == 0
+    assert req.write("memory://empty").height == 0
