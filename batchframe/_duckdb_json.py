@@ -7,14 +7,16 @@ with ``from_json`` and declared structures (fields absent from a body, or of ano
 JSON type, come back NULL), on all cores: the lines go in as Arrow record batches,
 which DuckDB scans in parallel. A line whose cut is not possible or not valid (other
 key order, other members, escapes it does not expect) is parsed whole instead; its
-``body`` is then DuckDB's minified rendering of the same JSON value.
+``body`` is then DuckDB's minified rendering of the same JSON value. Embeddings (whose
+``body`` is rebuilt without the vectors) and error files (no body kept) skip the cut and
+parse every line whole.
 
-Measured on 50,000-line chat shards (benchmarks/bench_parse.py): this is about 1.6x
-faster than ``read_json`` with the body read twice (once to keep it as JSON text,
-once to type it), which is what this module did before. ``read_json`` without the raw
-body was faster still, but the contract keeps the body. Polars ``str.json_decode``
-and pyarrow's JSON reader were slower. Each call uses its own cursor on a per-process
-in-memory database, so threads never share a connection.
+Measured on 50,000-line chat shards given as bytes (benchmarks/bench_parse.py, both
+cores free): ~550 MB/s, about 1.35x the previous reader (``read_json`` over a RAM-disk
+copy, with each body parsed twice: once to keep it as JSON text, once to type it) and
+~4x a per-row ``orjson`` loop. Polars ``read_ndjson``/``str.json_decode`` and pyarrow's
+JSON reader were slower. Each call uses its own cursor on a per-process in-memory
+database, so threads never share a connection.
 """
 
 from __future__ import annotations
@@ -275,7 +277,7 @@ def _query(kind: str, base64: bool, *, cut: bool, body: bool = True) -> str:
             "response": {**_HEAD_STRUCTURE["response"], "body": structure},
             "error": "JSON",
         }
-        raw_body = "json_extract(line, '$.response.body')::VARCHAR" if body else "NULL"
+        raw_body = "json_extract(line, '$.response.body')::VARCHAR" if body else "NULL::VARCHAR"
         # `response` is NULL when null or absent; a non-object reads as a struct of
         # nulls, and only then is its type looked up (it is an error).
         source = f"""

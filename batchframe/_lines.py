@@ -74,8 +74,8 @@ def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.D
     Columns: ``_ordinal`` (position among the non-blank lines), ``_lineno`` (1-based
     line number in the file), ``line`` (the text: CRLF endings lose their ``\\r``, the
     first line its UTF-8 BOM, nothing else changes), and with ``cut`` ``_span`` and
-    ``_head`` from :func:`cut_body`. A path is memory-mapped, bytes are read in place;
-    the work is spread over all cores by Polars' streaming engine.
+    ``_head`` from :func:`cut_body`. The work is spread over all cores by Polars'
+    streaming engine.
 
     Raises
     ------
@@ -83,18 +83,14 @@ def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.D
         The bytes are not UTF-8 text, or a line holds the ``\\x1f`` control character
         (neither can be a JSON line; callers turn this into a ``ResultsError``).
     """
-    source: bytes | str = (
-        bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else os.fspath(data)
-    )
     lines = pl.scan_csv(
-        source,
+        as_bytes(data),
         separator="\x1f",
         quote_char=None,
         has_header=False,
         new_columns=["line"],
         schema={"line": pl.String},
         comment_prefix=None,
-        glob=False,
     )
     return (
         lines.with_row_index("_lineno", offset=1)

@@ -95,8 +95,9 @@ def parse_output(
     """
     key = endpoint_key(endpoint)
     parsed_dtype, convert = compile_json_schema(json_schema) if json_schema else (None, None)
-    base64 = key == "embeddings" and embeddings_are_base64(data)
-    rows = _read(data, endpoint=endpoint, typed=True, base64=base64)
+    raw = as_bytes(data)  # held until the end: measured faster than reading it later
+    base64 = key == "embeddings" and embeddings_are_base64(raw)
+    rows = _read(raw, endpoint=endpoint, typed=True, base64=base64)
     if rows["_ok"].all():  # the usual case: skip copying every column through a filter
         ok, bad = rows, rows.clear()
     else:
@@ -139,7 +140,7 @@ def parse_errors(
     ResultsError
         A line is not a JSON object with a non-empty ``custom_id``.
     """
-    rows = _read(data, endpoint=endpoint, typed=False, base64=False)
+    rows = _read(as_bytes(data), endpoint=endpoint, typed=False, base64=False)
     rows = rows.with_columns(
         _error_code=pl.when(pl.col("_ok"))
         .then(pl.lit("unexpected_success"))
@@ -155,13 +156,11 @@ def parse_errors(
 # -- parsing internals -----------------------------------------------------------------
 
 
-def _read(
-    data: bytes | os.PathLike[str], *, endpoint: str, typed: bool, base64: bool
-) -> pl.DataFrame:
+def _read(data: bytes, *, endpoint: str, typed: bool, base64: bool) -> pl.DataFrame:
     try:
         rows = read_lines(data, endpoint=endpoint, typed=typed, base64=base64)
     except ResultsError as exc:
-        where = diagnose(as_bytes(data))
+        where = diagnose(data)
         msg = (
             f"{where}; the file may be truncated or damaged, download it again"
             if where
