@@ -520,8 +520,8 @@ def _pid_namespace() -> str | None:
         return None
 
 
-def _proc_start(pid: int) -> str | None:
-    """Start time of ``pid`` from ``/proc`` (Linux), to tell a reused pid from the holder."""
+def _proc_stat_field(pid: int, index: int) -> str | None:
+    """Field ``index`` (0 = state) after ``comm`` in ``/proc/<pid>/stat`` (Linux)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode("ascii", "replace")
@@ -529,17 +529,16 @@ def _proc_start(pid: int) -> str | None:
         return None
     # Field 2 (comm) may contain spaces and parentheses; fields after it are plain.
     rest = stat.rsplit(")", 1)[-1].split()
-    return rest[19] if len(rest) > 19 else None
+    return rest[index] if len(rest) > index else None
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of ``pid``, to tell a reused pid from the holder."""
+    return _proc_stat_field(pid, 19)
 
 
 def _proc_state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    rest = stat.rsplit(")", 1)[-1].split()
-    return rest[0] if rest else None
+    return _proc_stat_field(pid, 0)
 
 
 def _holder_alive(info: LockInfo, mine: LockInfo) -> bool | None:
