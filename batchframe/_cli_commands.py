@@ -23,7 +23,7 @@ from batchframe._cli_io import (
     read_table,
     text_table,
 )
-from batchframe._cli_job import STATUS_COLUMNS, ProgressMode, read_job, row_counts, watch
+from batchframe._cli_job import STATUS_COLUMNS, ProgressMode, read_job, watch
 from batchframe._config import BatchLimits
 from batchframe._manifest import MANIFEST_FILE
 from batchframe._storage import Storage
@@ -207,7 +207,7 @@ def _wait_and_report(job: BatchJob, args: argparse.Namespace) -> int:
         mode=_progress_mode(args),
         out=_out(),
     )
-    ok, failed, retried = row_counts(job._m.records)
+    ok, failed, retried = job.counts()
     _say(
         f"job {job.job_id} settled: {ok:,} ok, {failed:,} failed"
         + (f" ({retried:,} row(s) retried)" if retried else ""),
@@ -239,7 +239,7 @@ def cancel(args: argparse.Namespace) -> int:
             mode=_progress_mode(args),
             out=_out(),
         )
-        ok, failed, _ = row_counts(job._m.records)
+        ok, failed, _ = job.counts()
         _say(f"job {job.job_id} cancelled and settled: {ok:,} ok, {failed:,} failed")
     return EXIT_OK
 

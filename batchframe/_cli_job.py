@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 import orjson
 import polars as pl
 
-from batchframe._manifest import LOCK_FILE, STATUSES, Manifest, ShardAttempt
+from batchframe._manifest import LOCK_FILE, STATUSES, Manifest, ShardAttempt, row_counts
 from batchframe._progress import Progress
 from batchframe._report import status_frame
 from batchframe._schedule import PollBackoff
@@ -54,19 +54,6 @@ STATUS_COLUMNS = (
 _ORDER = {s: i for i, s in enumerate(STATUSES)}
 
 ProgressMode = Literal["bar", "lines", "none"]
-
-
-def row_counts(records: Iterable[ShardAttempt]) -> tuple[int, int, int]:
-    """Rows ``(ok, failed, retried)`` so far: settled attempts count what they settled."""
-    ok = failed = retried = 0
-    for r in records:
-        if r.is_settled:
-            ok += r.n_ok or 0
-            failed += r.n_final_failed or 0
-            retried += r.n_retried or 0
-        else:
-            ok += r.completed
-    return ok, failed, retried
 
 
 def batch_counts(statuses: Iterable[str]) -> str:
@@ -192,7 +179,7 @@ def watch(
             if not job.is_cancelled:
                 job.submit()
             statuses = job.status()["status"].to_list()
-            ok, failed = job._counts()
+            ok, failed, _ = job.counts()
             bar.update(ok=ok, failed=failed, statuses=statuses)
             if statuses != last_statuses:  # a batch was submitted or finished: poll soon
                 backoff.reset()

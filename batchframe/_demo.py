@@ -72,7 +72,7 @@ def run_demo(
     out
         Where progress lines go (default ``sys.stdout``).
     """
-    from batchframe._cli_job import ProgressMode, row_counts, watch
+    from batchframe._cli_job import ProgressMode, watch
 
     out = out or sys.stdout
     workdir = Path(root) if root else Path(tempfile.mkdtemp(prefix="batchframe-demo-"))
@@ -108,7 +108,7 @@ def run_demo(
             watch(job, timeout=None, poll_interval=0.1, mode=mode, out=out)
             results = job.collect()
             status = job.status()
-            _, _, retried = row_counts(job._m.records)
+            retried = job.counts().retried
     db = workdir / "reviews.duckdb"
     results.to_duckdb(str(db), table="reviews")
     import duckdb

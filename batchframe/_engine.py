@@ -35,6 +35,7 @@ from batchframe._manifest import (
     batch_tags,
     find_tagged,
     release_lock,
+    row_counts,
 )
 from batchframe._read import (
     READ_WINDOW,
@@ -489,14 +490,8 @@ class JobEngine:
         self._save()
 
     def _counts(self) -> tuple[int, int]:
-        ok = failed = 0
-        for r in self._m.records:
-            if r.is_settled:
-                ok += r.n_ok or 0
-                failed += r.n_final_failed or 0
-            else:
-                ok += r.completed
-        return ok, failed
+        counts = row_counts(self._m.records)
+        return counts.ok, counts.failed
 
     def _step(self) -> bool:
         """One round of :meth:`BatchJob.wait`; return whether batches were submitted."""

@@ -21,8 +21,10 @@ from batchframe._manifest import (
     MANIFEST_FILE,
     REMOTE_LIVE,
     Manifest,
+    RowCounts,
     acquire_lock,
     release_lock,
+    row_counts,
 )
 from batchframe._progress import Progress, progress_enabled
 from batchframe._read import collect_results
@@ -469,6 +471,18 @@ class BatchJob(JobEngine):
             self.wait(poll_interval=poll_interval, timeout=timeout, progress=False)
 
     # -- reporting ----------------------------------------------------------------------
+    def counts(self) -> RowCounts:
+        """Rows settled so far, without a network call.
+
+        Returns
+        -------
+        RowCounts
+            ``(ok, failed, retried)``: rows answered, rows finally failed, and rows
+            resubmitted in a retry shard at least once. Rows of batches still running
+            count as ``ok`` once the batch reports them completed.
+        """
+        return row_counts(self._m.records)
+
     def status(self) -> pl.DataFrame:
         """One row per shard attempt: ids, status, request counts and timestamps.
 

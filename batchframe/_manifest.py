@@ -34,8 +34,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import orjson
 
@@ -662,3 +663,24 @@ def release_lock(storage: Storage, info: LockInfo) -> None:
             storage.delete(LOCK_FILE)
     except Exception:  # releasing is best effort (interpreter exit, storage gone)
         _log.debug("could not release the lock at %s", storage.root_url, exc_info=True)
+
+
+class RowCounts(NamedTuple):
+    """Rows settled so far: ``ok``, finally ``failed``, and ``retried`` (resubmitted)."""
+
+    ok: int
+    failed: int
+    retried: int
+
+
+def row_counts(records: Iterable[ShardAttempt]) -> RowCounts:
+    """Count rows over shard attempts; unsettled attempts count their completed lines."""
+    ok = failed = retried = 0
+    for r in records:
+        if r.is_settled:
+            ok += r.n_ok or 0
+            failed += r.n_final_failed or 0
+            retried += r.n_retried or 0
+        else:
+            ok += r.completed
+    return RowCounts(ok, failed, retried)

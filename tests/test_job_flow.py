@@ -654,3 +654,23 @@ def test_timeline_draws_every_shard_attempt(tmp_path: Any) -> None:
     for shard, attempt in status.select("shard", "attempt").iter_rows():
         assert any(t.startswith(f"{shard}.a{attempt}: completed") for t in titles)
     assert status["attempt"].max() >= 1  # retries drawn as their own bars
+
+
+def test_counts_track_rows_and_retries(tmp_path: Any) -> None:
+    req = bf.build_requests(
+        frame(40),
+        endpoint="/v1/chat/completions",
+        body=BODIES["/v1/chat/completions"],
+        custom_id="id",
+    )
+    with bf.LocalBatchServer(failure_rate=0.25, seed=5) as server:
+        job = bf.BatchJob.create(req, str(tmp_path / "j"), client=server.client(), max_attempts=2)
+        with job:
+            assert job.counts() == (0, 0, 0)
+            job.wait(poll_interval=POLL)
+            counts = job.counts()
+            results = job.collect()
+    assert counts.ok == results.ok.height
+    assert counts.failed == results.failed.height
+    assert counts.ok + counts.failed == 40
+    assert counts.retried >= counts.failed > 0  # every final failure was retried once first
