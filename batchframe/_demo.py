@@ -111,10 +111,9 @@ def run_demo(
             retried = job.counts().retried
     db = workdir / "reviews.duckdb"
     results.to_duckdb(str(db), table="reviews")
-    import duckdb
+    from batchframe._duckdb import query
 
-    with duckdb.connect(str(db), read_only=True) as con:
-        table = con.sql(QUERY).pl()
+    table = query(str(db), QUERY)
     return {
         "rows": rows,
         "shards": status["shard"].n_unique(),

@@ -219,3 +219,9 @@ def _ensure_table(
             "write to a new table name or drop the old table"
         )
         raise ResultsError(msg)
+
+
+def query(database: str, sql: str) -> pl.DataFrame:
+    """Run one read-only query against a DuckDB file and return the result as Polars."""
+    with duckdb.connect(database, read_only=True) as con:
+        return con.sql(sql).pl()
