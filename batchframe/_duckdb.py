@@ -224,4 +224,5 @@ def _ensure_table(
 def query(database: str, sql: str) -> pl.DataFrame:
     """Run one read-only query against a DuckDB file and return the result as Polars."""
     with duckdb.connect(database, read_only=True) as con:
-        return con.sql(sql).pl()
+        out: pl.DataFrame = con.sql(sql).pl()
+    return out
