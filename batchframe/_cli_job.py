@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
@@ -92,7 +92,7 @@ class JobSnapshot:
         state = "settled" if self.is_settled else "running"
         if m.cancel_requested:
             state = f"cancelled ({state})"
-        created = datetime.fromtimestamp(m.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        created = datetime.fromtimestamp(m.created_at, UTC).strftime("%Y-%m-%d %H:%M")
         lines = [
             f"job {m.job_id} at {self.storage.root_url} (created {created} UTC)",
             f"{m.endpoint}: {m.n_requests:,} rows in {shards} shard(s), "
@@ -102,7 +102,7 @@ class JobSnapshot:
             + (f"; {retried:,} row(s) retried" if retried else ""),
         ]
         if self.lock is not None:
-            since = datetime.fromtimestamp(float(self.lock.get("started", 0)), timezone.utc)
+            since = datetime.fromtimestamp(float(self.lock.get("started", 0)), UTC)
             lines.append(
                 f"driven by process {self.lock.get('pid')} on host {self.lock.get('host')} "
                 f"since {since:%Y-%m-%d %H:%M:%S} UTC"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -33,7 +33,7 @@ class Timeline:
 
     def __init__(self, status: pl.DataFrame, *, now: datetime | None = None) -> None:
         self.status = status
-        self.now = now or datetime.now(timezone.utc)
+        self.now = now or datetime.now(UTC)
 
     def _spans(self) -> list[tuple[str, float, float, float, str]]:
         rows = self.status.sort("created_at", "shard", "attempt").to_dicts()

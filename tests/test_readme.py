@@ -18,13 +18,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Literal
 
 import duckdb
 import polars as pl
 import pytest
-import tomllib
 from pydantic import BaseModel
 
 import batchframe as bf

@@ -184,7 +184,7 @@ def test_pydantic_strict_schema_maps() -> None:
 
     from batchframe._api import strict_json_schema
 
-    class Sentiment(str, Enum):
+    class Sentiment(str, Enum):  # noqa: UP042 - the (str, Enum) form users write
         pos = "positive"
         neg = "negative"
 

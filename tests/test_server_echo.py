@@ -39,7 +39,7 @@ def client(server: bf.LocalBatchServer) -> openai.OpenAI:
     return server.client(max_retries=0)
 
 
-class Sentiment(str, Enum):
+class Sentiment(str, Enum):  # noqa: UP042 - the (str, Enum) form users write
     positive = "positive"
     negative = "negative"
     neutral = "neutral"
