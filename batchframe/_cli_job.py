@@ -21,9 +21,9 @@ import polars as pl
 from batchframe._manifest import LOCK_FILE, STATUSES, Manifest, ShardAttempt, row_counts
 from batchframe._progress import Progress
 from batchframe._report import status_frame
-from batchframe._schedule import PollBackoff
+from batchframe._schedule import Deadline, PollBackoff
 from batchframe._storage import Storage
-from batchframe.exceptions import JobNotSettledError, JobTimeoutError
+from batchframe.exceptions import JobNotSettledError
 
 if TYPE_CHECKING:
     from batchframe._job import BatchJob
@@ -168,7 +168,7 @@ def watch(
     """
     out = out or sys.stdout
     start = time.monotonic()
-    deadline = None if timeout is None else start + timeout
+    deadline = Deadline(timeout)
     backoff = PollBackoff(interval=poll_interval)
     bar = Progress(job.n_requests, enabled=mode == "bar", description=job.job_id)
     last_line = ""
@@ -192,16 +192,10 @@ def watch(
                     last_line = line
             if job.is_settled:
                 return
-            delay = backoff.next()
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    msg = (
-                        f"job {job.job_id} is not settled after {timeout:g} s; its state is "
-                        f"saved: run `batchframe wait {job.root}` to continue"
-                    )
-                    raise JobTimeoutError(msg)
-                delay = min(delay, left)
-            sleep(delay)
+            msg = (
+                f"job {job.job_id} is not settled after {timeout or 0:g} s; its state is "
+                f"saved: run `batchframe wait {job.root}` to continue"
+            )
+            sleep(deadline.clamp(backoff.next(), msg))
     finally:
         bar.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
@@ -29,10 +28,10 @@ from batchframe._manifest import (
 from batchframe._progress import Progress, progress_enabled
 from batchframe._read import collect_results
 from batchframe._report import job_html, status_frame
-from batchframe._schedule import PollBackoff, check_options
+from batchframe._schedule import Deadline, PollBackoff, check_options
 from batchframe._storage import Storage
 from batchframe._timeline import Timeline
-from batchframe.exceptions import JobExistsError, JobTimeoutError
+from batchframe.exceptions import JobExistsError
 
 if TYPE_CHECKING:
     import openai
@@ -405,7 +404,7 @@ class BatchJob(JobEngine):
         APIError
             The API kept failing; the state is saved, call again later.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         backoff = PollBackoff(interval=poll_interval)
         bar = Progress(
             self._m.n_requests, enabled=progress_enabled(progress), description=self._m.job_id
@@ -418,17 +417,11 @@ class BatchJob(JobEngine):
                 bar.update(ok=ok, failed=failed, statuses=[r.status for r in self._m.records])
                 if self.is_settled:
                     return
-                delay = backoff.next()
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        msg = (
-                            f"job {self._m.job_id} is not settled after {timeout} s; its state "
-                            "is saved: call `wait()` again to continue"
-                        )
-                        raise JobTimeoutError(msg)
-                    delay = min(delay, left)
-                self._sleep(delay)
+                msg = (
+                    f"job {self._m.job_id} is not settled after {timeout} s; its state "
+                    "is saved: call `wait()` again to continue"
+                )
+                self._sleep(deadline.clamp(backoff.next(), msg))
         finally:
             bar.close()
 

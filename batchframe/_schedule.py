@@ -12,12 +12,13 @@ in-flight tokens stay under the upper bound.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from batchframe._manifest import IN_FLIGHT, ShardAttempt
-from batchframe.exceptions import InputError, LimitError
+from batchframe.exceptions import InputError, JobTimeoutError, LimitError
 
 __all__ = [
     "PollBackoff",
@@ -196,3 +197,19 @@ def check_options(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             msg = f"`{name}` must be a positive integer, got {value!r}"
             raise LimitError(msg)
+
+
+class Deadline:
+    """The end of a ``timeout`` for a polling loop (``None``: no end)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def clamp(self, delay: float, message: str) -> float:
+        """``delay`` cut to the time left; :class:`JobTimeoutError` once none is left."""
+        if self._end is None:
+            return delay
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise JobTimeoutError(message)
+        return min(delay, left)
