@@ -19,11 +19,11 @@ from batchframe._encode import (
     Template,
     compile_template,
     encode_leaf,
-    escape_json_string,
+    escape_json_chars,
     first_rows,
 )
 from batchframe._plan import check_rows
-from batchframe._requests import FRAME_SCHEMA, Requests, line_affixes
+from batchframe._requests import META_SCHEMA, Requests, line_affixes
 from batchframe._structured import normalize
 from batchframe.exceptions import (
     ColumnNotFoundError,
@@ -205,11 +205,13 @@ def _encode_chunk(
     endpoint: str,
     counter: _tokens.Counter,
     const_tokens: int,
+    escape_ids: bool,
 ) -> pl.DataFrame:
+    """Encode one slice of rows: each row's JSONL line (or, without ids, its body)."""
     n = chunk.height
     encoded: list[Encoded] = []
     evaluated: dict[str, pl.Series] = {}
-    tokens = pl.Series("t", [const_tokens] * n, dtype=pl.Int64)
+    tokens = pl.repeat(const_tokens, n, dtype=pl.Int64, eager=True)
     for i, leaf in enumerate(template.leaves):
         s = chunk[f"__leaf{i}"]
         evaluated[leaf.path] = s
@@ -222,47 +224,67 @@ def _encode_chunk(
             text = _text_parts(s)
             if text is not None:
                 tokens = tokens + counter(text.cast(pl.String))
-    parts: list[pl.Expr] = []
-    pieces: list[Encoded | None] = [*encoded, None]
-    closing = ""  # the quote that ends the previous string leaf
-    for frag, piece in zip(template.fragments, pieces, strict=True):
-        literal = closing + frag + ('"' if piece is not None and piece.quoted else "")
-        if literal:
-            parts.append(pl.lit(literal))
-        if piece is not None:
-            parts.append(pl.lit(piece.values))
-            closing = '"' if piece.quoted else ""
-    bodies = pl.select(pl.concat_str(parts).alias("body")).to_series()
+    parts = _body_parts(template, encoded)
     if "model" in evaluated:
         models = evaluated["model"]
         if models.dtype != pl.String:
             msg = f"`model` must be text, got {models.dtype}"
             raise TemplateError(msg, column="model")
     else:
-        models = pl.Series("model", [body.get("model")] * n, dtype=pl.String)
+        models = pl.repeat(body.get("model"), n, dtype=pl.String, eager=True)
     out = pl.DataFrame(
         {
-            "body": bodies,
             "model": models.alias("model"),
             "n_inputs": _n_inputs(body, evaluated, n)
             if endpoint == "/v1/embeddings"
-            else pl.Series([1] * n, dtype=pl.Int64),
-            "est_tokens": tokens,
+            else pl.repeat(1, n, dtype=pl.Int64, eager=True),
+            "est_tokens": tokens.alias("est_tokens"),
         }
     )
-    if "__cid" in chunk.columns:
-        out = _with_line_bytes(out.with_columns(chunk["__cid"].alias("custom_id")), endpoint)
-    return out
-
-
-def _with_line_bytes(frame: pl.DataFrame, endpoint: str) -> pl.DataFrame:
-    """Add ``n_bytes``: the size of each request's JSONL line, newline included."""
-    head, mid, tail = line_affixes(endpoint)
-    fixed = len((head + mid + tail).encode())
-    cid_bytes = escape_json_string(frame["custom_id"]).str.len_bytes().cast(pl.Int64)
-    return frame.with_columns(
-        (pl.col("body").str.len_bytes().cast(pl.Int64) + pl.lit(cid_bytes) + fixed).alias("n_bytes")
+    if "__cid" not in chunk.columns:
+        return out.with_columns(_concat(parts).alias("body"))
+    ids = chunk["__cid"]
+    return out.with_columns(
+        ids.alias("custom_id"),
+        *_lines(endpoint, escape_json_chars(ids) if escape_ids else ids, parts),
     )
+
+
+def _body_parts(template: Template, encoded: list[Encoded]) -> list[str | pl.Series]:
+    """A body as constant text and encoded columns, in order."""
+    parts: list[str | pl.Series] = []
+    pieces: list[Encoded | None] = [*encoded, None]
+    closing = ""  # the quote that ends the previous string leaf
+    for frag, piece in zip(template.fragments, pieces, strict=True):
+        literal = closing + frag + ('"' if piece is not None and piece.quoted else "")
+        if literal:
+            parts.append(literal)
+        if piece is not None:
+            parts.append(piece.values)
+            closing = '"' if piece.quoted else ""
+    return parts
+
+
+def _concat(parts: list[str | pl.Series]) -> pl.Series:
+    """Row-wise concatenation of constant text and columns (adjacent texts merged)."""
+    merged: list[str | pl.Series] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    return pl.select(pl.concat_str([pl.lit(p) for p in merged])).to_series()
+
+
+def _lines(endpoint: str, id_chars: pl.Series, body: list[str | pl.Series]) -> list[pl.Series]:
+    """``line`` (the final JSONL line, newline included), ``n_bytes`` and ``body_start``.
+
+    ``id_chars`` are the ids already escaped for use inside JSON quotes.
+    """
+    head, mid, tail = line_affixes(endpoint)
+    line = _concat([head + '"', id_chars, '"' + mid, *body, tail]).alias("line")
+    start = id_chars.str.len_chars().cast(pl.Int64) + len(head + '""' + mid)
+    return [line, line.str.len_bytes().cast(pl.Int64).alias("n_bytes"), start.alias("body_start")]
 
 
 def build_requests(
@@ -361,29 +383,49 @@ def build_requests(
     const_tokens = _tokens.REQUEST_OVERHEAD + _message_overhead(body_dict)
     if const:
         const_tokens += int(counter(pl.Series(const, dtype=pl.String)).sum())
+    escape_ids = id_expr is not None and _ids_need_escaping(evaluated["__cid"])
     chunks = [
         (evaluated.slice(o, CHUNK_ROWS), o) for o in range(0, max(evaluated.height, 1), CHUNK_ROWS)
     ]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         futures = [
-            pool.submit(_encode_chunk, c, o, template, body_dict, endpoint, counter, const_tokens)
+            pool.submit(
+                _encode_chunk,
+                c,
+                o,
+                template,
+                body_dict,
+                endpoint,
+                counter,
+                const_tokens,
+                escape_ids,
+            )
             for c, o in chunks
         ]
         parts = [f.result() for f in futures]
-    out = pl.concat(parts) if parts else pl.DataFrame(schema=FRAME_SCHEMA)
+    out = pl.concat(parts, rechunk=False)
     if id_expr is None:
-        out = _with_line_bytes(out.with_columns(_content_ids(out["body"])), endpoint)
-    out = out.select(list(FRAME_SCHEMA))
+        ids = _content_ids(out["body"])  # hex and digits: nothing to escape
+        out = out.with_columns(ids, *_lines(endpoint, ids, [out["body"]]))
     requests = Requests(
         endpoint=endpoint,
-        frame=out.cast(FRAME_SCHEMA),  # type: ignore[arg-type]
+        lines=out["line"],
+        meta=out.select(list(META_SCHEMA)).cast(META_SCHEMA),  # type: ignore[arg-type]
         json_schema=json_schema,
         response_model=response_model,
         tokenizer="exact" if counter is not _tokens.estimate_tokens else "estimate",
     )
     # Refuse lines that could never be uploaded, even before a plan is asked for.
-    check_rows(requests.frame, BatchLimits(), embeddings=False)
+    check_rows(requests._meta, BatchLimits(), embeddings=False)
     return requests
+
+
+def _ids_need_escaping(ids: pl.Series) -> bool:
+    """Whether any id has a character JSON must escape (quote, backslash, control)."""
+    if ids.is_empty():
+        return False
+    specials = ['"', "\\", *(chr(c) for c in range(0x20))]
+    return bool(ids.str.contains_any(specials).any())
 
 
 def _message_overhead(body: dict[str, Any]) -> int:

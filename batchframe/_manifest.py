@@ -308,7 +308,7 @@ class Manifest:
             job_id=cls.new_job_id(),
             endpoint=requests.endpoint,
             fingerprint=requests.fingerprint,
-            n_requests=len(requests.frame),
+            n_requests=len(requests),
             limits=limits.to_dict(),
             options=options,
             json_schema=requests.json_schema,
@@ -412,7 +412,7 @@ class Manifest:
 
 def _requested_dims(requests: Requests) -> dict[str, int]:
     """``dimensions`` per model, for an embeddings job whose bodies agree on one per model."""
-    if requests.endpoint != "/v1/embeddings" or not len(requests.frame):
+    if requests.endpoint != "/v1/embeddings" or not len(requests):
         return {}
     import polars as pl
 

@@ -1,4 +1,11 @@
-"""Validated Batch API requests: planning shards and writing them as JSONL."""
+"""Validated Batch API requests: planning shards and writing them as JSONL.
+
+A :class:`Requests` holds each request's final JSONL line (built once, by
+``build_requests``) and a small frame of per-row facts. Writing a shard hands slices of
+the lines' own buffers to the file, so no request is encoded or copied a second time;
+the ``body`` column of :attr:`Requests.frame` is cut out of the lines when first asked
+for.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +13,12 @@ import hashlib
 import os
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 
 from batchframe._config import BatchLimits
-from batchframe._encode import (
-    escape_json_string,
-)
 from batchframe._plan import Shard, plan_frame, plan_shards
-
-if TYPE_CHECKING:
-    pass
 
 FRAME_SCHEMA = {
     "custom_id": pl.String,
@@ -26,6 +27,16 @@ FRAME_SCHEMA = {
     "n_bytes": pl.Int64,
     "n_inputs": pl.Int64,
     "est_tokens": pl.Int64,
+}
+# Per-row facts kept beside the lines; ``body_start`` is the character at which the body
+# begins in its line.
+META_SCHEMA = {
+    "custom_id": pl.String,
+    "model": pl.String,
+    "n_bytes": pl.Int64,
+    "n_inputs": pl.Int64,
+    "est_tokens": pl.Int64,
+    "body_start": pl.Int64,
 }
 
 
@@ -38,11 +49,6 @@ class Requests:
     ----------
     endpoint
         The Batch API endpoint every request goes to.
-    frame
-        One row per request: ``custom_id``, ``body`` (the request body as JSON text),
-        ``model``, ``n_bytes`` (bytes of the request's final JSONL line, newline
-        included), ``n_inputs`` (embedding inputs; 1 for other endpoints) and
-        ``est_tokens`` (estimated input tokens).
     json_schema
         The strict JSON schema of a structured output, if the body asked for one.
     response_model
@@ -55,54 +61,69 @@ class Requests:
         self,
         *,
         endpoint: str,
-        frame: pl.DataFrame,
+        lines: pl.Series,
+        meta: pl.DataFrame,
         json_schema: dict[str, Any] | None = None,
         response_model: Any = None,
         tokenizer: str = "estimate",
     ) -> None:
         self.endpoint = endpoint
-        self.frame = frame
+        self._lines = lines
+        self._meta = meta
         self.json_schema = json_schema
         self.response_model = response_model
         self.tokenizer = tokenizer
+        self._frame: pl.DataFrame | None = None
         self._fingerprint: str | None = None
 
+    @property
+    def frame(self) -> pl.DataFrame:
+        """One row per request, in input order.
+
+        ``custom_id``, ``body`` (the request body as JSON text), ``model``, ``n_bytes``
+        (bytes of the request's final JSONL line, newline included), ``n_inputs``
+        (embedding inputs; 1 for other endpoints) and ``est_tokens`` (estimated input
+        tokens). Built on first access from the lines that :meth:`write` writes.
+        """
+        if self._frame is None:
+            # Zero-copy: sliced string views point into the lines' own buffers.
+            body = (
+                self._lines.str.slice(self._meta["body_start"])
+                .str.head(-len(LINE_TAIL))
+                .alias("body")
+            )
+            self._frame = self._meta.with_columns(body).select(list(FRAME_SCHEMA))
+        return self._frame
+
     def __len__(self) -> int:
-        return self.frame.height
+        return self._meta.height
 
     def __repr__(self) -> str:
-        models = self.frame["model"].unique(maintain_order=True).to_list()
-        mb = int(self.frame["n_bytes"].sum()) / 1e6
+        models = self._meta["model"].unique(maintain_order=True).to_list()
+        mb = int(self._meta["n_bytes"].sum()) / 1e6
         return (
             f"<Requests {self.endpoint}: {len(self):,} rows, {mb:,.1f} MB, "
-            f"models={models}, est_tokens={self.frame['est_tokens'].sum():,}>"
+            f"models={models}, est_tokens={self._meta['est_tokens'].sum():,}>"
         )
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the endpoint and every ``custom_id`` and body, in order.
+        """SHA-256 of every request's JSONL line, in order (custom_id, endpoint and body).
 
         Two tables with the same rows and the same template give the same fingerprint,
         so a job can tell whether it is being resumed with the requests it was made from.
         """
         if self._fingerprint is None:
-            h = hashlib.sha256(self.endpoint.encode())
-            for name in ("custom_id", "body"):
-                col = self.frame[name]
-                h.update(len(col).to_bytes(8, "little"))
-                arr = col.rechunk().to_arrow()
-                offsets = arr.buffers()[1]
-                data = arr.buffers()[2]
-                if offsets is not None:
-                    h.update(memoryview(offsets))
-                if data is not None:
-                    h.update(memoryview(data))
+            h = hashlib.sha256(b"batchframe-requests-v2\n")
+            h.update(len(self).to_bytes(8, "little"))
+            for piece in jsonl_pieces(self._lines):
+                h.update(piece)
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
     def _shards(self, limits: BatchLimits | None) -> list[Shard]:
         limits = limits or BatchLimits()
-        return plan_shards(self.frame, limits, embeddings=self.endpoint == "/v1/embeddings")
+        return plan_shards(self._meta, limits, embeddings=self.endpoint == "/v1/embeddings")
 
     def plan(self, limits: BatchLimits | None = None) -> pl.DataFrame:
         """Plan shards that respect ``limits`` (default :class:`BatchLimits`).
@@ -117,12 +138,7 @@ class Requests:
 
     def shard_bytes(self, shard: Shard) -> bytes:
         """The exact JSONL bytes of one planned shard."""
-        pieces = encode_lines(
-            self.endpoint,
-            _take(self.frame["custom_id"], shard.rows),
-            _take(self.frame["body"], shard.rows),
-        )
-        return b"".join(pieces)
+        return b"".join(jsonl_pieces(_take(self._lines, shard.rows)))
 
     def write(
         self,
@@ -134,7 +150,8 @@ class Requests:
         """Write one JSONL file per shard under ``root/shards/`` (any fsspec URL).
 
         Each file is written to a temporary name and moved into place, so it appears
-        whole or not at all. Only one shard's bytes are built at a time per worker.
+        whole or not at all. The bytes come straight from the lines ``build_requests``
+        made; nothing is encoded again.
 
         Parameters
         ----------
@@ -161,14 +178,7 @@ class Requests:
         pool = executor or ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2))
         try:
             futures = [
-                pool.submit(
-                    write_shard,
-                    storage,
-                    shard_path(s.index),
-                    self.endpoint,
-                    _take(self.frame["custom_id"], s.rows),
-                    _take(self.frame["body"], s.rows),
-                )
+                pool.submit(write_shard, storage, shard_path(s.index), _take(self._lines, s.rows))
                 for s in shards
             ]
             results = [f.result() for f in futures]
@@ -197,73 +207,97 @@ def shard_path(index: int) -> str:
     return f"shards/{index:05d}.jsonl"
 
 
+LINE_HEAD = '{"custom_id":'
+LINE_TAIL = "}\n"
+
+
 def line_affixes(endpoint: str) -> tuple[str, str, str]:
-    mid = f',"method":"POST","url":"{endpoint}","body":'
-    return '{"custom_id":', mid, "}\n"
+    """The constant text of a line: before the id, between id and body, after the body."""
+    return LINE_HEAD, f',"method":"POST","url":"{endpoint}","body":', LINE_TAIL
 
 
-def encode_lines(endpoint: str, custom_ids: pl.Series, bodies: pl.Series) -> list[memoryview]:
-    """JSONL bytes (UTF-8, ``\\n`` after every line) for the given requests.
+def jsonl_pieces(lines: pl.Series) -> list[memoryview]:
+    """The bytes of ``lines`` joined, in order, as slices of their own buffers.
 
-    Returned as the pieces of one file, in order, without copying when possible: Polars
-    lays out a fresh string column's long values back to back in its view buffers, so
-    those buffers *are* the file. The layout is checked (total size, first and last
-    line); anything unexpected falls back to a contiguous copy.
+    Polars lays out the long values of a freshly built string column back to back in
+    its view buffers, so consecutive lines *are* the file. Every view is checked (no
+    inline values, rows in order, each starting where the previous one ended within a
+    buffer); anything else falls back to one contiguous copy.
     """
-    head, mid, tail = line_affixes(endpoint)
-    cid = escape_json_string(custom_ids)
-    lines = (
-        pl.select(
-            pl.concat_str([pl.lit(head), pl.lit(cid), pl.lit(mid), pl.lit(bodies), pl.lit(tail)])
-        )
-        .to_series()
-        .rechunk()
-    )
-    if lines.is_empty():
-        return []
-    sizes = lines.str.len_bytes()
-    total = int(sizes.sum())
-    view = lines.to_arrow(compat_level=pl.CompatLevel.newest())
-    shortest = sizes.min()
-    if _is_string_view(view) and isinstance(shortest, int) and shortest > _INLINE_MAX:
-        pieces = [memoryview(b) for b in view.buffers()[2:] if b is not None]
-        if sum(len(p) for p in pieces) == total and _ends_match(pieces, lines):
-            return pieces
-    arr = lines.to_arrow()
-    _, offsets, data = arr.buffers()
-    pos = memoryview(offsets).cast("q")  # large_string: int64 offsets
-    return [memoryview(data)[pos[arr.offset] : pos[arr.offset + len(arr)]]]
+    pieces: list[memoryview] = []
+    for chunk in lines.get_chunks():
+        if chunk.is_empty():
+            continue
+        found = _view_pieces(chunk)
+        pieces.extend(found if found is not None else [_copied(chunk)])
+    return pieces
 
 
 # Arrow string views keep values of up to 12 bytes inline, outside the data buffers.
 _INLINE_MAX = 12
 
 
-def _is_string_view(arr: Any) -> bool:
+def _view_pieces(chunk: pl.Series) -> list[memoryview] | None:
     import pyarrow as pa
 
-    return isinstance(arr, pa.Array) and pa.types.is_string_view(arr.type)
-
-
-def _ends_match(pieces: list[memoryview], lines: pl.Series) -> bool:
-    first = str(lines[0]).encode()
-    last = str(lines[-1]).encode()
-    nonempty = [p for p in pieces if len(p)]
-    return (
-        bool(nonempty)
-        and bytes(nonempty[0][: len(first)]) == first[: len(nonempty[0])]
-        and bytes(nonempty[-1][-len(last) :]) == last[-len(nonempty[-1]) :]
+    arr = chunk.to_arrow(compat_level=pl.CompatLevel.newest())
+    if not pa.types.is_string_view(arr.type) or arr.null_count:
+        return None
+    n = len(arr)
+    buffers = arr.buffers()
+    views = buffers[1]
+    if views is None:
+        return None
+    # A view is four little-endian int32: length, prefix, buffer index, offset.
+    words = pl.Series(
+        pa.Array.from_buffers(pa.int32(), 4 * n, [None, views], offset=4 * arr.offset)
     )
+    layout = pl.DataFrame(
+        {
+            "length": words.gather_every(4, 0),
+            "buffer": words.gather_every(4, 2),
+            "offset": words.gather_every(4, 3),
+        }
+    )
+    same = pl.col("buffer") == pl.col("buffer").shift()
+    checks = layout.select(
+        (pl.col("length") > _INLINE_MAX).all().alias("long"),
+        (pl.col("buffer").diff().fill_null(0) >= 0).all().alias("ordered"),
+        (~same | (pl.col("offset") == (pl.col("offset") + pl.col("length")).shift()))
+        .fill_null(True)
+        .all()
+        .alias("adjacent"),
+    ).row(0)
+    if not all(checks):
+        return None
+    spans = layout.group_by("buffer", maintain_order=True).agg(
+        pl.col("offset").first().alias("start"),
+        (pl.col("offset") + pl.col("length")).last().alias("end"),
+    )
+    data = buffers[2:]
+    out: list[memoryview] = []
+    for b, start, end in spans.iter_rows():
+        buf = data[b] if 0 <= b < len(data) else None
+        if buf is None or end > buf.size:
+            return None
+        out.append(memoryview(buf)[start:end])
+    return out
 
 
-def write_shard(
-    storage: Any, rel: str, endpoint: str, custom_ids: pl.Series, bodies: pl.Series
-) -> tuple[int, str]:
+def _copied(chunk: pl.Series) -> memoryview:
+    arr = chunk.rechunk().to_arrow()  # large_string: int64 offsets, one data buffer
+    _, offsets, data = arr.buffers()
+    pos = memoryview(offsets).cast("q")
+    return memoryview(data)[pos[arr.offset] : pos[arr.offset + len(arr)]]
+
+
+def write_shard(storage: Any, rel: str, lines: pl.Series) -> tuple[int, str]:
     """Write one shard file atomically; return (bytes written, sha256 hex)."""
-    pieces = encode_lines(endpoint, custom_ids, bodies)
     digest = hashlib.sha256()
+    size = 0
     with storage.open_write(rel) as f:
-        for piece in pieces:
+        for piece in jsonl_pieces(lines):
             digest.update(piece)
             f.write(piece)
-    return sum(len(p) for p in pieces), digest.hexdigest()
+            size += len(piece)
+    return size, digest.hexdigest()
