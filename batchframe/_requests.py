@@ -1,17 +1,17 @@
 """Validated Batch API requests: planning shards and writing them as JSONL.
 
 A :class:`Requests` holds each request's final JSONL line (built once, by
-``build_requests``) and a small frame of per-row facts. Writing a shard hands slices of
-the lines' own buffers to the file, so no request is encoded or copied a second time;
-the ``body`` column of :attr:`Requests.frame` is cut out of the lines when first asked
-for.
+``build_requests``) and a small frame of per-row facts. Writing a shard copies its lines
+out in pieces of about 1 MiB, each hashed and written while it is still in the CPU
+cache, so no request is encoded a second time; the ``body`` column of
+:attr:`Requests.frame` is a zero-copy slice of the lines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -136,10 +136,6 @@ class Requests:
         """
         return plan_frame(self._shards(limits))
 
-    def shard_bytes(self, shard: Shard) -> bytes:
-        """The exact JSONL bytes of one planned shard."""
-        return b"".join(jsonl_pieces(_take(self._lines, shard.rows)))
-
     def write(
         self,
         root: str | os.PathLike[str],
@@ -150,8 +146,8 @@ class Requests:
         """Write one JSONL file per shard under ``root/shards/`` (any fsspec URL).
 
         Each file is written to a temporary name and moved into place, so it appears
-        whole or not at all. The bytes come straight from the lines ``build_requests``
-        made; nothing is encoded again.
+        whole or not at all. The bytes are the lines ``build_requests`` made; nothing is
+        encoded again.
 
         Parameters
         ----------
@@ -216,79 +212,23 @@ def line_affixes(endpoint: str) -> tuple[str, str, str]:
     return LINE_HEAD, f',"method":"POST","url":"{endpoint}","body":', LINE_TAIL
 
 
-def jsonl_pieces(lines: pl.Series) -> list[memoryview]:
-    """The bytes of ``lines`` joined, in order, as slices of their own buffers.
-
-    Polars lays out the long values of a freshly built string column back to back in
-    its view buffers, so consecutive lines *are* the file. Every view is checked (no
-    inline values, rows in order, each starting where the previous one ended within a
-    buffer); anything else falls back to one contiguous copy.
-    """
-    pieces: list[memoryview] = []
-    for chunk in lines.get_chunks():
-        if chunk.is_empty():
-            continue
-        found = _view_pieces(chunk)
-        pieces.extend(found if found is not None else [_copied(chunk)])
-    return pieces
+# Lines are handed to files and hashes in pieces of about this many bytes: small enough
+# to stay in the CPU cache between the copy, the hash and the write, and to keep a
+# writer's memory flat however large its shard.
+PIECE_BYTES = 1 << 20
 
 
-# Arrow string views keep values of up to 12 bytes inline, outside the data buffers.
-_INLINE_MAX = 12
-
-
-def _view_pieces(chunk: pl.Series) -> list[memoryview] | None:
-    import pyarrow as pa
-
-    arr = chunk.to_arrow(compat_level=pl.CompatLevel.newest())
-    if not pa.types.is_string_view(arr.type) or arr.null_count:
-        return None
-    n = len(arr)
-    buffers = arr.buffers()
-    views = buffers[1]
-    if views is None:
-        return None
-    # A view is four little-endian int32: length, prefix, buffer index, offset.
-    words = pl.Series(
-        pa.Array.from_buffers(pa.int32(), 4 * n, [None, views], offset=4 * arr.offset)
-    )
-    layout = pl.DataFrame(
-        {
-            "length": words.gather_every(4, 0),
-            "buffer": words.gather_every(4, 2),
-            "offset": words.gather_every(4, 3),
-        }
-    )
-    same = pl.col("buffer") == pl.col("buffer").shift()
-    checks = layout.select(
-        (pl.col("length") > _INLINE_MAX).all().alias("long"),
-        (pl.col("buffer").diff().fill_null(0) >= 0).all().alias("ordered"),
-        (~same | (pl.col("offset") == (pl.col("offset") + pl.col("length")).shift()))
-        .fill_null(True)
-        .all()
-        .alias("adjacent"),
-    ).row(0)
-    if not all(checks):
-        return None
-    spans = layout.group_by("buffer", maintain_order=True).agg(
-        pl.col("offset").first().alias("start"),
-        (pl.col("offset") + pl.col("length")).last().alias("end"),
-    )
-    data = buffers[2:]
-    out: list[memoryview] = []
-    for b, start, end in spans.iter_rows():
-        buf = data[b] if 0 <= b < len(data) else None
-        if buf is None or end > buf.size:
-            return None
-        out.append(memoryview(buf)[start:end])
-    return out
-
-
-def _copied(chunk: pl.Series) -> memoryview:
-    arr = chunk.rechunk().to_arrow()  # large_string: int64 offsets, one data buffer
-    _, offsets, data = arr.buffers()
-    pos = memoryview(offsets).cast("q")
-    return memoryview(data)[pos[arr.offset] : pos[arr.offset + len(arr)]]
+def jsonl_pieces(lines: pl.Series) -> Iterator[memoryview]:
+    """The bytes of ``lines`` joined, in order, in contiguous pieces of about 1 MiB."""
+    total = int(lines.str.len_bytes().sum())
+    if not total:
+        return
+    step = max(1, PIECE_BYTES * len(lines) // total)
+    for start in range(0, len(lines), step):
+        arr = lines.slice(start, step).to_arrow()  # large_string: one data buffer (a copy)
+        _, offsets, data = arr.buffers()
+        pos = memoryview(offsets).cast("q")
+        yield memoryview(data)[pos[arr.offset] : pos[arr.offset + len(arr)]]
 
 
 def write_shard(storage: Any, rel: str, lines: pl.Series) -> tuple[int, str]:
