@@ -374,8 +374,13 @@ def build_requests(
     if not template.leaves and id_expr is None:
         msg = "a template without expressions needs `custom_id` (or at least one expression)"
         raise TemplateError(msg)
+    escape_ids = False
     if id_expr is not None:
-        evaluated = evaluated.with_columns(_custom_ids(evaluated["__cid"]).alias("__cid"))
+        raw_ids = evaluated["__cid"]
+        ids = _custom_ids(raw_ids)
+        evaluated = evaluated.with_columns(ids.alias("__cid"))
+        # Integers as text never need escaping; other ids are checked once, here.
+        escape_ids = not raw_ids.dtype.is_integer() and _ids_need_escaping(ids)
     model_name = model if isinstance(model, str) else None
     resolved = "exact" if tokenizer == "exact" else tokenizer
     counter = _tokens.resolve(resolved, model_name)
@@ -383,7 +388,6 @@ def build_requests(
     const_tokens = _tokens.REQUEST_OVERHEAD + _message_overhead(body_dict)
     if const:
         const_tokens += int(counter(pl.Series(const, dtype=pl.String)).sum())
-    escape_ids = id_expr is not None and _ids_need_escaping(evaluated["__cid"])
     chunks = [
         (evaluated.slice(o, CHUNK_ROWS), o) for o in range(0, max(evaluated.height, 1), CHUNK_ROWS)
     ]

@@ -42,8 +42,8 @@ _O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "c
 
 Counter = Callable[[pl.Series], pl.Series]
 
-# bpe-openai refuses very long inputs; such texts (far beyond any context window) are
-# estimated instead.
+# bpe-openai refuses inputs of over 200,000 tokens; such texts, and any of over a million
+# characters (not worth a slow exact count), are estimated instead.
 EXACT_MAX_CHARS = 1_000_000
 
 
@@ -98,13 +98,18 @@ def resolve(tokenizer: str, model: str | None) -> Counter:
         )
         raise InputError(msg)
     enc = _encoding(encoding_name(model))
+    from bpe_openai.errors import TokenLimitError
+
+    def one(text: str) -> int:
+        if len(text) > EXACT_MAX_CHARS:
+            return _estimate_one(text)
+        try:
+            return len(enc.encode_ordinary(text))
+        except TokenLimitError:  # over bpe-openai's 200,000-token cap
+            return _estimate_one(text)
 
     def count(texts: pl.Series) -> pl.Series:
-        encode = enc.encode_ordinary
-        values = [
-            (len(encode(t)) if len(t) <= EXACT_MAX_CHARS else _estimate_one(t)) if t else 0
-            for t in texts.to_list()
-        ]
+        values = [one(t) if t else 0 for t in texts.to_list()]
         return pl.Series("est_tokens", values, dtype=pl.Int64)
 
     return count

@@ -222,6 +222,8 @@ def main() -> None:
                     ),
                     "ratio_vs_json": round(js_s / bf_s, 2),
                     "cold_ratio_vs_orjson": round(runs["oj"][0] / runs["bf"][0], 2),
+                    "cold_build_s": round(runs["build"][0], 3),
+                    "cold_write_s": round(runs["write"][0], 3),
                     "batchframe_rounds_s": [round(x, 3) for x in runs["bf"]],
                     "orjson_rounds_s": [round(x, 3) for x in runs["oj"]],
                     "input_frame_MB": round(df.estimated_size() / 1e6, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -93,8 +94,6 @@ def test_bytes_written_equal_bytes_counted(memfs):
     for path, n, sha in written.select("path", "n_bytes", "sha256").iter_rows():
         data = memfs.cat_file(path)
         assert len(data) == n <= limits.max_bytes
-        import hashlib
-
         assert hashlib.sha256(data).hexdigest() == sha
     # per-row n_bytes is the exact size of that row's line
     lines = b"".join(memfs.cat_file(p) for p in written["path"]).split(b"\n")[:-1]
@@ -102,6 +101,42 @@ def test_bytes_written_equal_bytes_counted(memfs):
     for cid, n in req.frame.select("custom_id", "n_bytes").iter_rows():
         assert by_id[cid] == n
     assert sum(by_id.values()) == req.frame["n_bytes"].sum()
+
+
+def test_large_shards_written_whole_and_in_order(tmp_path):
+    # Shards of several MB, rows from a few bytes to over 1 MiB, and two models whose
+    # rows interleave (so each model's shard gathers rows from all over the table).
+    sizes = [1, 3_000, 40, 1_300_000, 7, 250_000, 90_000] * 6
+    texts = [(TRICKY[i % len(TRICKY)] + 'é😀\n"') * (n // 12 + 1) for i, n in enumerate(sizes)]
+    df = pl.DataFrame(
+        {"id": [f"r{i}" for i in range(len(texts))], "text": texts, "m": ["a", "b"] * 21}
+    )
+    req = bf.build_requests(
+        df,
+        endpoint="/v1/chat/completions",
+        body=bf.chat_body(pl.col("m"), user=pl.col("text")),
+        custom_id="id",
+    )
+    written = req.write(tmp_path / "big", limits=bf.BatchLimits(max_bytes=12_000_000))
+    assert written.height > 2
+    seen = []
+    for path, n, sha, model in written.select("path", "n_bytes", "sha256", "model").iter_rows():
+        with open(path, "rb") as f:
+            data = f.read()
+        assert len(data) == n
+        assert hashlib.sha256(data).hexdigest() == sha
+        objs = [json.loads(line) for line in data.split(b"\n")[:-1]]
+        assert {o["body"]["model"] for o in objs} == {model}
+        rows = [int(o["custom_id"][1:]) for o in objs]
+        assert rows == sorted(rows)  # input order within a shard
+        seen.extend(objs)
+    frame = req.frame
+    assert sorted(o["custom_id"] for o in seen) == sorted(frame["custom_id"].to_list())
+    by_id = {o["custom_id"]: o for o in seen}
+    for cid, body in frame.select("custom_id", "body").iter_rows():
+        assert json.loads(body) == by_id[cid]["body"]
+        assert by_id[cid]["body"]["messages"][0]["content"] == texts[int(cid[1:])]
+    assert int(frame["n_bytes"].sum()) == int(written["n_bytes"].sum())
 
 
 def test_written_paths_and_local_disk(tmp_path):
@@ -340,6 +375,22 @@ def test_est_tokens_estimate_and_exact():
     # the estimate errs high, never far below the real count
     assert all(ev >= 0.9 * xv for ev, xv in zip(e, x, strict=True))
     assert all(ev <= 2.5 * xv for ev, xv in zip(e, x, strict=True))
+
+
+def test_exact_tokens_fall_back_to_the_estimate_past_the_encoder_cap():
+    # bpe-openai refuses texts of over 200,000 tokens; such a row is estimated, not fatal.
+    huge = "é😀 \\n" * 80_000  # ~240k tokens in 400k characters
+    df = pl.DataFrame({"id": [1, 2], "text": [huge, "hello world"]})
+    body = bf.chat_body("gpt-4o-mini", user=pl.col("text"))
+    exact = bf.build_requests(
+        df, endpoint="/v1/chat/completions", body=body, custom_id="id", tokenizer="exact"
+    )
+    est = bf.build_requests(
+        df, endpoint="/v1/chat/completions", body=body, custom_id="id", tokenizer="estimate"
+    )
+    x, e = exact.frame["est_tokens"].to_list(), est.frame["est_tokens"].to_list()
+    assert x[0] == e[0] > 200_000
+    assert 0 < x[1] < e[1] + 5
 
 
 # -- refusals --------------------------------------------------------------------------
