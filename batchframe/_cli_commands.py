@@ -91,11 +91,9 @@ def _build(args: argparse.Namespace) -> Requests:
 
 
 def _describe(requests: Requests) -> str:
-    frame = requests.frame
-    mb = int(frame["n_bytes"].sum()) / 1e6
     return (
-        f"{len(requests):,} {requests.endpoint} requests, {mb:,.2f} MB, "
-        f"~{int(frame['est_tokens'].sum()):,} input tokens ({requests.tokenizer} count)"
+        f"{len(requests):,} {requests.endpoint} requests, {requests.n_bytes / 1e6:,.2f} MB, "
+        f"~{requests.est_tokens:,} input tokens ({requests.tokenizer} count)"
     )
 
 

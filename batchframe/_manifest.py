@@ -417,11 +417,9 @@ def _requested_dims(requests: Requests) -> dict[str, int]:
     import polars as pl
 
     dims = (
-        requests.frame.lazy()
-        .select(
-            pl.col("model").fill_null(""),
-            pl.col("body").str.json_path_match("$.dimensions").alias("dim"),
-        )
+        requests._body_values("$.dimensions")
+        .lazy()
+        .select(pl.col("model").fill_null(""), pl.col("value").alias("dim"))
         .group_by("model")
         .agg(pl.col("dim").unique().alias("dims"))
         .collect()

@@ -4,7 +4,7 @@ A :class:`Requests` holds each request's final JSONL line (built once, by
 ``build_requests``) and a small frame of per-row facts. Writing a shard copies its lines
 out in pieces of about 1 MiB, each hashed and written while it is still in the CPU
 cache, so no request is encoded a second time; the ``body`` column of
-:attr:`Requests.frame` is a zero-copy slice of the lines.
+:attr:`Requests.frame` is cut out of the lines when first asked for.
 """
 
 from __future__ import annotations
@@ -83,27 +83,46 @@ class Requests:
         ``custom_id``, ``body`` (the request body as JSON text), ``model``, ``n_bytes``
         (bytes of the request's final JSONL line, newline included), ``n_inputs``
         (embedding inputs; 1 for other endpoints) and ``est_tokens`` (estimated input
-        tokens). Built on first access from the lines that :meth:`write` writes.
+        tokens). Built on first access: the bodies are cut out of the lines that
+        :meth:`write` writes, which holds a second copy of the request text.
         """
         if self._frame is None:
-            # Zero-copy: sliced string views point into the lines' own buffers.
-            body = (
-                self._lines.str.slice(self._meta["body_start"])
-                .str.head(-len(LINE_TAIL))
-                .alias("body")
-            )
-            self._frame = self._meta.with_columns(body).select(list(FRAME_SCHEMA))
+            self._frame = self._meta.with_columns(self._bodies()).select(list(FRAME_SCHEMA))
         return self._frame
+
+    def _bodies(self) -> pl.Series:
+        """Each request's body, cut out of its line (``body_start`` is in characters)."""
+        line, start = pl.col("line"), pl.col("body_start")
+        return (
+            pl.DataFrame({"line": self._lines, "body_start": self._meta["body_start"]})
+            .select(line.str.slice(start, line.str.len_chars() - start - len(LINE_TAIL)))
+            .to_series()
+            .alias("body")
+        )
+
+    def _body_values(self, path: str) -> pl.DataFrame:
+        """``model`` and ``value``: each body's value at JSON path ``path`` (text or null)."""
+        value = self._lines.str.json_path_match("$.body" + path.removeprefix("$"))
+        return pl.DataFrame({"model": self._meta["model"], "value": value})
 
     def __len__(self) -> int:
         return self._meta.height
 
+    @property
+    def n_bytes(self) -> int:
+        """Bytes of all the JSONL lines together: what :meth:`write` writes."""
+        return int(self._meta["n_bytes"].sum())
+
+    @property
+    def est_tokens(self) -> int:
+        """Estimated input tokens of all the requests together."""
+        return int(self._meta["est_tokens"].sum())
+
     def __repr__(self) -> str:
         models = self._meta["model"].unique(maintain_order=True).to_list()
-        mb = int(self._meta["n_bytes"].sum()) / 1e6
         return (
-            f"<Requests {self.endpoint}: {len(self):,} rows, {mb:,.1f} MB, "
-            f"models={models}, est_tokens={self._meta['est_tokens'].sum():,}>"
+            f"<Requests {self.endpoint}: {len(self):,} rows, {self.n_bytes / 1e6:,.1f} MB, "
+            f"models={models}, est_tokens={self.est_tokens:,}>"
         )
 
     @property

@@ -100,7 +100,7 @@ def test_bytes_written_equal_bytes_counted(memfs):
     by_id = {json.loads(line)["custom_id"]: len(line) + 1 for line in lines}
     for cid, n in req.frame.select("custom_id", "n_bytes").iter_rows():
         assert by_id[cid] == n
-    assert sum(by_id.values()) == req.frame["n_bytes"].sum()
+    assert sum(by_id.values()) == req.frame["n_bytes"].sum() == req.n_bytes
 
 
 def test_large_shards_written_whole_and_in_order(tmp_path):
@@ -371,6 +371,7 @@ def test_est_tokens_estimate_and_exact():
     )
     assert est.tokenizer == "estimate" and exact.tokenizer == "exact"
     e, x = est.frame["est_tokens"].to_list(), exact.frame["est_tokens"].to_list()
+    assert (est.est_tokens, exact.est_tokens) == (sum(e), sum(x))
     assert all(v > 0 for v in e + x)
     # the estimate errs high, never far below the real count
     assert all(ev >= 0.9 * xv for ev, xv in zip(e, x, strict=True))
