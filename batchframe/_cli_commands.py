@@ -143,7 +143,7 @@ def submit(args: argparse.Namespace) -> int:
         job = BatchJob.open(
             args.root, client=client, storage_options=options, break_lock=args.break_lock
         )
-        if job.fingerprint != requests.fingerprint:
+        if not requests.matches(job.fingerprint):
             job.close()
             msg = (
                 f"the job at {args.root} was made from other requests (another table, template "

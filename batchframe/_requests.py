@@ -140,6 +140,25 @@ class Requests:
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    def matches(self, fingerprint: str) -> bool:
+        """Whether a job's ``fingerprint`` is these requests' (current or earlier form).
+
+        Jobs made by batchframe before 2026-11-30 hashed ids and bodies as two columns;
+        that form is computed (one pass over the bodies) only when the current one
+        differs, so such jobs still resume instead of being taken for other requests.
+        """
+        return fingerprint == self.fingerprint or fingerprint == self._columns_fingerprint()
+
+    def _columns_fingerprint(self) -> str:
+        h = hashlib.sha256(self.endpoint.encode())
+        for col in (self._meta["custom_id"], self._bodies()):
+            h.update(len(col).to_bytes(8, "little"))
+            arr = col.rechunk().to_arrow()  # large_string: int64 offsets, one data buffer
+            for buf in arr.buffers()[1:3]:
+                if buf is not None:
+                    h.update(memoryview(buf))
+        return h.hexdigest()
+
     def _shards(self, limits: BatchLimits | None) -> list[Shard]:
         limits = limits or BatchLimits()
         return plan_shards(self._meta, limits, embeddings=self.endpoint == "/v1/embeddings")

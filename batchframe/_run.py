@@ -127,7 +127,7 @@ def run(
             executor=executor,
             break_lock=break_lock,
         )
-        if job.fingerprint != requests.fingerprint:
+        if not requests.matches(job.fingerprint):
             job.close()
             msg = (
                 f"the job at `{job.root}` was made from other requests (another table, "

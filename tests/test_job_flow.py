@@ -351,6 +351,33 @@ def test_run_resumes_and_refuses_other_requests(server: bf.LocalBatchServer, tmp
         bf.BatchJob.open(str(tmp_path / "nothing"))
 
 
+def test_run_resumes_a_job_whose_manifest_has_the_earlier_fingerprint(
+    server: bf.LocalBatchServer, tmp_path: Any
+) -> None:
+    # A job made before requests kept their lines stored the column-wise fingerprint;
+    # resuming it must not be mistaken for other requests (which would mean paying twice).
+    root = str(tmp_path / "j")
+    kwargs: dict[str, Any] = {
+        "endpoint": "/v1/chat/completions",
+        "body": BODIES["/v1/chat/completions"],
+        "custom_id": "id",
+        "client": server.client(),
+        "poll_interval": POLL,
+    }
+    first = bf.run(frame(5), root, **kwargs)
+    storage = Storage(root)
+    manifest = orjson.loads(storage.read_bytes(MANIFEST_FILE))
+    manifest["fingerprint"] = requests_for(5)._columns_fingerprint()
+    assert manifest["fingerprint"] != requests_for(5).fingerprint
+    storage.write_bytes(MANIFEST_FILE, orjson.dumps(manifest))
+    created = len(server.batches_created())
+    again = bf.run(frame(5), root, **kwargs)
+    assert len(server.batches_created()) == created
+    pl.testing.assert_frame_equal(first.ok, again.ok)
+    with pytest.raises(bf.JobExistsError, match="other requests"):
+        bf.run(frame(6), root, **kwargs)
+
+
 def test_run_accepts_every_create_and_wait_option() -> None:
     import inspect
 

@@ -103,6 +103,23 @@ def test_bytes_written_equal_bytes_counted(memfs):
     assert sum(by_id.values()) == req.frame["n_bytes"].sum() == req.n_bytes
 
 
+def test_fingerprints_of_jobs_made_by_earlier_versions_still_match():
+    # Recorded with batchframe at commit d6ecfab (before requests kept their lines), whose
+    # fingerprint hashed the endpoint, then the ids and the bodies as two columns.
+    df = pl.DataFrame({"id": [3, 1, 2], "text": ["a", 'b "q" é', "c\n😀"]})
+    body = bf.chat_body("gpt-4o-mini", user=pl.col("text"), max_tokens=5)
+    by_id = bf.build_requests(df, endpoint="/v1/chat/completions", body=body, custom_id="id")
+    hashed = bf.build_requests(df, endpoint="/v1/chat/completions", body=body)
+    old_by_id = "bf3438fb414c243fe34d4c668d748a574cd6448b07afbd4b7788caa15c916e29"
+    old_hashed = "fa7dae96fd002fede1b4a33a6286d187e3f8e02a83e7b989d04e4010065c3dd3"
+    assert by_id.fingerprint != old_by_id
+    assert by_id.matches(by_id.fingerprint) and by_id.matches(old_by_id)
+    assert hashed.matches(old_hashed) and not hashed.matches(old_by_id)
+    assert not by_id.matches(old_hashed)
+    other = bf.build_requests(df.head(2), endpoint="/v1/chat/completions", body=body)
+    assert not other.matches(old_hashed) and not other.matches(hashed.fingerprint)
+
+
 def test_large_shards_written_whole_and_in_order(tmp_path):
     # Shards of several MB, rows from a few bytes to over 1 MiB, and two models whose
     # rows interleave (so each model's shard gathers rows from all over the table).
