@@ -1,6 +1,6 @@
 """Build and write 1M chat requests; compare against per-row json.dumps and orjson loops.
 
-Usage: python benchmarks/bench_build.py [--rows 1000000] [--rounds 3]
+Usage: python benchmarks/bench_build.py [--rows 1000000] [--rounds 5]
        [--tokenizer estimate|exact|auto] [--target disk|memory]
 
 Prints one JSON line: MB/s for batchframe (``build_requests`` + ``write``) and for the
@@ -138,7 +138,7 @@ def median(xs: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokenizer", default="estimate")
     ap.add_argument(
         "--target",
@@ -147,6 +147,8 @@ def main() -> None:
         help="disk: a temp dir; memory: fsspec memory:// and BytesIO (no disk in the way)",
     )
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     texts = make_texts(args.rows)
     df = pl.DataFrame({"id": range(args.rows), "text": texts})
     tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
@@ -182,6 +184,7 @@ def main() -> None:
                     else b"".join(Path(p).read_bytes() for p in written["path"])
                 ).splitlines()
                 first_line_bytes = int(req.frame["n_bytes"][0])
+                tokenizer = req.tokenizer
                 frame_mb = req.frame.estimated_size() / 1e6
             _, oj_s, oj_cpu = timed(lambda: loop_orjson(texts, tmp / "orjson.jsonl", args.target))
             runs["oj"].append(oj_s)
@@ -210,7 +213,7 @@ def main() -> None:
                     "target": args.target,
                     "rounds": args.rounds,
                     "MB": round(mb, 1),
-                    "tokenizer": args.tokenizer,
+                    "tokenizer": tokenizer,
                     "batchframe_build_s": round(median(runs["build"]), 3),
                     "batchframe_write_s": round(median(runs["write"]), 3),
                     "batchframe_MBps": round(mb / bf_s, 1),
