@@ -166,6 +166,7 @@ def submit(args: argparse.Namespace) -> int:
             break_lock=args.break_lock,
         )
         _say(f"created job {job.job_id} at {job.root}")
+    del requests  # the shards are written; `--wait` need not hold their text
     with job:
         job.submit()
         statuses = job.status()["status"]

@@ -157,6 +157,7 @@ def run(
             executor=executor,
             break_lock=break_lock,
         )
+    del requests  # the shards are written; hours of waiting need not hold their text
     with job:
         job.submit()
         job.wait(poll_interval=poll_interval, timeout=timeout, progress=progress)
