@@ -49,6 +49,18 @@ def requests_for(
     )
 
 
+def run_kwargs(server: bf.LocalBatchServer, **extra: Any) -> dict[str, Any]:
+    """``bf.run`` arguments for a chat job on ``server``, keyed by the ``id`` column."""
+    return {
+        "endpoint": "/v1/chat/completions",
+        "body": BODIES["/v1/chat/completions"],
+        "custom_id": "id",
+        "client": server.client(),
+        "poll_interval": POLL,
+        **extra,
+    }
+
+
 def assert_ledger(results: bf.BatchResults, ids: list[str]) -> None:
     ok_ids = set(results.ok["custom_id"].to_list())
     failed_ids = results.failed["custom_id"].to_list()
@@ -321,14 +333,7 @@ def test_api_key_never_written(tmp_path: Any, caplog: pytest.LogCaptureFixture) 
 
 def test_run_resumes_and_refuses_other_requests(server: bf.LocalBatchServer, tmp_path: Any) -> None:
     root = str(tmp_path / "j")
-    kwargs: dict[str, Any] = {
-        "endpoint": "/v1/chat/completions",
-        "body": BODIES["/v1/chat/completions"],
-        "custom_id": "id",
-        "client": server.client(),
-        "poll_interval": POLL,
-        "limits": bf.BatchLimits(max_requests=4),
-    }
+    kwargs = run_kwargs(server, limits=bf.BatchLimits(max_requests=4))
     first = bf.run(frame(10), root, **kwargs)
     created = [b["id"] for b in server.batches_created()]
     n_files = len(server.files())
@@ -357,13 +362,7 @@ def test_run_resumes_a_job_whose_manifest_has_the_earlier_fingerprint(
     # A job made before requests kept their lines stored the column-wise fingerprint;
     # resuming it must not be mistaken for other requests (which would mean paying twice).
     root = str(tmp_path / "j")
-    kwargs: dict[str, Any] = {
-        "endpoint": "/v1/chat/completions",
-        "body": BODIES["/v1/chat/completions"],
-        "custom_id": "id",
-        "client": server.client(),
-        "poll_interval": POLL,
-    }
+    kwargs = run_kwargs(server)
     first = bf.run(frame(5), root, **kwargs)
     storage = Storage(root)
     manifest = orjson.loads(storage.read_bytes(MANIFEST_FILE))
@@ -408,13 +407,7 @@ def test_run_after_a_crash_takes_over_the_dead_lock(
     from batchframe._manifest import LOCK_FILE
 
     root = tmp_path / "j"
-    kwargs: dict[str, Any] = {
-        "endpoint": "/v1/chat/completions",
-        "body": BODIES["/v1/chat/completions"],
-        "custom_id": "id",
-        "client": server.client(),
-        "poll_interval": POLL,
-    }
+    kwargs = run_kwargs(server)
     with bf.BatchJob.create(requests_for(6), str(root), client=server.client()) as job:
         job.submit()
     # The process that drove it died without releasing its lock (SIGKILL, OOM, reboot).
@@ -439,13 +432,7 @@ def test_run_logs_options_a_resumed_job_ignores(
     server: bf.LocalBatchServer, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = str(tmp_path / "j")
-    kwargs: dict[str, Any] = {
-        "endpoint": "/v1/chat/completions",
-        "body": BODIES["/v1/chat/completions"],
-        "custom_id": "id",
-        "client": server.client(),
-        "poll_interval": POLL,
-    }
+    kwargs = run_kwargs(server)
     bf.run(frame(4), root, limits=bf.BatchLimits(max_requests=2), **kwargs)
     with caplog.at_level(logging.WARNING, logger="batchframe"):
         bf.run(frame(4), root, limits=bf.BatchLimits(max_requests=2), **kwargs)
