@@ -153,7 +153,7 @@ class Requests:
         h = hashlib.sha256(self.endpoint.encode())
         for col in (self._meta["custom_id"], self._bodies()):
             h.update(len(col).to_bytes(8, "little"))
-            arr = col.rechunk().to_arrow()  # large_string: int64 offsets, one data buffer
+            arr = col.rechunk().to_arrow(compat_level=_LARGE_STRING)
             for buf in arr.buffers()[1:3]:
                 if buf is not None:
                     h.update(memoryview(buf))
@@ -250,6 +250,9 @@ def line_affixes(endpoint: str) -> tuple[str, str, str]:
     return LINE_HEAD, f',"method":"POST","url":"{endpoint}","body":', LINE_TAIL
 
 
+# Arrow export as ``large_string``: int64 offsets and one contiguous data buffer.
+_LARGE_STRING = pl.CompatLevel.oldest()
+
 # Lines are handed to files and hashes in pieces of about this many bytes: small enough
 # to stay in the CPU cache between the copy, the hash and the write, and to keep a
 # writer's memory flat however large its shard.
@@ -263,7 +266,7 @@ def jsonl_pieces(lines: pl.Series) -> Iterator[memoryview]:
         return
     step = max(1, PIECE_BYTES * len(lines) // total)
     for start in range(0, len(lines), step):
-        arr = lines.slice(start, step).to_arrow()  # large_string: one data buffer (a copy)
+        arr = lines.slice(start, step).to_arrow(compat_level=_LARGE_STRING)  # a copy
         _, offsets, data = arr.buffers()
         pos = memoryview(offsets).cast("q")
         yield memoryview(data)[pos[arr.offset] : pos[arr.offset + len(arr)]]
