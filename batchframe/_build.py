@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -22,77 +22,19 @@ from batchframe._encode import (
     escape_json_chars,
     first_rows,
 )
+from batchframe._ids import ContentIds, check_unique, chunk_ids
 from batchframe._plan import check_rows
 from batchframe._requests import META_SCHEMA, Requests, line_affixes
+from batchframe._source import to_source
 from batchframe._structured import normalize
 from batchframe.exceptions import (
     ColumnNotFoundError,
     CustomIdError,
-    DuplicateCustomIdError,
-    EncodingError,
-    InputError,
     StreamingNotSupportedError,
     TemplateError,
 )
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-
 CHUNK_ROWS = 100_000
-
-
-def _to_lazy(frame: Any) -> pl.LazyFrame:
-    if isinstance(frame, pl.LazyFrame):
-        return frame
-    if isinstance(frame, pl.DataFrame):
-        return frame.lazy()
-    mod = type(frame).__module__
-    if mod.startswith("pyarrow"):
-        return _arrow_to_lazy(frame)
-    msg = (
-        f"`frame` must be a polars DataFrame or LazyFrame or a pyarrow Table, got "
-        f"{type(frame).__name__}" + (" (use `pl.from_pandas(df)`)" if "pandas" in mod else "")
-    )
-    raise InputError(msg)
-
-
-def _arrow_to_lazy(table: pa.Table) -> pl.LazyFrame:
-    import pyarrow as pa
-
-    if isinstance(table, pa.RecordBatch):
-        table = pa.Table.from_batches([table])
-    for name in table.column_names:
-        col = table.column(name)
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            try:
-                col.validate(full=True)
-            except pa.ArrowInvalid:
-                rows = _bad_utf8_rows(col)
-                msg = (
-                    f"column `{name}` holds text that is not valid UTF-8 at row(s) {rows}; "
-                    "decode or clean it before building requests"
-                )
-                raise EncodingError(msg, rows=rows, column=name) from None
-    out = pl.from_arrow(table)
-    assert isinstance(out, pl.DataFrame)
-    return out.lazy()
-
-
-def _bad_utf8_rows(col: Any) -> list[int]:
-    import pyarrow as pa
-
-    raw = col.cast(pa.large_binary()) if hasattr(col, "cast") else col
-    bad: list[int] = []
-    for i, value in enumerate(raw.to_pylist()):
-        if value is None:
-            continue
-        try:
-            value.decode("utf-8")
-        except UnicodeDecodeError:
-            bad.append(i)
-            if len(bad) >= 5:
-                break
-    return bad
 
 
 def _check_columns(template: Template, id_expr: pl.Expr | None, names: list[str]) -> None:
@@ -110,66 +52,6 @@ def _check_columns(template: Template, id_expr: pl.Expr | None, names: list[str]
                     f"its columns are {names}.{hint}"
                 )
                 raise ColumnNotFoundError(msg, column=root)
-
-
-def _custom_ids(s: pl.Series) -> pl.Series:
-    if s.dtype.is_integer():
-        _check_unique(s)  # cheaper on integers than on their text
-        return s.cast(pl.String).alias("custom_id")
-    if s.dtype == pl.Categorical or isinstance(s.dtype, pl.Enum):
-        s = s.cast(pl.String)
-    elif s.dtype == pl.Binary:
-        try:
-            s = s.cast(pl.String)
-        except pl.exceptions.PolarsError:
-            msg = "`custom_id` holds bytes that are not UTF-8; cast it to text first"
-            raise EncodingError(msg, column="custom_id") from None
-    elif s.dtype != pl.String:
-        msg = (
-            f"`custom_id` must be text or integers, got {s.dtype}; cast it first, e.g. "
-            '`custom_id=pl.col("id").cast(pl.String)`'
-        )
-        raise CustomIdError(msg, column="custom_id")
-    s = s.alias("custom_id")
-    _check_unique(s)
-    empty = s.str.len_bytes() == 0
-    if empty.any():
-        rows = first_rows(empty, 0)
-        msg = f"`custom_id` is empty on {int(empty.sum())} row(s), first at row(s) {rows}"
-        raise CustomIdError(msg, rows=rows, column="custom_id")
-    return s
-
-
-def _check_unique(s: pl.Series) -> None:
-    if s.null_count():
-        rows = first_rows(s.is_null(), 0)
-        msg = (
-            f"`custom_id` is null on {s.null_count()} row(s), first at row(s) {rows}; "
-            "every request needs an id (drop those rows or pass `custom_id=None` "
-            "for ids derived from each row's content)"
-        )
-        raise CustomIdError(msg, rows=rows, column="custom_id")
-    if s.n_unique() == len(s):
-        return
-    dup = s.is_duplicated()
-    rows = first_rows(dup, 0)
-    values = s.filter(dup).unique(maintain_order=True).head(5).cast(pl.String).to_list()
-    msg = (
-        f"`custom_id` must be unique: {int(dup.sum())} row(s) share an id, e.g. "
-        f"{values} at row(s) {rows}; de-duplicate the table or pass `custom_id=None`"
-    )
-    raise DuplicateCustomIdError(msg, rows=rows, column="custom_id")
-
-
-def _content_ids(bodies: pl.Series) -> pl.Series:
-    """Deterministic ids from each body; identical bodies get ``-0``, ``-1``, ..."""
-    digests = [hashlib.blake2b(b.encode(), digest_size=8).hexdigest() for b in bodies.to_list()]
-    df = pl.DataFrame({"h": digests})
-    return df.select(
-        pl.concat_str(
-            [pl.col("h"), pl.lit("-"), pl.int_range(pl.len()).over("h").cast(pl.String)]
-        ).alias("custom_id")
-    ).to_series()
 
 
 def _text_parts(s: pl.Series) -> pl.Series | None:
@@ -288,7 +170,7 @@ def _lines(endpoint: str, id_chars: pl.Series, body: list[str | pl.Series]) -> l
 
 
 def build_requests(
-    frame: pl.DataFrame | pl.LazyFrame | pa.Table,
+    frame: Any,
     *,
     endpoint: str,
     body: Mapping[str, Any],
@@ -352,8 +234,8 @@ def build_requests(
         msg = f"the body template needs a `model` (a name or an expression) for {endpoint}"
         raise TemplateError(msg, column="model")
     template = compile_template(body_dict)
-    lf = _to_lazy(frame)
-    names = list(lf.collect_schema().names())
+    source = to_source(frame)
+    names = source.schema_names()
     id_expr: pl.Expr | None
     if custom_id is None:
         id_expr = None
@@ -365,22 +247,9 @@ def build_requests(
         msg = f"`custom_id` must be a column name, an expression or None, got {custom_id!r}"
         raise CustomIdError(msg, column="custom_id")
     _check_columns(template, id_expr, names)
-    selects = [leaf.expr.alias(f"__leaf{i}") for i, leaf in enumerate(template.leaves)]
-    if id_expr is not None:
-        selects.append(id_expr.alias("__cid"))
-    if not selects:
-        selects = [pl.len().alias("__n")]
-    evaluated = lf.select(selects).collect()
     if not template.leaves and id_expr is None:
         msg = "a template without expressions needs `custom_id` (or at least one expression)"
         raise TemplateError(msg)
-    escape_ids = False
-    if id_expr is not None:
-        raw_ids = evaluated["__cid"]
-        ids = _custom_ids(raw_ids)
-        evaluated = evaluated.with_columns(ids.alias("__cid"))
-        # Integers as text never need escaping; other ids are checked once, here.
-        escape_ids = not raw_ids.dtype.is_integer() and _ids_need_escaping(ids)
     model_name = model if isinstance(model, str) else None
     resolved = "exact" if tokenizer == "exact" else tokenizer
     counter = _tokens.resolve(resolved, model_name)
@@ -388,40 +257,96 @@ def build_requests(
     const_tokens = _tokens.REQUEST_OVERHEAD + _message_overhead(body_dict)
     if const:
         const_tokens += int(counter(pl.Series(const, dtype=pl.String)).sum())
-    chunks = [
-        (evaluated.slice(o, CHUNK_ROWS), o) for o in range(0, max(evaluated.height, 1), CHUNK_ROWS)
-    ]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        futures = [
-            pool.submit(
-                _encode_chunk,
-                c,
-                o,
-                template,
-                body_dict,
-                endpoint,
-                counter,
-                const_tokens,
-                escape_ids,
-            )
-            for c, o in chunks
-        ]
-        parts = [f.result() for f in futures]
-    out = pl.concat(parts, rechunk=False)
-    if id_expr is None:
-        ids = _content_ids(out["body"])  # hex and digits: nothing to escape
-        out = out.with_columns(ids, *_lines(endpoint, ids, [out["body"]]))
-    requests = Requests(
+    builder = Builder(
         endpoint=endpoint,
-        lines=out["line"],
-        meta=out.select(list(META_SCHEMA)).cast(META_SCHEMA),  # type: ignore[arg-type]
-        json_schema=json_schema,
-        response_model=response_model,
-        tokenizer="exact" if counter is not _tokens.estimate_tokens else "estimate",
+        template=template,
+        body=body_dict,
+        id_expr=id_expr,
+        counter=counter,
+        const_tokens=const_tokens,
     )
+    options: dict[str, Any] = {
+        "endpoint": endpoint,
+        "json_schema": json_schema,
+        "response_model": response_model,
+        "tokenizer": "exact" if counter is not _tokens.estimate_tokens else "estimate",
+    }
+    if source.streamed:
+        from batchframe._stream import StreamedInput
+
+        return Requests(**options, stream=StreamedInput(builder, source))
+    lines, meta = builder.build_all(source.as_lazy())
+    requests = Requests(**options, lines=lines, meta=meta)
     # Refuse lines that could never be uploaded, even before a plan is asked for.
-    check_rows(requests._meta, BatchLimits(), embeddings=False)
+    check_rows(meta, BatchLimits(), embeddings=False)
     return requests
+
+
+@dataclass(frozen=True)
+class Builder:
+    """Everything needed to turn evaluated rows into request lines, chunk by chunk."""
+
+    endpoint: str
+    template: Template
+    body: dict[str, Any]
+    id_expr: pl.Expr | None
+    counter: _tokens.Counter
+    const_tokens: int
+
+    @property
+    def selects(self) -> list[pl.Expr]:
+        """The expressions evaluated over the input: ``__leaf<i>`` and ``__cid``."""
+        out = [leaf.expr.alias(f"__leaf{i}") for i, leaf in enumerate(self.template.leaves)]
+        if self.id_expr is not None:
+            out.append(self.id_expr.alias("__cid"))
+        return out or [pl.len().alias("__n")]
+
+    def encode(self, chunk: pl.DataFrame, offset: int) -> pl.DataFrame:
+        """Lines (or, without ids, bodies) and per-row facts of one chunk of evaluated rows.
+
+        ``offset`` is the position of the chunk's first row in the whole input.
+        """
+        escape = False
+        if "__cid" in chunk.columns:
+            raw = chunk["__cid"]
+            ids = chunk_ids(raw, offset)
+            # Integers as text never need escaping; other ids are checked once, here.
+            escape = not raw.dtype.is_integer() and _ids_need_escaping(ids)
+            chunk = chunk.with_columns(ids.alias("__cid"))
+        return _encode_chunk(
+            chunk,
+            offset,
+            self.template,
+            self.body,
+            self.endpoint,
+            self.counter,
+            self.const_tokens,
+            escape,
+        )
+
+    def with_content_ids(self, out: pl.DataFrame, content: ContentIds) -> pl.DataFrame:
+        """Give bodies built without ids their content-derived ids and lines."""
+        ids = content.assign(out["body"])  # hex and digits: nothing to escape
+        return out.with_columns(ids, *_lines(self.endpoint, ids, [out["body"]]))
+
+    def build_all(self, lf: pl.LazyFrame) -> tuple[pl.Series, pl.DataFrame]:
+        """Lines and per-row facts of a whole in-memory table (chunks on every core)."""
+        evaluated = lf.select(self.selects).collect()
+        if self.id_expr is not None:
+            raw = evaluated["__cid"]
+            chunk_ids(raw)  # nulls, types and empty ids first, as a chunk would
+            check_unique(raw)  # cheaper on integers than on their text
+        chunks = [
+            (evaluated.slice(o, CHUNK_ROWS), o)
+            for o in range(0, max(evaluated.height, 1), CHUNK_ROWS)
+        ]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            parts = list(pool.map(lambda c: self.encode(*c), chunks))
+        out = pl.concat(parts, rechunk=False)
+        if self.id_expr is None:
+            out = self.with_content_ids(out, ContentIds())
+        meta = out.select(list(META_SCHEMA)).cast(META_SCHEMA)  # type: ignore[arg-type]
+        return out["line"], meta
 
 
 def _ids_need_escaping(ids: pl.Series) -> bool:

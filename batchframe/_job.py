@@ -154,12 +154,13 @@ class BatchJob(JobEngine):
             if storage.exists(MANIFEST_FILE):
                 msg = f"a job was created at `{storage.root_url}` meanwhile; open it instead"
                 raise JobExistsError(msg)
-            written = requests.write(
-                storage.root_url, limits=limits, storage_options=storage_options, executor=executor
+            written, facts = requests._write(
+                storage.root_url, limits, storage_options, executor, fingerprint=True
             )
             manifest = Manifest.start(
                 requests,
                 written,
+                facts,
                 limits=limits,
                 options={
                     "max_attempts": max_attempts,

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from batchframe._api import RemoteBatch
     from batchframe._config import BatchLimits
-    from batchframe._requests import Requests
+    from batchframe._requests import JobFacts, Requests
     from batchframe._storage import Storage
 
 __all__ = [
@@ -283,11 +283,16 @@ class Manifest:
         cls,
         requests: Requests,
         written: pl.DataFrame,
+        facts: JobFacts,
         *,
         limits: BatchLimits,
         options: dict[str, Any],
     ) -> Manifest:
-        """Return a new job's manifest: one attempt-0 record per shard ``Requests.write`` wrote."""
+        """Return a new job's manifest: one attempt-0 record per shard ``Requests.write`` wrote.
+
+        ``facts`` (count, fingerprint, embedding widths) come from the same write, so a
+        streamed input is read once.
+        """
         from batchframe._requests import shard_path
 
         records = [
@@ -307,13 +312,13 @@ class Manifest:
         return cls(
             job_id=cls.new_job_id(),
             endpoint=requests.endpoint,
-            fingerprint=requests.fingerprint,
-            n_requests=len(requests),
+            fingerprint=facts.fingerprint,
+            n_requests=facts.n_requests,
             limits=limits.to_dict(),
             options=options,
             json_schema=requests.json_schema,
             records=records,
-            embedding_dims=_requested_dims(requests),
+            embedding_dims=dict(facts.embedding_dims),
         )
 
     @staticmethod
@@ -408,27 +413,6 @@ class Manifest:
             raise JobNotFoundError(msg)
         data = orjson.loads(storage.read_bytes(MANIFEST_FILE))
         return cls.from_dict(data)
-
-
-def _requested_dims(requests: Requests) -> dict[str, int]:
-    """``dimensions`` per model, for an embeddings job whose bodies agree on one per model."""
-    if requests.endpoint != "/v1/embeddings" or not len(requests):
-        return {}
-    import polars as pl
-
-    dims = (
-        requests._body_values("$.dimensions")
-        .lazy()
-        .select(pl.col("model").fill_null(""), pl.col("value").alias("dim"))
-        .group_by("model")
-        .agg(pl.col("dim").unique().alias("dims"))
-        .collect()
-    )
-    out: dict[str, int] = {}
-    for model, values in dims.iter_rows():
-        if len(values) == 1 and values[0] is not None and values[0].isdigit():
-            out[str(model)] = int(values[0])
-    return out
 
 
 # Numbered upgrades: _MIGRATIONS[i] turns format_version i + 1 into i + 2.

@@ -1,14 +1,19 @@
 """Shard planning: pure, no I/O.
 
-Rows are grouped by model (one model per shard, as the API requires; models in order of
-first appearance, rows in input order within a model) and each group is cut greedily:
-a shard grows while the next row still fits every limit. For cutting an ordered
-sequence under additive limits, greedy cutting gives the fewest shards possible.
+Rows are grouped by model (one model per shard, as the API requires; rows in input order
+within a model) and each model's rows are cut greedily: a shard grows while the next
+row still fits every limit. For cutting an ordered sequence under additive limits,
+greedy cutting gives the fewest shards possible. Shards are numbered in the order of
+their first row.
+
+:class:`ShardPlanner` does this chunk by chunk, keeping one open shard per model, so a
+streamed input is planned as it is read; a whole frame is one chunk. Any chunking of
+the same rows gives the same shards, with the same numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -17,22 +22,49 @@ from batchframe.exceptions import InputError, RequestTooLargeError
 
 SHOWN_ROWS = 5
 
+PLAN_SCHEMA = {
+    "shard": pl.Int64,
+    "model": pl.String,
+    "n_requests": pl.Int64,
+    "n_bytes": pl.Int64,
+    "n_inputs": pl.Int64,
+    "est_tokens": pl.Int64,
+}
+
 
 @dataclass(frozen=True)
 class Shard:
-    """One planned shard: a model and the input rows it holds, in input order."""
+    """One planned shard: its number, model and totals."""
 
     index: int
     model: str
-    rows: pl.Series  # UInt32 positions into the requests frame
+    n_requests: int
     n_bytes: int
     n_inputs: int
     est_tokens: int
 
-    @property
-    def n_requests(self) -> int:
-        """Number of requests (lines) in the shard."""
-        return len(self.rows)
+
+@dataclass(frozen=True)
+class Segment:
+    """Rows of one chunk that go to one shard (``rows``: positions in the chunk)."""
+
+    shard: int
+    rows: pl.Series
+
+
+@dataclass
+class _Open:
+    index: int
+    model: str
+    n_requests: int = 0
+    n_bytes: int = 0
+    n_inputs: int = 0
+    est_tokens: int = 0
+
+    def shard(self) -> Shard:
+        return Shard(
+            self.index, self.model, self.n_requests, self.n_bytes, self.n_inputs, self.est_tokens
+        )
 
 
 def _cumsum(values: pl.Series) -> pl.Series:
@@ -45,7 +77,10 @@ def _last_fitting(cum: pl.Series, start: int, cap: int) -> int:
     return int(cum.search_sorted(limit, side="right")) - 1
 
 
-def check_rows(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -> None:
+def check_rows(
+    frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool, offset: int = 0
+) -> None:
+    """Refuse rows that fit no shard alone (``offset``: row number of the frame's first row)."""
     checks: list[tuple[str, int | None, str]] = [
         ("n_bytes", limits.max_bytes, "bytes, over the per-file limit `max_bytes`"),
         ("est_tokens", limits.max_tokens, "estimated tokens, over `max_tokens`"),
@@ -59,20 +94,118 @@ def check_rows(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) ->
             continue
         over = frame[column] > limit
         if over.any():
-            rows = [int(i) for i in over.arg_true().head(SHOWN_ROWS)]
-            worst = int(frame[column].max())  # type: ignore[arg-type]
-            ids = frame["custom_id"].gather(rows).to_list()
+            at = [int(i) for i in over.arg_true().head(SHOWN_ROWS)]
+            rows = [i + offset for i in at]
+            worst = int(frame.filter(over)[column].max())  # type: ignore[arg-type]
+            ids = frame["custom_id"].gather(at).to_list()
             cls = RequestTooLargeError if column == "n_bytes" else InputError
             msg = (
-                f"{int(over.sum())} request(s) cannot fit any shard: row(s) {rows} "
-                f"(custom_id {ids}) have up to {worst:,} {what} ({limit:,}); "
+                f"{int(over.sum())} request(s) in this part of the input cannot fit any shard: "
+                f"row(s) {rows} (custom_id {ids}) have up to {worst:,} {what} ({limit:,}); "
                 "shorten or split those requests, or raise the limit in `BatchLimits`"
             )
             raise cls(msg, rows=rows, column=column)
 
 
-def plan_shards(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -> list[Shard]:
-    """Cut a requests frame into shards that respect every limit.
+@dataclass
+class ShardPlanner:
+    """Cut rows into shards chunk by chunk, one open shard per model.
+
+    Parameters
+    ----------
+    limits
+        The limits each shard must respect.
+    embeddings
+        Whether ``max_embedding_inputs`` applies (``/v1/embeddings``).
+    """
+
+    limits: BatchLimits
+    embeddings: bool
+    shards: list[Shard] = field(default_factory=list)
+    _open: dict[str, _Open] = field(default_factory=dict)
+    _n_rows: int = 0
+
+    def feed(self, meta: pl.DataFrame) -> tuple[list[Segment], list[Shard]]:
+        """Plan the next chunk of rows.
+
+        Parameters
+        ----------
+        meta
+            Columns ``custom_id``, ``model``, ``n_bytes``, ``n_inputs``, ``est_tokens``
+            of the chunk's rows, in input order.
+
+        Returns
+        -------
+        tuple[list[Segment], list[Shard]]
+            Where the chunk's rows go (segments in shard-number order), and the shards
+            this chunk closed (full: no later row can join them).
+        """
+        check_rows(meta, self.limits, embeddings=self.embeddings, offset=self._n_rows)
+        self._n_rows += meta.height
+        indexed = meta.select("model", "n_bytes", "n_inputs", "est_tokens").with_row_index("row")
+        # (first row in the chunk, model, rows, open state) of every shard touched.
+        parts: list[tuple[int, _Open, pl.Series]] = []
+        closed: list[_Open] = []
+        for model in indexed["model"].unique(maintain_order=True).to_list():
+            parts_m, closed_m = self._cut(model, indexed.filter(pl.col("model") == model))
+            parts.extend(parts_m)
+            closed.extend(closed_m)
+        # Shards opened in this chunk are numbered by their first row.
+        fresh = sorted((p for p in parts if p[1].index < 0), key=lambda p: p[0])
+        for _, state, _ in fresh:
+            state.index = len(self.shards)
+            self.shards.append(state.shard())  # placeholder; totals fixed when it closes
+        for state in {id(s): s for _, s, _ in parts}.values():
+            self.shards[state.index] = state.shard()
+        segments = sorted((Segment(s.index, rows) for _, s, rows in parts), key=lambda g: g.shard)
+        return segments, [self.shards[s.index] for s in closed]
+
+    def _cut(
+        self, model: str, group: pl.DataFrame
+    ) -> tuple[list[tuple[int, _Open, pl.Series]], list[_Open]]:
+        limits = self.limits
+        rows = group["row"]
+        cols = ("n_bytes", "n_inputs", "est_tokens")
+        cum = {c: _cumsum(group[c]) for c in cols}
+        caps = {"n_bytes": limits.max_bytes}
+        if self.embeddings:
+            caps["n_inputs"] = limits.max_embedding_inputs
+        if limits.max_tokens is not None:
+            caps["est_tokens"] = limits.max_tokens
+        parts: list[tuple[int, _Open, pl.Series]] = []
+        closed: list[_Open] = []
+        state = self._open.get(model)
+        n = len(rows)
+        start = 0
+        while start < n:
+            if state is None:
+                state = _Open(index=-1, model=model)
+            end = min(n, start + limits.max_requests - state.n_requests)
+            for c, cap in caps.items():
+                end = min(end, _last_fitting(cum[c], start, cap - getattr(state, c)))
+            if end <= start:
+                # The next row does not fit the open shard: close it (check_rows
+                # guarantees that one row always fits an empty shard).
+                closed.append(state)
+                state = None
+                continue
+            state.n_requests += end - start
+            for c in cols:
+                setattr(state, c, getattr(state, c) + int(cum[c][end]) - int(cum[c][start]))
+            parts.append((int(rows[start]), state, rows.slice(start, end - start)))
+            start = end
+        if state is not None:
+            self._open[model] = state
+        return parts, closed
+
+    def finish(self) -> list[Shard]:
+        """Close every open shard; return all shards, by number."""
+        self._open.clear()
+        return list(self.shards)
+
+
+def plan_shards(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -> list[Segment]:
+    """Cut a whole requests frame into shards (one segment of rows per shard, by number).
 
     Parameters
     ----------
@@ -83,40 +216,16 @@ def plan_shards(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -
     embeddings
         Whether ``max_embedding_inputs`` applies (``/v1/embeddings``).
     """
-    check_rows(frame, limits, embeddings=embeddings)
-    indexed = frame.select("model", "n_bytes", "n_inputs", "est_tokens").with_row_index("row")
-    models = indexed["model"].unique(maintain_order=True).to_list()
-    shards: list[Shard] = []
-    for model in models:
-        group = indexed.filter(pl.col("model") == model)
-        rows = group["row"]
-        cb = _cumsum(group["n_bytes"])
-        ci = _cumsum(group["n_inputs"])
-        ct = _cumsum(group["est_tokens"])
-        caps: list[tuple[pl.Series, int]] = [(cb, limits.max_bytes)]
-        if embeddings:
-            caps.append((ci, limits.max_embedding_inputs))
-        if limits.max_tokens is not None:
-            caps.append((ct, limits.max_tokens))
-        n = len(rows)
-        start = 0
-        while start < n:
-            end = min(start + limits.max_requests, n)
-            for cum, cap in caps:
-                end = min(end, _last_fitting(cum, start, cap))
-            # check_rows guarantees one row always fits, so end > start.
-            shards.append(
-                Shard(
-                    index=len(shards),
-                    model=model,
-                    rows=rows.slice(start, end - start),
-                    n_bytes=int(cb[end]) - int(cb[start]),
-                    n_inputs=int(ci[end]) - int(ci[start]),
-                    est_tokens=int(ct[end]) - int(ct[start]),
-                )
-            )
-            start = end
-    return shards
+    planner = ShardPlanner(limits, embeddings)
+    segments, _ = planner.feed(frame)
+    return segments
+
+
+def planned(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -> list[Shard]:
+    """The shards of a whole requests frame, by number (see :func:`plan_shards`)."""
+    planner = ShardPlanner(limits, embeddings)
+    planner.feed(frame)
+    return planner.finish()
 
 
 def plan_frame(shards: list[Shard]) -> pl.DataFrame:
@@ -130,12 +239,17 @@ def plan_frame(shards: list[Shard]) -> pl.DataFrame:
             "n_inputs": [s.n_inputs for s in shards],
             "est_tokens": [s.est_tokens for s in shards],
         },
-        schema={
-            "shard": pl.Int64,
-            "model": pl.String,
-            "n_requests": pl.Int64,
-            "n_bytes": pl.Int64,
-            "n_inputs": pl.Int64,
-            "est_tokens": pl.Int64,
-        },
+        schema=PLAN_SCHEMA,
     )
+
+
+__all__ = [
+    "PLAN_SCHEMA",
+    "Segment",
+    "Shard",
+    "ShardPlanner",
+    "check_rows",
+    "plan_frame",
+    "plan_shards",
+    "planned",
+]

@@ -13,12 +13,16 @@ import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from batchframe._config import BatchLimits
-from batchframe._plan import Shard, plan_frame, plan_shards
+from batchframe._plan import Shard, plan_frame, plan_shards, planned
+
+if TYPE_CHECKING:
+    from batchframe._stream import StreamedInput, Totals
 
 FRAME_SCHEMA = {
     "custom_id": pl.String,
@@ -61,20 +65,67 @@ class Requests:
         self,
         *,
         endpoint: str,
-        lines: pl.Series,
-        meta: pl.DataFrame,
+        lines: pl.Series | None = None,
+        meta: pl.DataFrame | None = None,
+        stream: StreamedInput | None = None,
         json_schema: dict[str, Any] | None = None,
         response_model: Any = None,
         tokenizer: str = "estimate",
     ) -> None:
         self.endpoint = endpoint
-        self._lines = lines
-        self._meta = meta
+        self._stream = stream
+        self._lines_ = lines
+        self._meta_ = meta
         self.json_schema = json_schema
         self.response_model = response_model
         self.tokenizer = tokenizer
         self._frame: pl.DataFrame | None = None
         self._fingerprint: str | None = None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the input is read in chunks at each pass instead of held in memory.
+
+        True for a ``pl.LazyFrame``, a ``pyarrow`` reader or dataset and any
+        ``__arrow_c_stream__`` object, until :attr:`frame` reads it into memory.
+        """
+        return self._lines_ is None
+
+    @property
+    def _lines(self) -> pl.Series:
+        self._materialize()
+        assert self._lines_ is not None
+        return self._lines_
+
+    @property
+    def _meta(self) -> pl.DataFrame:
+        self._materialize()
+        assert self._meta_ is not None
+        return self._meta_
+
+    def _materialize(self) -> None:
+        """Read a streamed input whole (one pass) and keep its lines, as in memory."""
+        if self._lines_ is not None:
+            return
+        from batchframe._ids import check_unique
+
+        assert self._stream is not None
+        parts = list(self._stream.chunks())
+        if parts:
+            out = pl.concat(parts, rechunk=False)
+        else:
+            out = pl.DataFrame({"line": [], **{c: [] for c in META_SCHEMA}}).cast(
+                {"line": pl.String, **META_SCHEMA}  # type: ignore[dict-item]
+            )
+        check_unique(out["custom_id"])
+        self._meta_ = out.select(list(META_SCHEMA)).cast(META_SCHEMA)  # type: ignore[arg-type]
+        self._lines_ = out["line"]
+
+    def _totals(self, *, fingerprint: bool = False) -> Totals | None:
+        """A streamed input's totals (a pass the first time); None when in memory."""
+        if self._lines_ is not None or self._stream is None:
+            return None
+        return self._stream.ensure_totals(fingerprint=fingerprint)
 
     @property
     def frame(self) -> pl.DataFrame:
@@ -84,7 +135,9 @@ class Requests:
         (bytes of the request's final JSONL line, newline included), ``n_inputs``
         (embedding inputs; 1 for other endpoints) and ``est_tokens`` (estimated input
         tokens). Built on first access: the bodies are cut out of the lines that
-        :meth:`write` writes, which holds a second copy of the request text.
+        :meth:`write` writes, which holds a second copy of the request text. On a
+        streamed input this reads the whole input into memory (once; the requests
+        then behave as if built from a table in memory).
         """
         if self._frame is None:
             self._frame = self._meta.with_columns(self._bodies()).select(list(FRAME_SCHEMA))
@@ -106,20 +159,30 @@ class Requests:
         return pl.DataFrame({"model": self._meta["model"], "value": value})
 
     def __len__(self) -> int:
-        return self._meta.height
+        totals = self._totals()
+        return totals.n_requests if totals is not None else self._meta.height
 
     @property
     def n_bytes(self) -> int:
         """Bytes of all the JSONL lines together: what :meth:`write` writes."""
-        return int(self._meta["n_bytes"].sum())
+        totals = self._totals()
+        return totals.n_bytes if totals is not None else int(self._meta["n_bytes"].sum())
 
     @property
     def est_tokens(self) -> int:
         """Estimated input tokens of all the requests together."""
-        return int(self._meta["est_tokens"].sum())
+        totals = self._totals()
+        return totals.est_tokens if totals is not None else int(self._meta["est_tokens"].sum())
 
     def __repr__(self) -> str:
-        models = self._meta["model"].unique(maintain_order=True).to_list()
+        if self._stream is not None and self._lines_ is None and self._stream.totals is None:
+            return f"<Requests {self.endpoint}: streamed from a {self._stream.kind}, not read yet>"
+        totals = self._totals()
+        models = (
+            list(totals.models)
+            if totals is not None
+            else self._meta["model"].unique(maintain_order=True).to_list()
+        )
         return (
             f"<Requests {self.endpoint}: {len(self):,} rows, {self.n_bytes / 1e6:,.1f} MB, "
             f"models={models}, est_tokens={self.est_tokens:,}>"
@@ -130,24 +193,39 @@ class Requests:
         """SHA-256 of every request's JSONL line, in order (custom_id, endpoint and body).
 
         Two tables with the same rows and the same template give the same fingerprint,
-        so a job can tell whether it is being resumed with the requests it was made from.
+        whether read in memory or streamed, so a job can tell whether it is being
+        resumed with the requests it was made from.
         """
         if self._fingerprint is None:
-            h = hashlib.sha256(b"batchframe-requests-v2\n")
-            h.update(len(self).to_bytes(8, "little"))
-            for piece in jsonl_pieces(self._lines):
-                h.update(piece)
-            self._fingerprint = h.hexdigest()
+            if self._totals(fingerprint=True) is not None:
+                assert self._stream is not None and self._stream.fingerprint is not None
+                self._fingerprint = self._stream.fingerprint
+            else:
+                h = hashlib.sha256(FINGERPRINT_PREFIX)
+                for piece in jsonl_pieces(self._lines):
+                    h.update(piece)
+                h.update(len(self).to_bytes(8, "little"))
+                self._fingerprint = h.hexdigest()
         return self._fingerprint
 
     def matches(self, fingerprint: str) -> bool:
         """Whether a job's ``fingerprint`` is these requests' (current or earlier form).
 
-        Jobs made by batchframe before 2026-11-30 hashed ids and bodies as two columns;
-        that form is computed (one pass over the bodies) only when the current one
-        differs, so such jobs still resume instead of being taken for other requests.
+        Jobs made by earlier versions of batchframe stored earlier forms (ids and
+        bodies hashed as two columns; the lines with their count first). Those are
+        computed only when the current form differs; on a streamed input that reads
+        the input into memory once.
         """
-        return fingerprint == self.fingerprint or fingerprint == self._columns_fingerprint()
+        if fingerprint == self.fingerprint:
+            return True
+        return fingerprint in (self._v2_fingerprint(), self._columns_fingerprint())
+
+    def _v2_fingerprint(self) -> str:
+        h = hashlib.sha256(b"batchframe-requests-v2\n")
+        h.update(len(self).to_bytes(8, "little"))
+        for piece in jsonl_pieces(self._lines):
+            h.update(piece)
+        return h.hexdigest()
 
     def _columns_fingerprint(self) -> str:
         h = hashlib.sha256(self.endpoint.encode())
@@ -161,7 +239,35 @@ class Requests:
 
     def _shards(self, limits: BatchLimits | None) -> list[Shard]:
         limits = limits or BatchLimits()
-        return plan_shards(self._meta, limits, embeddings=self.endpoint == "/v1/embeddings")
+        if self._lines_ is None:
+            assert self._stream is not None
+            return self._stream.plan(limits)
+        return planned(self._meta, limits, embeddings=self.endpoint == "/v1/embeddings")
+
+    def embedding_dims(self) -> dict[str, int]:
+        """Embeddings: the ``dimensions`` every body of a model asks for, per model.
+
+        ``""`` stands for no model. Models whose bodies name no or several widths are
+        left out (their width is learnt from the first vector).
+        """
+        if self.endpoint != "/v1/embeddings" or not len(self):
+            return {}
+        totals = self._totals()
+        if totals is not None:
+            return dict(totals.embedding_dims)
+        dims = (
+            self._body_values("$.dimensions")
+            .lazy()
+            .select(pl.col("model").fill_null(""), pl.col("value").alias("dim"))
+            .group_by("model")
+            .agg(pl.col("dim").unique().alias("dims"))
+            .collect()
+        )
+        out: dict[str, int] = {}
+        for model, values in dims.iter_rows():
+            if len(values) == 1 and values[0] is not None and values[0].isdigit():
+                out[str(model)] = int(values[0])
+        return out
 
     def plan(self, limits: BatchLimits | None = None) -> pl.DataFrame:
         """Plan shards that respect ``limits`` (default :class:`BatchLimits`).
@@ -204,32 +310,73 @@ class Requests:
             ``shard``, ``path``, ``n_requests``, ``n_bytes`` (bytes written),
             ``sha256``, ``model``, ``n_inputs``, ``est_tokens``.
         """
+        return self._write(root, limits, storage_options, executor)[0]
+
+    def _write(
+        self,
+        root: str | os.PathLike[str],
+        limits: BatchLimits | None,
+        storage_options: Mapping[str, Any] | None,
+        executor: Executor | None,
+        *,
+        fingerprint: bool = False,
+    ) -> tuple[pl.DataFrame, JobFacts]:
+        """Write the shards; return them and the facts a job's manifest records.
+
+        On a streamed input this is one pass that reads, checks, plans and writes
+        (and, with ``fingerprint``, computes the fingerprint on the way).
+        """
         from batchframe._storage import Storage
 
-        shards = self._shards(limits)
+        limits = limits or BatchLimits()
         storage = Storage(os.fspath(root), storage_options)
-        own = executor is None
-        pool = executor or ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2))
-        try:
-            futures = [
-                pool.submit(write_shard, storage, shard_path(s.index), _take(self._lines, s.rows))
-                for s in shards
-            ]
-            results = [f.result() for f in futures]
-        finally:
-            if own:
-                pool.shutdown()
+        if self._lines_ is None:
+            assert self._stream is not None
+            done = self._stream.run(limits, storage=storage, fingerprint=fingerprint)
+            shards = self._stream.plan(limits)
+            results = [done[s.index] for s in shards]
+        else:
+            segments = plan_shards(self._meta, limits, embeddings=self.endpoint == "/v1/embeddings")
+            shards = self._shards(limits)
+            own = executor is None
+            pool = executor or ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2))
+            try:
+                futures = [
+                    pool.submit(
+                        write_shard, storage, shard_path(g.shard), take_rows(self._lines, g.rows)
+                    )
+                    for g in segments
+                ]
+                results = [f.result() for f in futures]
+            finally:
+                if own:
+                    pool.shutdown()
         out = plan_frame(shards).with_columns(
             pl.Series("path", [storage.url(shard_path(s.index)) for s in shards], pl.String),
             pl.Series("n_bytes", [n for n, _ in results], pl.Int64),
             pl.Series("sha256", [h for _, h in results], pl.String),
         )
-        return out.select(
+        written = out.select(
             "shard", "path", "n_requests", "n_bytes", "sha256", "model", "n_inputs", "est_tokens"
         )
+        facts = JobFacts(
+            n_requests=len(self),
+            fingerprint=self.fingerprint if fingerprint else "",
+            embedding_dims=self.embedding_dims(),
+        )
+        return written, facts
 
 
-def _take(col: pl.Series, rows: pl.Series) -> pl.Series:
+@dataclass(frozen=True)
+class JobFacts:
+    """What a job's manifest records about the requests it was made from."""
+
+    n_requests: int
+    fingerprint: str
+    embedding_dims: dict[str, int]
+
+
+def take_rows(col: pl.Series, rows: pl.Series) -> pl.Series:
     """Rows of ``col``; a zero-copy slice when they are contiguous (the usual case)."""
     if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
         return col.slice(int(rows[0]), len(rows))
@@ -249,6 +396,10 @@ def line_affixes(endpoint: str) -> tuple[str, str, str]:
     """The constant text of a line: before the id, between id and body, after the body."""
     return LINE_HEAD, f',"method":"POST","url":"{endpoint}","body":', LINE_TAIL
 
+
+#: Starts the fingerprint; the lines follow, then their count (so it can be computed
+#: while streaming).
+FINGERPRINT_PREFIX = b"batchframe-requests-v3\n"
 
 # Arrow export as ``large_string``: int64 offsets and one contiguous data buffer.
 _LARGE_STRING = pl.CompatLevel.oldest()

@@ -40,7 +40,32 @@ def _as_frame(df: pl.DataFrame) -> pl.DataFrame:
     return df
 
 
-@pytest.fixture(params=[_as_frame, _as_lazy, _as_arrow], ids=["DataFrame", "LazyFrame", "Table"])
+def _as_dataset(df: pl.DataFrame) -> Any:
+    import pyarrow.dataset as ds
+
+    # Small batches, so that a streamed build sees several chunks.
+    table = df.to_arrow()
+    return ds.dataset(pa.Table.from_batches(table.to_batches(max_chunksize=2), schema=table.schema))
+
+
+class ArrowStream:
+    """Any object with ``__arrow_c_stream__`` (as pandas, narwhals or DuckDB give)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table = table
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self._table.__arrow_c_stream__(requested_schema)
+
+
+def _as_stream(df: pl.DataFrame) -> ArrowStream:
+    return ArrowStream(df.to_arrow())
+
+
+@pytest.fixture(
+    params=[_as_frame, _as_lazy, _as_arrow, _as_dataset, _as_stream],
+    ids=["DataFrame", "LazyFrame", "Table", "dataset", "arrow_c_stream"],
+)
 def constructor(request: pytest.FixtureRequest) -> Callable[[pl.DataFrame], Any]:
     """Run a test body once per accepted input type (narwhals style)."""
     fn: Callable[[pl.DataFrame], Any] = request.param

@@ -442,22 +442,28 @@ def test_unknown_column_names_column_and_hint(constructor):
         _chat(constructor(df), custom_id="ident")
 
 
+def _checked(requests: bf.Requests) -> bf.Requests:
+    """Row checks of a streamed input run at its first pass (plan, write or a job)."""
+    requests.plan()
+    return requests
+
+
 def test_null_and_empty_and_duplicate_custom_id(constructor):
     df = pl.DataFrame({"id": ["a", None, "c", None], "text": ["x"] * 4})
     with pytest.raises(
         bf.CustomIdError, match=r"null on 2 row\(s\), first at row\(s\) \[1, 3\]"
     ) as e:
-        _chat(constructor(df), custom_id="id")
+        _checked(_chat(constructor(df), custom_id="id"))
     assert e.value.rows == [1, 3]
     df = pl.DataFrame({"id": ["a", "", "c"], "text": ["x"] * 3})
     with pytest.raises(bf.CustomIdError, match=r"empty.*\[1\]"):
-        _chat(constructor(df), custom_id="id")
+        _checked(_chat(constructor(df), custom_id="id"))
     df = pl.DataFrame({"id": ["a", "b", "a", "c", "b"], "text": ["x"] * 5})
     with pytest.raises(bf.DuplicateCustomIdError, match=r"\['a', 'b'\] at row\(s\) \[0, 1, 2, 4\]"):
-        _chat(constructor(df), custom_id="id")
+        _checked(_chat(constructor(df), custom_id="id"))
     df = pl.DataFrame({"id": [1, 2, 1], "text": ["x"] * 3})
     with pytest.raises(bf.DuplicateCustomIdError, match=r"\['1'\]"):
-        _chat(constructor(df), custom_id="id")
+        _checked(_chat(constructor(df), custom_id="id"))
 
 
 def test_null_prompt_names_rows_and_leaf(constructor):
@@ -465,7 +471,7 @@ def test_null_prompt_names_rows_and_leaf(constructor):
     with pytest.raises(
         bf.NullValueError, match=r"messages\[0\]\.content.*2 row\(s\).*1, 2.*fill_null"
     ) as e:
-        _chat(constructor(df), custom_id="id")
+        _checked(_chat(constructor(df), custom_id="id"))
     assert e.value.rows == [1, 2]
 
 

@@ -1,0 +1,263 @@
+"""Requests over a streamed input: one pass reads, builds, checks, plans and writes.
+
+A pass reads the input in chunks of ``CHUNK_ROWS`` rows (Polars' streaming engine),
+builds each chunk's lines on a small thread pool (a few chunks in flight), and then, in
+input order: records the ids for the whole-input duplicate check, plans the chunk's rows
+into shards (one open shard per model) and appends their lines to the open shard files,
+closing each file as its shard fills. Memory holds a few chunks, one open file per
+model, and 8 bytes per row for the duplicate check; never the job.
+
+A pass refused midway (a duplicate id, a null prompt, a line over the limit, text that
+is not UTF-8) removes every shard file it wrote: nothing partial is left behind.
+Totals, the fingerprint and the plan for each set of limits are kept after a pass, so
+asking for them again costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+import polars as pl
+
+from batchframe._config import BatchLimits
+from batchframe._ids import ContentIds, DuplicateFinder
+from batchframe._plan import Shard, ShardPlanner
+from batchframe._requests import (
+    FINGERPRINT_PREFIX,
+    META_SCHEMA,
+    jsonl_pieces,
+    shard_path,
+    take_rows,
+)
+
+if TYPE_CHECKING:
+    from batchframe._build import Builder
+    from batchframe._source import Source
+    from batchframe._storage import Storage
+
+__all__ = ["CHUNK_ROWS", "StreamedInput", "Totals"]
+
+_log = logging.getLogger("batchframe")
+
+#: Rows read, built and written per step of a pass.
+CHUNK_ROWS = 100_000
+#: Chunks built ahead of the one being written.
+_WINDOW = 3
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Whole-input facts a pass learns."""
+
+    n_requests: int
+    n_bytes: int
+    est_tokens: int
+    models: tuple[str, ...]
+    #: Embeddings: the one ``dimensions`` value each model's bodies agree on.
+    embedding_dims: dict[str, int]
+
+
+@dataclass
+class _Facts:
+    """Running totals of a pass."""
+
+    n: int = 0
+    n_bytes: int = 0
+    est_tokens: int = 0
+    models: dict[str, None] = field(default_factory=dict)
+    dims: dict[str, set[str | None]] = field(default_factory=dict)
+
+    def add(self, out: pl.DataFrame, endpoint: str) -> None:
+        self.n += out.height
+        self.n_bytes += int(out["n_bytes"].sum())
+        self.est_tokens += int(out["est_tokens"].sum())
+        for m in out["model"].unique(maintain_order=True).to_list():
+            self.models.setdefault(m)
+        if endpoint == "/v1/embeddings":
+            values = out.select(
+                "model", pl.col("line").str.json_path_match("$.body.dimensions").alias("d")
+            ).unique()
+            for m, d in values.iter_rows():
+                seen = self.dims.setdefault(m, set())
+                if len(seen) < 2:
+                    seen.add(d)
+
+    def totals(self) -> Totals:
+        dims = {
+            (m or ""): int(v)
+            for m, seen in self.dims.items()
+            if len(seen) == 1 and (v := next(iter(seen))) is not None and v.isdigit()
+        }
+        return Totals(self.n, self.n_bytes, self.est_tokens, tuple(self.models), dims)
+
+
+class _ShardFiles:
+    """Shard files being written by a pass: one open file per model's open shard."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._open: dict[int, tuple[AbstractContextManager[IO[bytes]], IO[bytes], Any, int]] = {}
+        self.done: dict[int, tuple[int, str]] = {}
+
+    def append(self, shard: int, lines: pl.Series) -> None:
+        if shard not in self._open:
+            opener: AbstractContextManager[IO[bytes]] = self._storage.open_write(shard_path(shard))
+            self._open[shard] = (opener, opener.__enter__(), hashlib.sha256(), 0)
+        cm, f, digest, size = self._open[shard]
+        for piece in jsonl_pieces(lines):
+            digest.update(piece)
+            f.write(piece)
+            size += len(piece)
+        self._open[shard] = (cm, f, digest, size)
+
+    def close(self, shard: int) -> None:
+        if shard not in self._open:
+            return
+        cm, _, digest, size = self._open.pop(shard)
+        cm.__exit__(None, None, None)
+        self.done[shard] = (size, digest.hexdigest())
+
+    def close_all(self) -> None:
+        for shard in sorted(self._open):
+            self.close(shard)
+
+    def abort(self) -> None:
+        """Drop open files and remove the ones already closed."""
+        err = RuntimeError("pass aborted")
+        for cm, _, _, _ in self._open.values():
+            try:
+                cm.__exit__(RuntimeError, err, None)
+            except RuntimeError:
+                pass
+            except Exception:  # cleaning up is best effort
+                _log.debug("could not remove a partial shard file", exc_info=True)
+        self._open.clear()
+        for shard in self.done:
+            try:
+                self._storage.delete(shard_path(shard))
+            except Exception:
+                _log.debug("could not remove shard %d", shard, exc_info=True)
+        self.done.clear()
+
+
+def _limits_key(limits: BatchLimits) -> tuple[Any, ...]:
+    return tuple(sorted(limits.to_dict().items()))
+
+
+class StreamedInput:
+    """A streamed input and its builder; runs passes and keeps what they learn."""
+
+    def __init__(self, builder: Builder, source: Source) -> None:
+        self.builder = builder
+        self.source = source
+        self.totals: Totals | None = None
+        self.fingerprint: str | None = None
+        self._plans: dict[tuple[Any, ...], list[Shard]] = {}
+
+    @property
+    def kind(self) -> str:
+        """What the input is (``"polars.LazyFrame"``, ``"pyarrow.dataset"``, ...)."""
+        return self.source.kind
+
+    def plan(self, limits: BatchLimits) -> list[Shard]:
+        """The shards for ``limits`` (a pass the first time)."""
+        key = _limits_key(limits)
+        if key not in self._plans:
+            self.run(limits)
+        return self._plans[key]
+
+    def ensure_totals(self, *, fingerprint: bool = False) -> Totals:
+        """Totals (and, if asked, the fingerprint), from a pass if not known yet."""
+        if self.totals is None or (fingerprint and self.fingerprint is None):
+            self.run(BatchLimits(), fingerprint=fingerprint)
+        assert self.totals is not None
+        return self.totals
+
+    def chunks(self) -> Iterator[pl.DataFrame]:
+        """Every row's line and facts, chunk by chunk, in input order (checked)."""
+        yield from self._built(None)
+
+    def _built(self, dups: DuplicateFinder | None) -> Iterator[pl.DataFrame]:
+        b = self.builder
+        self.source.start_pass()
+        lf = self.source.as_lazy().select(b.selects)
+
+        def batches() -> Iterator[tuple[pl.DataFrame, int]]:
+            offset = 0
+            for chunk in lf.collect_batches(chunk_size=CHUNK_ROWS):
+                if chunk.height:
+                    yield chunk, offset
+                    offset += chunk.height
+
+        content = ContentIds() if b.id_expr is None else None
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="batchframe-build") as pool:
+            pending: list[Any] = []
+            it = batches()
+            done = False
+            while True:
+                while not done and len(pending) < _WINDOW:
+                    try:
+                        chunk, offset = next(it)
+                    except StopIteration:
+                        done = True
+                        break
+                    pending.append(pool.submit(b.encode, chunk, offset))
+                if not pending:
+                    break
+                out = pending.pop(0).result()
+                if content is not None:
+                    out = b.with_content_ids(out, content)
+                elif dups is not None:
+                    dups.add(out["custom_id"])
+                yield out
+
+    def run(
+        self,
+        limits: BatchLimits,
+        *,
+        storage: Storage | None = None,
+        fingerprint: bool = False,
+    ) -> dict[int, tuple[int, str]]:
+        """One pass: check every row, plan for ``limits``, write shards to ``storage``.
+
+        Returns ``{shard: (bytes written, sha256)}`` (empty without ``storage``).
+        """
+        b = self.builder
+        # A reader cannot be read again for its fingerprint: compute it on the way.
+        fingerprint = fingerprint or self.source.one_shot
+        planner = ShardPlanner(limits, embeddings=b.endpoint == "/v1/embeddings")
+        facts = _Facts()
+        digest = hashlib.sha256(FINGERPRINT_PREFIX) if fingerprint else None
+        files = _ShardFiles(storage) if storage is not None else None
+        try:
+            with DuplicateFinder() as dups:
+                for out in self._built(dups if b.id_expr is not None else None):
+                    facts.add(out, b.endpoint)
+                    if digest is not None:
+                        for piece in jsonl_pieces(out["line"]):
+                            digest.update(piece)
+                    segments, closed = planner.feed(out.select(list(META_SCHEMA)))
+                    if files is not None:
+                        for seg in segments:
+                            files.append(seg.shard, take_rows(out["line"], seg.rows))
+                        for shard in closed:
+                            files.close(shard.index)
+                dups.check()
+            if files is not None:
+                files.close_all()
+        except BaseException:
+            if files is not None:
+                files.abort()
+            raise
+        self.totals = facts.totals()
+        if digest is not None:
+            digest.update(facts.n.to_bytes(8, "little"))
+            self.fingerprint = digest.hexdigest()
+        self._plans[_limits_key(limits)] = planner.finish()
+        return files.done if files is not None else {}
