@@ -28,7 +28,7 @@ from batchframe._bodies import (
 from batchframe._build import build_requests
 from batchframe._config import BatchLimits
 from batchframe._job import BatchJob
-from batchframe._read import read_results, scan_results
+from batchframe._read import read_results, results_to_duckdb, scan_results
 from batchframe._requests import Requests
 from batchframe._results import BatchResults
 from batchframe._run import run
@@ -54,6 +54,7 @@ from batchframe.exceptions import (
     NullValueError,
     RequestTooLargeError,
     ResultsError,
+    ResultsTooLargeError,
     StreamingNotSupportedError,
     TemplateError,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "RequestTooLargeError",
     "Requests",
     "ResultsError",
+    "ResultsTooLargeError",
     "StreamingNotSupportedError",
     "TemplateError",
     "__version__",
@@ -100,6 +102,7 @@ __all__ = [
     "moderations_body",
     "read_results",
     "responses_body",
+    "results_to_duckdb",
     "run",
     "scan_results",
 ]

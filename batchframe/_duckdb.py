@@ -1,14 +1,19 @@
 """DuckDB as the table sink: :func:`write_duckdb` and the Polars -> DuckDB type map.
 
-:func:`write_duckdb` upserts ``{table}``, ``{table}_failed`` and ``{table}_batches``
-in one transaction, sqlite-utils' ``upsert_all`` in spirit. (DuckDB is also the JSON
+:func:`upsert_parts` upserts ``{table}``, ``{table}_failed`` and ``{table}_batches``
+in one transaction, sqlite-utils' ``upsert_all`` in spirit, one chunk at a time: the
+whole of an in-memory ``BatchResults`` (:func:`write_duckdb`), or one published Parquet
+file of a job per chunk (``results_to_duckdb``, ``BatchJob.to_duckdb``), so that memory
+tracks a shard, not the job. (DuckDB is also the JSON
 engine that reads output lines: that is :mod:`batchframe._duckdb_json`.)
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -20,7 +25,7 @@ from batchframe.exceptions import ResultsError
 if TYPE_CHECKING:
     from batchframe._results import BatchResults
 
-__all__ = ["duckdb_type", "write_duckdb"]
+__all__ = ["Part", "duckdb_type", "upsert_parts", "write_duckdb"]
 
 
 def _q(name: str) -> str:
@@ -69,6 +74,30 @@ def duckdb_type(dtype: pl.DataType | pl.datatypes.DataTypeClass) -> str:
     raise ResultsError(msg)
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One table's rows, read in chunks so that memory tracks a chunk, not the table.
+
+    ``chunks(columns)`` returns an iterator over the rows, one ``pl.DataFrame`` per
+    chunk (only ``columns``, when given); it is called more than once, and must give the
+    same chunks each time. Chunks are expected to hold disjoint keys (a key repeated
+    across chunks is refused by the table's primary key).
+    """
+
+    schema: pl.Schema
+    key: list[str]
+    chunks: Callable[[list[str] | None], Iterator[pl.DataFrame]]
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame, key: list[str]) -> Part:
+        """A part of a single in-memory frame."""
+
+        def chunks(columns: list[str] | None) -> Iterator[pl.DataFrame]:
+            yield frame if columns is None else frame.select(columns)
+
+        return cls(frame.schema, key, chunks)
+
+
 def write_duckdb(
     results: BatchResults,
     database: str | os.PathLike[str] | duckdb.DuckDBPyConnection,
@@ -101,6 +130,29 @@ def write_duckdb(
         A table exists with other columns or types, or a key repeats within the
         results.
     """
+    upsert_parts(
+        database,
+        table=table,
+        ok=Part.of(results.ok, ok_key(results.endpoint)),
+        failed=Part.of(results.failed.select(FAILED_SCHEMA.names()), ["custom_id"]),
+        batches=results.batches,
+    )
+
+
+def upsert_parts(
+    database: str | os.PathLike[str] | duckdb.DuckDBPyConnection,
+    *,
+    table: str,
+    ok: Part,
+    failed: Part,
+    batches: pl.DataFrame | None,
+) -> None:
+    """Upsert ``ok``, ``failed`` and ``batches`` chunk by chunk, in one transaction.
+
+    The one implementation behind :func:`write_duckdb` (one chunk per part) and
+    ``results_to_duckdb`` / ``BatchJob.to_duckdb`` (one chunk per published file).
+    A connection this function opens itself is closed again; one passed in is left open.
+    """
     con = (
         database
         if isinstance(database, duckdb.DuckDBPyConnection)
@@ -109,7 +161,7 @@ def write_duckdb(
     try:
         own = _begin(con)
         try:
-            _upsert_all(con, results, table)
+            _upsert_all(con, table, ok, failed, batches)
             if own:
                 con.commit()
         except BaseException:
@@ -133,44 +185,65 @@ def _begin(con: duckdb.DuckDBPyConnection) -> bool:
     return True
 
 
-def _upsert_all(con: duckdb.DuckDBPyConnection, results: BatchResults, table: str) -> None:
-    ok_t, failed_t, batches_t = table, f"{table}_failed", f"{table}_batches"
-    frames = [
-        (ok_t, results.ok, ok_key(results.endpoint)),
-        (failed_t, results.failed.select(FAILED_SCHEMA.names()), ["custom_id"]),
-    ]
-    if results.batches is not None:
-        # Attempts that never became a batch have no id to key them by.
-        frames.append(
-            (batches_t, results.batches.filter(pl.col("batch_id").is_not_null()), ["batch_id"])
-        )
-    for name, frame, pk in frames:
-        _check_unique(name, frame, pk)
-        _ensure_table(con, name, frame.schema, pk)
-    views = {name: f"__bf_new_{i}" for i, (name, _, _) in enumerate(frames)}
+_VIEW = "__bf_chunk"
+
+
+@contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> Iterator[str]:
+    con.register(_VIEW, frame.to_arrow())
     try:
-        for name, frame, _ in frames:
-            con.register(views[name], frame.to_arrow())
-        ok_v, failed_v = views[ok_t], views[failed_t]
-        con.execute(f"DELETE FROM {_q(ok_t)} WHERE custom_id IN (SELECT custom_id FROM {ok_v})")
-        con.execute(f"INSERT INTO {_q(ok_t)} BY NAME SELECT * FROM {ok_v}")
-        con.execute(
-            f"DELETE FROM {_q(failed_t)} WHERE custom_id IN (SELECT custom_id FROM {failed_v}) "
-            f"OR custom_id IN (SELECT custom_id FROM {ok_v})"
-        )
-        con.execute(
-            f"INSERT INTO {_q(failed_t)} BY NAME SELECT * FROM {failed_v} "
-            f"WHERE custom_id NOT IN (SELECT custom_id FROM {_q(ok_t)})"
-        )
-        if batches_t in views:
-            batches_v = views[batches_t]
-            con.execute(
-                f"DELETE FROM {_q(batches_t)} WHERE batch_id IN (SELECT batch_id FROM {batches_v})"
-            )
-            con.execute(f"INSERT INTO {_q(batches_t)} BY NAME SELECT * FROM {batches_v}")
+        yield _VIEW
     finally:
-        for view in views.values():
-            con.unregister(view)
+        con.unregister(_VIEW)
+
+
+def _upsert_all(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    ok: Part,
+    failed: Part,
+    batches: pl.DataFrame | None,
+) -> None:
+    ok_t, failed_t, batches_t = table, f"{table}_failed", f"{table}_batches"
+    parts = [(ok_t, ok), (failed_t, failed)]
+    if batches is not None:
+        # Attempts that never became a batch have no id to key them by.
+        frame = batches.filter(pl.col("batch_id").is_not_null())
+        parts.append((batches_t, Part.of(frame, ["batch_id"])))
+    for name, part in parts:
+        _ensure_table(con, name, part.schema, part.key)
+    # 1. Remove the rows that the new ones replace, chunk by chunk, checking that no key
+    #    repeats within a chunk (across chunks, the primary key refuses it in step 2).
+    for name, part in parts:
+        for chunk in part.chunks(part.key):
+            _check_unique(name, chunk, part.key)
+            with _registered(con, chunk.select(part.key[0]).unique()) as v:
+                col = _q(part.key[0])
+                con.execute(f"DELETE FROM {_q(name)} WHERE {col} IN (SELECT {col} FROM {v})")
+    # 2. Insert them; an ok row also removes its id from the failed table, and a failure
+    #    is not recorded for an id that succeeded.
+    for name, part in parts:
+        for chunk in part.chunks(None):
+            with _registered(con, chunk) as v:
+                try:
+                    if name == failed_t:
+                        con.execute(
+                            f"INSERT INTO {_q(name)} BY NAME SELECT * FROM {v} "
+                            f"WHERE custom_id NOT IN (SELECT custom_id FROM {_q(ok_t)})"
+                        )
+                    else:
+                        con.execute(f"INSERT INTO {_q(name)} BY NAME SELECT * FROM {v}")
+                except duckdb.ConstraintException as exc:
+                    msg = (
+                        f"rows for table `{name}` repeat a key {part.key} across shard "
+                        f"attempts: {exc}; the published results hold each key once, so "
+                        "were the files under results/ changed by hand?"
+                    )
+                    raise ResultsError(msg) from exc
+                if name == ok_t:
+                    con.execute(
+                        f"DELETE FROM {_q(failed_t)} WHERE custom_id IN (SELECT custom_id FROM {v})"
+                    )
 
 
 def _check_unique(name: str, frame: pl.DataFrame, key: list[str]) -> None:

@@ -37,12 +37,12 @@ from batchframe._manifest import (
     release_lock,
     row_counts,
 )
-from batchframe._read import (
+from batchframe._publish import (
     READ_WINDOW,
     cache_tag,
     finalize_outcome,
     map_bounded,
-    write_cache,
+    publish_outcome,
 )
 from batchframe._retry import (
     Outcome,
@@ -393,7 +393,7 @@ class JobEngine:
         )
 
     def _settle(self) -> None:
-        """Settle every attempt whose files are in: retries into a child, rows cached.
+        """Settle every attempt whose files are in: retries into a child, rows published.
 
         Attempts are parsed ``READ_WINDOW`` at a time, so memory tracks one or two
         shards however many batches finished since the last poll.
@@ -429,9 +429,12 @@ class JobEngine:
             try:
                 if r.model not in tags:
                     tags[r.model] = cache_tag(self._m, r.model)
-                write_cache(self._storage, r, final, endpoint=self._m.endpoint, tag=tags[r.model])
-            except Exception as exc:  # a cache only: collect() parses the files again
-                _log.warning("could not cache the parsed results of %s: %s", r.key, exc)
+                # Published before the settlement is saved: a crash in between settles
+                # the attempt again and rewrites the same rows.
+                publish_outcome(self._storage, self._m, r, final, tag=tags[r.model])
+            except Exception as exc:  # readers publish what is missing from the files
+                _log.warning("could not publish the results of %s: %s", r.key, exc)
+            del outcome, final
             self._save()
 
     def _write_child(self, r: ShardAttempt, retry: set[str]) -> None:

@@ -26,7 +26,7 @@ from batchframe._manifest import (
     row_counts,
 )
 from batchframe._progress import Progress, progress_enabled
-from batchframe._read import collect_results
+from batchframe._read import COLLECT_MAX_BYTES, collect_results, write_results_duckdb
 from batchframe._report import job_html, status_frame
 from batchframe._schedule import Deadline, PollBackoff, check_options
 from batchframe._storage import Storage
@@ -34,6 +34,7 @@ from batchframe._timeline import Timeline
 from batchframe.exceptions import JobExistsError
 
 if TYPE_CHECKING:
+    import duckdb
     import openai
 
     from batchframe._api import BatchAPI
@@ -515,25 +516,76 @@ class BatchJob(JobEngine):
         )
 
     # -- results ------------------------------------------------------------------------
-    def collect(self, *, partial: bool = False) -> BatchResults:
+    def collect(
+        self, *, partial: bool = False, max_bytes: int | None = COLLECT_MAX_BYTES
+    ) -> BatchResults:
         """Results of every row: ``ok`` and ``failed`` frames keyed by ``custom_id``.
 
         Every input row is in exactly one of them; failures carry their stage, whether
         they were retryable, and how many attempts were made. ``results.batches`` has
-        one row per batch that ran. Shard attempts are read one or two at a time from
-        the Parquet files the job cached under ``results/`` as it settled them, so
-        memory beyond the result itself tracks one shard. :func:`read_results` gives
-        the same from the root alone.
+        one row per batch that ran. The frames are the job's published dataset
+        (``<root>/results/ok/*.parquet``, ``<root>/results/failed/*.parquet``), read
+        one or two files at a time, so ``collect()`` equals what other engines read
+        there. :func:`read_results` gives the same from the root alone.
+
+        This is for results that fit in memory: above ``max_bytes`` of output and
+        error files it raises instead of loading them. Larger jobs: :meth:`to_duckdb`,
+        :func:`scan_results` or the Parquet files themselves.
 
         Parameters
         ----------
         partial
             Return the rows settled so far instead of raising when the job is still
             running.
+        max_bytes
+            Refuse results whose output and error files exceed this many bytes
+            (default ``batchframe._read.COLLECT_MAX_BYTES``, 1 GiB; the frames take
+            about 1.5 times that in memory); ``None`` never refuses.
 
         Raises
         ------
         JobNotSettledError
             Some rows are not settled and ``partial`` is false: call :meth:`wait` first.
+        ResultsTooLargeError
+            The results exceed ``max_bytes``.
         """
-        return collect_results(self._storage, self._m, executor=self._executor, partial=partial)
+        return collect_results(
+            self._storage, self._m, executor=self._executor, partial=partial, max_bytes=max_bytes
+        )
+
+    def to_duckdb(
+        self,
+        database: str | os.PathLike[str] | duckdb.DuckDBPyConnection,
+        *,
+        table: str,
+        partial: bool = False,
+    ) -> None:
+        """Upsert the job's results into DuckDB, one shard attempt at a time.
+
+        The same tables, keys and types as :meth:`BatchResults.to_duckdb`:
+        ``{table}``, ``{table}_failed`` and ``{table}_batches``, written in one
+        transaction, idempotent. Rows are read from the published Parquet files one
+        file at a time, so memory tracks a shard, not the job (unlike
+        ``collect().to_duckdb(...)``). :func:`results_to_duckdb` does the same from the
+        root alone.
+
+        Parameters
+        ----------
+        database
+            A DuckDB file path, or an open ``duckdb`` connection (left open).
+        table
+            Name of the ok table; the others are derived from it.
+        partial
+            Write the rows settled so far instead of raising when the job is still
+            running.
+
+        Raises
+        ------
+        JobNotSettledError
+            Some rows are not settled and ``partial`` is false: call :meth:`wait` first.
+        ResultsError
+            A table exists with other columns or types, or a key repeats.
+        """
+        write_results_duckdb(
+            self._storage, self._m, database, table=table, executor=self._executor, partial=partial
+        )

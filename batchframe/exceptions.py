@@ -30,6 +30,8 @@ before anything is written or uploaded; they also inherit :class:`ValueError` (o
     │                                       error is ``__cause__``; attributes ``operation``,
     │                                       ``status_code``, ``code``, ``retryable``
     └── ResultsError                        output files that cannot be read back
+        └── ResultsTooLargeError            ``collect()`` of results above ``max_bytes``;
+                                            use ``scan_results`` / ``to_duckdb``
 
 Row-level failures (a request the API answered with an error) never raise: they land in
 ``BatchResults.failed`` with the reason.
@@ -60,6 +62,7 @@ __all__ = [
     "NullValueError",
     "RequestTooLargeError",
     "ResultsError",
+    "ResultsTooLargeError",
     "StreamingNotSupportedError",
     "TemplateError",
 ]
@@ -208,3 +211,24 @@ class APIError(BatchframeError):
 
 class ResultsError(BatchframeError):
     """Downloaded output or error files cannot be read back."""
+
+
+class ResultsTooLargeError(ResultsError):
+    """``collect()`` / ``read_results`` refused results larger than ``max_bytes``.
+
+    Read them without loading them: ``bf.scan_results(root)``, ``job.to_duckdb(...)``,
+    ``bf.results_to_duckdb(root, ...)``, or the published Parquet dataset under
+    ``<root>/results/``; or pass ``max_bytes=None``.
+
+    Attributes
+    ----------
+    size
+        Estimated size of the results: bytes of their output and error files.
+    max_bytes
+        The threshold that was exceeded.
+    """
+
+    def __init__(self, message: str, *, size: int, max_bytes: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.max_bytes = max_bytes

@@ -125,9 +125,11 @@ def test_scan_results_is_lazy_and_matches(
     some = lf.filter(pl.col("custom_id").is_in(["r1", "r2", "r3"])).select("custom_id", "content")
     expected = collected.ok.filter(pl.col("custom_id").is_in(["r1", "r2", "r3"]))
     assert_frame_equal(some.collect(), expected.select("custom_id", "content"))
-    # The parsed frames are cached beside the job, one pair of files per settled attempt.
-    names = sorted(p.name for p in (Path(root) / "results").iterdir())
-    assert names and all(n.endswith((".ok.parquet", ".failed.parquet")) for n in names)
+    # The rows are published beside the job, one file per settled attempt and part.
+    keys = {r.key for r in Manifest.load(Storage(root)).records}
+    for part in ("ok", "failed"):
+        names = sorted(p.name for p in (Path(root) / "results" / part).iterdir())
+        assert names and {n.removesuffix(".parquet") for n in names} <= keys
     with pytest.raises(ValueError, match="`part` must be one of"):
         bf.scan_results(root, part="everything")  # type: ignore[arg-type]
 
@@ -144,19 +146,31 @@ def test_missing_caches_are_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert_frame_equal(bf.scan_results(str(root)).collect(), collected.ok)
 
 
-def test_caches_of_other_schemas_are_ignored(
+def _sources(root: Path) -> dict[str, bytes]:
+    import pyarrow.parquet as pq
+
+    return {
+        str(p.relative_to(root)): (pq.read_metadata(p).metadata or {})[b"batchframe.source"]
+        for p in sorted((root / "results").glob("*/*.parquet"))
+    }
+
+
+def test_files_of_other_schemas_are_rebuilt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from batchframe import _publish
+
     root = tmp_path / "job"
     with bf.LocalBatchServer(failure_rate=0.2, seed=30) as server:
         collected = _settle(server, _chat(20), str(root), max_attempts=1)
-    before = {p.name for p in (root / "results").iterdir()}
-    # Another batchframe would parse into other columns: its files must not be mixed in.
-    monkeypatch.setattr(_read, "_CACHE_VERSION", _read._CACHE_VERSION + 1)
+    before = _sources(root)
+    # Another batchframe would parse into other columns: its files must be rebuilt.
+    monkeypatch.setattr(_publish, "_CACHE_VERSION", _publish._CACHE_VERSION + 1)
     _assert_same(bf.read_results(str(root)), collected)
-    after = {p.name for p in (root / "results").iterdir()}
-    assert before < after and len(after) == 2 * len(before)
+    after = _sources(root)
+    assert set(before) == set(after) and all(before[k] != after[k] for k in before)
     assert_frame_equal(bf.scan_results(str(root), part="failed").collect(), collected.failed)
+    assert _sources(root) == after  # fresh files are not rewritten
 
 
 def test_not_settled_and_partial(tmp_path: Path) -> None:
@@ -204,7 +218,9 @@ def test_root_that_cannot_be_written(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(_read, "write_cache", refuse)
+    from batchframe import _publish
+
+    monkeypatch.setattr(_publish, "publish_outcome", refuse)
     _assert_same(bf.read_results(str(root)), collected)
     assert_frame_equal(bf.scan_results(str(root)).collect(), collected.ok)
     assert_frame_equal(bf.scan_results(str(root), part="failed").collect(), collected.failed)
@@ -298,7 +314,9 @@ def test_shards_are_parsed_one_or_two_at_a_time(
         server.wait_idle(timeout=10)  # all ten batches finish before the first poll
         job.wait(poll_interval=POLL)
         shutil.rmtree(root / "results")
-        reading = _track(monkeypatch, _read)
+        from batchframe import _publish
+
+        reading = _track(monkeypatch, _publish)
         results = job.collect()
     assert results.ok.height == 40
     assert len(settling) == 10 and max(settling) <= _read.READ_WINDOW
