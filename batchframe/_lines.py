@@ -16,9 +16,11 @@ several GB/s. Everything else works on that frame:
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import polars as pl
@@ -30,6 +32,7 @@ __all__ = [
     "embeddings_are_base64",
     "iter_lines",
     "read_text_lines",
+    "split_at_lines",
 ]
 
 # -- reading lines ---------------------------------------------------------------------
@@ -68,14 +71,20 @@ _TAILS = {'}},"error":null}': 15, '}}, "error": null}': 17}
 _BLANK = " \t\r\n\x0b\x0c"
 
 
-def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.DataFrame:
+def read_text_lines(
+    data: bytes | os.PathLike[str], *, cut: bool = True, pieces: int | None = None
+) -> pl.DataFrame:
     """The non-blank lines of ``data``, each with its ``response.body`` cut out if it can be.
 
     Columns: ``_ordinal`` (position among the non-blank lines), ``_lineno`` (1-based
     line number in the file), ``line`` (the text: CRLF endings lose their ``\\r``, the
     first line its UTF-8 BOM, nothing else changes), and with ``cut`` ``_span`` and
-    ``_head`` from :func:`cut_body`. The work is spread over all cores by Polars'
-    streaming engine.
+    ``_head`` from :func:`cut_body`.
+
+    A file is read in ``pieces`` ranges of whole lines (:func:`split_at_lines`; default:
+    one per core, each of at least 4 MiB), one thread each (Polars works without the
+    GIL; one call of its engine on a shard-sized input keeps one core busy), and the
+    pieces are renumbered and put back in order: the same frame as reading it whole.
 
     Raises
     ------
@@ -83,22 +92,97 @@ def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.D
         The bytes are not UTF-8 text, or a line holds the ``\\x1f`` control character
         (neither can be a JSON line; callers turn this into a ``ResultsError``).
     """
+    raw = as_bytes(data)
+    if pieces is None:
+        pieces = max(1, min(os.cpu_count() or 1, len(raw) // _MIN_PIECE_BYTES))
+    ranges = split_at_lines(raw, pieces)
+    if len(ranges) == 1:
+        return _read_piece(raw, cut)
+    try:
+        with ThreadPoolExecutor(len(ranges)) as pool:
+            frames = list(pool.map(lambda r: _read_piece(raw[r[0] : r[1]], cut), ranges))
+    except pl.exceptions.PolarsError:
+        return _read_piece(raw, cut)  # raises the error of reading the file whole
+    lineno = ordinal = 0
+    renumbered = []
+    for frame in frames:
+        renumbered.append(
+            frame.with_columns(pl.col("_ordinal") + ordinal, pl.col("_lineno") + lineno)
+        )
+        # A piece but the last ends in a non-blank line (split_at_lines): its last
+        # row's number is its count of lines.
+        lineno += int(frame["_lineno"][-1]) if len(frame) else 0
+        ordinal += len(frame)
+    return pl.concat(renumbered)
+
+
+#: Bytes per piece below which a file is not split (a piece costs ~1 ms to set up).
+_MIN_PIECE_BYTES = 4 * 2**20
+
+
+def _read_piece(data: bytes, cut: bool) -> pl.DataFrame:
     lines = pl.scan_csv(
-        as_bytes(data),
+        data,
         separator="\x1f",
         quote_char=None,
         has_header=False,
         new_columns=["line"],
         schema={"line": pl.String},
         comment_prefix=None,
-    )
+    ).with_row_index("_lineno", offset=1)
+    if cut:
+        # A line whose head matched is not blank: only the others are searched for a
+        # character that is not white space.
+        lines = lines.with_columns(**cut_body(pl.col("line")))
+        rest = pl.when(pl.col("_head").is_null()).then(pl.col("line"))
+        keep = pl.col("_head").is_not_null() | _not_blank(rest).fill_null(False)
+    else:
+        keep = _not_blank(pl.col("line"))
     return (
-        lines.with_row_index("_lineno", offset=1)
-        .filter(pl.col("line").str.contains(f"[^{re.escape(_BLANK)}]"))
+        lines.filter(keep)
         .with_row_index("_ordinal")
-        .with_columns(**(cut_body(pl.col("line")) if cut else {}))
+        .select("_ordinal", "_lineno", "line", *(["_span", "_head"] if cut else []))
         .collect(engine="streaming")
     )
+
+
+def _not_blank(line: pl.Expr) -> pl.Expr:
+    return line.str.contains(f"[^{re.escape(_BLANK)}]")
+
+
+#: Bytes that may end a line that is not blank (not ASCII white space), as ints.
+_BLANK_BYTES = frozenset(_BLANK.encode())
+
+
+def split_at_lines(data: bytes, parts: int) -> list[tuple[int, int]]:
+    """Up to ``parts`` ``(start, end)`` byte ranges of ``data`` that read like the whole.
+
+    Each range but the last ends just after a ``\\n`` that ends a non-blank line, so
+    the last row :func:`read_text_lines` gives for it is its last line, and its line
+    count is that row's ``_lineno``; no range but the first starts with a UTF-8 BOM
+    (which the reader drops only at the start of its input). Reading the ranges one by
+    one and renumbering gives the lines, numbers and text of reading ``data`` whole.
+    Fewer ranges come back where no such split point is near the even split.
+    """
+    bounds = [0]
+    for k in range(1, parts):
+        at = max(bounds[-1], len(data) * k // parts)
+        for _ in range(64):  # a few lines on: then give up this split
+            nl = data.find(b"\n", at)
+            if nl < 0:
+                break
+            end = nl - 1 if nl > 0 and data[nl - 1] == 0x0D else nl
+            if (
+                end > bounds[-1]
+                and data[end - 1] not in _BLANK_BYTES
+                and not data.startswith(b"\xef\xbb\xbf", nl + 1)
+                and nl + 1 < len(data)
+            ):
+                bounds.append(nl + 1)
+                break
+            at = nl + 1
+    bounds.append(len(data))
+    return list(itertools.pairwise(bounds))
 
 
 def cut_body(line: pl.Expr) -> dict[str, pl.Expr]:
@@ -120,20 +204,22 @@ def cut_body(line: pl.Expr) -> dict[str, pl.Expr]:
     body followed by a comma or a closing brace and more, which is not one JSON value.
     ``"body":`` cannot occur inside a JSON string (its quotes would be escaped), so the
     first one in a qualifying line is the key the pattern ends with.
+
+    All offsets are in bytes (``str.find`` counts bytes): the cut works on the line as
+    ``Binary``, where slicing a string view is a new view of the same bytes.
     """
-    key_at = line.str.find(_BODY_KEY, literal=True)
-    spaced = (line.str.find(_BODY_KEY + " {", literal=True) == key_at).fill_null(False)
+    raw = line.cast(pl.Binary)
+    key_end = line.str.find(_BODY_KEY, literal=True) + len(_BODY_KEY)
     tail = pl.lit(None, dtype=pl.Int64)
     for text, size in reversed(_TAILS.items()):
         tail = pl.when(line.str.ends_with(text)).then(size).otherwise(tail)
-    # The line up to `"body":`; `str.slice` counts characters, `str.find` bytes.
-    head = pl.when(line.str.contains(_HEAD) & tail.is_not_null()).then(
-        line.cast(pl.Binary).bin.slice(0, key_at + len(_BODY_KEY)).cast(pl.String)
-    )
-    start = head.str.len_chars().cast(pl.Int64) + spaced.cast(pl.Int64)
+    head = pl.when(line.str.contains(_HEAD) & tail.is_not_null()).then(raw.bin.slice(0, key_end))
+    # `"body":` then one space (the pattern allows at most one): the body starts after it.
+    start = key_end + (raw.bin.slice(key_end, 1) == b" ").cast(pl.Int64)
+    span = raw.bin.slice(start, raw.bin.size().cast(pl.Int64) - start - tail)
     return {
-        "_span": line.str.slice(start, line.str.len_chars() - start - tail),
-        "_head": head + pl.lit("null}}"),
+        "_span": pl.when(head.is_not_null()).then(span).cast(pl.String),
+        "_head": (head + pl.lit(b"null}}")).cast(pl.String),
     }
 
 
