@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -185,37 +185,39 @@ class StreamedInput:
 
     def _built(self, dups: DuplicateFinder | None) -> Iterator[pl.DataFrame]:
         b = self.builder
-        self.source.start_pass()
-        lf = self.source.as_lazy().select(b.selects)
 
-        def batches() -> Iterator[tuple[pl.DataFrame, int]]:
+        def batches() -> Generator[tuple[pl.DataFrame, int], None, None]:
             offset = 0
-            for chunk in lf.collect_batches(chunk_size=CHUNK_ROWS):
-                if chunk.height:
-                    yield chunk, offset
-                    offset += chunk.height
+            for chunk in self.source.batches(b.selects, CHUNK_ROWS):
+                yield chunk, offset
+                offset += chunk.height
 
         content = ContentIds() if b.id_expr is None else None
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="batchframe-build") as pool:
             pending: list[Any] = []
             it = batches()
             done = False
-            while True:
-                while not done and len(pending) < _WINDOW:
-                    try:
-                        chunk, offset = next(it)
-                    except StopIteration:
-                        done = True
+            try:
+                while True:
+                    while not done and len(pending) < _WINDOW:
+                        try:
+                            chunk, offset = next(it)
+                        except StopIteration:
+                            done = True
+                            break
+                        pending.append(pool.submit(b.encode, chunk, offset))
+                    if not pending:
                         break
-                    pending.append(pool.submit(b.encode, chunk, offset))
-                if not pending:
-                    break
-                out = pending.pop(0).result()
-                if content is not None:
-                    out = b.with_content_ids(out, content)
-                elif dups is not None:
-                    dups.add(out["custom_id"])
-                yield out
+                    out = pending.pop(0).result()
+                    if content is not None:
+                        out = b.with_content_ids(out, content)
+                    elif dups is not None:
+                        dups.add(out["custom_id"])
+                    yield out
+            finally:
+                it.close()  # stop reading (and remove temporary files) at once
+                for fut in pending:
+                    fut.cancel()
 
     def run(
         self,
