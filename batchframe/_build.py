@@ -182,7 +182,12 @@ def build_requests(
     Parameters
     ----------
     frame
-        The input table: ``pl.DataFrame``, ``pl.LazyFrame`` or ``pa.Table`` (same result).
+        The input table. ``pl.DataFrame`` and ``pa.Table`` are built at once, in memory.
+        A ``pl.LazyFrame``, ``pa.RecordBatchReader``, ``pa.dataset.Dataset`` or any
+        object with ``__arrow_c_stream__`` (pandas, narwhals, DuckDB) is *streamed*: read
+        in chunks, never whole, by each pass that needs it (``write``, ``plan``,
+        ``BatchJob.create``; see :attr:`Requests.streamed`). Every kind gives the same
+        requests, shards and fingerprint for the same rows.
     endpoint
         One of the Batch API endpoints, e.g. ``"/v1/chat/completions"``.
     body
@@ -204,7 +209,9 @@ def build_requests(
     InputError
         Before anything is written, naming the rows or column: unknown column, null or
         empty or duplicate ``custom_id``, a null leaf, ``"stream": true``, a line over
-        the byte limit, text that is not UTF-8, an unknown endpoint.
+        the byte limit, text that is not UTF-8, an unknown endpoint. On a streamed
+        input the row checks run during its first pass (which then removes whatever
+        it wrote); the template and column checks run here.
 
     Examples
     --------

@@ -17,7 +17,6 @@ from batchframe.exceptions import JobExistsError
 if TYPE_CHECKING:
     import openai
     import polars as pl
-    import pyarrow as pa
 
     from batchframe._api import BatchAPI
     from batchframe._config import BatchLimits
@@ -29,7 +28,7 @@ _log = logging.getLogger("batchframe")
 
 
 def run(
-    frame: pl.DataFrame | pl.LazyFrame | pa.Table,
+    frame: Any,
     root: str | os.PathLike[str],
     *,
     endpoint: str,
