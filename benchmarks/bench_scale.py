@@ -1,7 +1,18 @@
 """Memory at scale: a driver's peak RSS must not grow with the job.
 
+    python benchmarks/bench_scale.py --part build                       # 1M, 4M, 10M rows
+    python benchmarks/bench_scale.py --part build --sizes 1000000,4000000 --rounds 3
     python benchmarks/bench_scale.py --part results                     # 0.1M, 0.4M, 1.6M rows
     python benchmarks/bench_scale.py --part results --sizes 100000,400000
+
+Build half (``build_case``): per size, a child process writes a Parquet file of ``n``
+chat rows (bench_build.py's prompts, 100k-row row groups); another child runs
+``bf.build_requests(pl.scan_parquet(path), ...)`` + ``write(dir)`` and reports its peak
+RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) and time. At the first size the in-memory
+path (``pl.read_parquet`` then the same build and write) runs too, interleaved with the
+streamed one for ``--rounds`` rounds, and the ratio of their median throughputs is
+printed. Targets (issue 10): peak RSS at 10M rows at most 1.5 GB, at most 60 MB more
+per million rows, and streaming at least 90 % of the in-memory throughput.
 
 Results half (``results_case``): starts ``batchframe serve`` (echo executor) in its own
 process, then per size
@@ -33,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SIZES = (100_000, 400_000, 1_600_000)
+BUILD_SIZES = (1_000_000, 4_000_000, 10_000_000)
 
 
 def _rss_mb() -> float:
@@ -193,7 +205,117 @@ def run_results(sizes: list[int]) -> None:
         proc.wait(timeout=30)
 
 
+# -- build half --------------------------------------------------------------------------
+def _make_input(n: int, path: str) -> None:
+    """Child process: ``n`` chat rows (id, text) as Parquet, written 1M rows at a time."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_build import make_texts
+
+    base = pl.Series("text", make_texts(min(n, 1_000_000)))
+    with pq.ParquetWriter(path, pl.DataFrame({"id": [0], "text": ["x"]}).to_arrow().schema) as w:
+        for start in range(0, n, len(base)):
+            k = min(len(base), n - start)
+            part = pl.DataFrame(
+                {"id": pl.int_range(start, start + k, eager=True), "text": base[:k]}
+            )
+            w.write_table(part.to_arrow(), row_group_size=100_000)
+
+
+def _build(mode: str, path: str, out: str) -> None:
+    """Child process: build + write from ``path``; print a JSON line of time and memory."""
+    import polars as pl
+
+    import batchframe as bf
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_build import SYSTEM
+
+    t0 = time.perf_counter()
+    source = pl.scan_parquet(path) if mode == "stream" else pl.read_parquet(path)
+    requests = bf.build_requests(
+        source,
+        endpoint="/v1/chat/completions",
+        body=bf.chat_body("gpt-4o-mini", system=SYSTEM, user=pl.col("text"), max_tokens=5),
+        custom_id="id",
+        tokenizer="estimate",
+    )
+    written = requests.write(out)
+    seconds = time.perf_counter() - t0
+    mb = int(written["n_bytes"].sum()) / 1e6
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "seconds": round(seconds, 3),
+                "jsonl_mb": round(mb, 1),
+                "mb_per_s": round(mb / seconds, 1),
+                "shards": written.height,
+                "peak_mb": round(_peak_mb(), 1),
+            }
+        ),
+        flush=True,
+    )
+
+
+def build_case(n: int, mode: str, source: Path, workdir: Path) -> dict[str, Any]:
+    """One build + write of ``n`` rows in a fresh process (``mode``: stream or memory)."""
+    out = workdir / "shards"
+    shutil.rmtree(out, ignore_errors=True)
+    os.sync()
+    line = _child("--_build", mode, str(source), str(out)).strip().splitlines()[-1]
+    shutil.rmtree(out, ignore_errors=True)
+    return {"part": "build", "rows": n, **json.loads(line), "load": os.getloadavg()[0]}
+
+
+def run_build(sizes: list[int], rounds: int) -> None:
+    """Every size of the build half; both paths interleaved at the first size."""
+    import statistics
+
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        work = Path(tmp)
+        points = []
+        ratio = None
+        for i, n in enumerate(sizes):
+            source = work / f"input-{n}.parquet"
+            _child("--_make", str(n), str(source))
+            runs: dict[str, list[dict[str, Any]]] = {"stream": [], "memory": []}
+            for _ in range(rounds if i == 0 else 1):
+                for mode in ("memory", "stream") if i == 0 else ("stream",):
+                    case = build_case(n, mode, source, work)
+                    print(json.dumps(case), flush=True)
+                    runs[mode].append(case)
+            points.append((n, max(c["peak_mb"] for c in runs["stream"])))
+            if runs["memory"]:
+                ratio = statistics.median(c["mb_per_s"] for c in runs["stream"]) / (
+                    statistics.median(c["mb_per_s"] for c in runs["memory"])
+                )
+            source.unlink()
+        slope = _slope(points)
+        print(
+            json.dumps(
+                {
+                    "part": "build",
+                    "summary": "streamed build + write from pl.scan_parquet, peak RSS",
+                    "sizes": sizes,
+                    "peak_mb": [p for _, p in points],
+                    "slope_mb_per_million": None if slope is None else round(slope, 1),
+                    "stream_vs_memory_throughput": None if ratio is None else round(ratio, 3),
+                }
+            ),
+            flush=True,
+        )
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_make":
+        _make_input(int(sys.argv[2]), sys.argv[3])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--_build":
+        _build(sys.argv[2], sys.argv[3], sys.argv[4])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--_setup":
         _setup(int(sys.argv[2]), sys.argv[3])
         return
@@ -201,16 +323,21 @@ def main() -> None:
         _drive(sys.argv[2], sys.argv[3], sys.argv[4])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["results"], default="results")
+    parser.add_argument("--part", choices=["build", "results"], default="results")
     parser.add_argument(
         "--sizes",
-        default=",".join(str(n) for n in DEFAULT_SIZES),
-        help="comma-separated row counts (default: %(default)s)",
+        default=None,
+        help="comma-separated row counts (default: 1M,4M,10M for build, 0.1M,0.4M,1.6M for results)",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="build: rounds at the first size")
     args = parser.parse_args()
-    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",")]
+    default = BUILD_SIZES if args.part == "build" else DEFAULT_SIZES
+    spec = args.sizes or ",".join(str(n) for n in default)
+    sizes = [int(s.replace("_", "")) for s in spec.split(",")]
     if args.part == "results":
         run_results(sizes)
+    else:
+        run_build(sizes, max(1, args.rounds))
 
 
 if __name__ == "__main__":
