@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TextIO
 
 import polars as pl
@@ -32,7 +33,6 @@ from batchframe.exceptions import JobExistsError
 if TYPE_CHECKING:
     from batchframe._job import BatchJob
     from batchframe._requests import Requests
-    from batchframe._results import BatchResults
 
 __all__ = ["cancel", "collect", "prepare", "status", "submit", "wait"]
 
@@ -261,42 +261,53 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _failure_table(results: BatchResults) -> pl.DataFrame:
-    return (
-        results.failed.group_by("stage", "error_code", "retryable")
-        .agg(rows=pl.len(), example=pl.col("error_message").first())
-        .sort("rows", descending=True)
-    )
-
-
 def collect(args: argparse.Namespace) -> int:
-    """``batchframe collect ROOT``: results to Parquet and/or DuckDB, from storage only."""
+    """``batchframe collect ROOT``: results to Parquet and/or DuckDB, from storage only.
+
+    Reads the job's published Parquet files one at a time (bounded memory), so it works
+    for jobs whose results do not fit in memory.
+    """
+    from batchframe._read import write_results_duckdb, write_results_parquet
+
     if args.table is not None and args.duckdb is None:
         msg = "--table names the DuckDB table; pass --duckdb DATABASE too"
         raise CliError(msg)
     snap = read_job(args.root, _storage_options(args))
-    results = snap.collect(partial=args.partial)
-    n_ok = results.ok["custom_id"].n_unique()
+    published = snap.published(partial=args.partial)
+    n_ok, n_failed = snap.counts(partial=args.partial)
     lines = [
-        f"{snap.manifest.n_requests:,} rows: {n_ok:,} ok, {results.failed.height:,} failed"
+        f"{snap.manifest.n_requests:,} rows: {n_ok:,} ok, {n_failed:,} failed"
         + ("" if snap.is_settled else " (partial: the job is still running)")
     ]
-    if results.failed.height:
-        lines += ["", "failed rows:", text_table(_failure_table(results))]
-    usage = results.usage()
+    failures = snap.failure_table(published)
+    if failures.height:
+        lines += ["", "failed rows:", text_table(failures)]
+    usage = snap.usage(published)
     if usage.height:
         lines += ["", "usage:", text_table(usage)]
-    if args.parquet is not None:
-        written = results.write_parquet(args.parquet, storage_options=_storage_options(args))
-        lines += ["", *(f"wrote {part:<8} {path}" for part, path in written.items())]
-    if args.duckdb is not None:
-        table = args.table or "results"
-        results.to_duckdb(os.fspath(args.duckdb), table=table)
-        tables = f"{table}, {table}_failed" + (
-            f", {table}_batches" if results.batches is not None else ""
-        )
-        lines += ["", f"DuckDB {args.duckdb}: tables {tables}"]
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="batchframe") as pool:
+        if args.parquet is not None:
+            written = write_results_parquet(
+                snap.storage,
+                snap.manifest,
+                args.parquet,
+                storage_options=_storage_options(args),
+                executor=pool,
+                partial=args.partial,
+            )
+            lines += ["", *(f"wrote {part:<8} {path}" for part, path in written.items())]
+        if args.duckdb is not None:
+            table = args.table or "results"
+            write_results_duckdb(
+                snap.storage,
+                snap.manifest,
+                os.fspath(args.duckdb),
+                table=table,
+                executor=pool,
+                partial=args.partial,
+            )
+            lines += ["", f"DuckDB {args.duckdb}: tables {table}, {table}_failed, {table}_batches"]
     if args.parquet is None and args.duckdb is None:
         lines += ["", "nothing written: pass --parquet PATH and/or --duckdb DATABASE"]
     _say(*lines)
-    return EXIT_FAILED_ROWS if args.fail_on_failed and results.failed.height else EXIT_OK
+    return EXIT_FAILED_ROWS if args.fail_on_failed and n_failed else EXIT_OK

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -20,6 +21,7 @@ import polars as pl
 
 from batchframe._manifest import LOCK_FILE, STATUSES, Manifest, ShardAttempt, row_counts
 from batchframe._progress import Progress
+from batchframe._publish import READ_WINDOW, Published, ok_frame_schema, publish
 from batchframe._report import status_frame
 from batchframe._schedule import Deadline, PollBackoff
 from batchframe._storage import Storage
@@ -27,7 +29,6 @@ from batchframe.exceptions import JobNotSettledError
 
 if TYPE_CHECKING:
     from batchframe._job import BatchJob
-    from batchframe._results import BatchResults
 
 __all__ = [
     "STATUS_COLUMNS",
@@ -109,8 +110,8 @@ class JobSnapshot:
             )
         return lines
 
-    def collect(self, *, partial: bool) -> BatchResults:
-        """``BatchJob.collect`` without the lock: parse the files already downloaded."""
+    def require_settled(self, *, partial: bool) -> None:
+        """Raise ``JobNotSettledError`` (with the CLI's advice) unless settled or partial."""
         if not partial and not self.is_settled:
             open_ = [r for r in self.records if not r.is_settled]
             msg = (
@@ -119,10 +120,64 @@ class JobSnapshot:
                 "for the rows finished so far"
             )
             raise JobNotSettledError(msg)
-        from batchframe._read import read_results
 
-        return read_results(
-            self.storage.root_url, storage_options=self.storage.storage_options, partial=partial
+    def counts(self, *, partial: bool) -> tuple[int, int]:
+        """Ok and failed rows of the settled attempts (from the manifest, no reading)."""
+        ok, failed, _ = row_counts(r for r in self.records if r.is_settled)
+        return ok, failed
+
+    def published(self, *, partial: bool) -> Published:
+        """The published files of the job, publishing what is missing first."""
+        self.require_settled(partial=partial)
+        with ThreadPoolExecutor(max_workers=READ_WINDOW, thread_name_prefix="batchframe") as pool:
+            return publish(self.storage, self.manifest, executor=pool, partial=partial)
+
+    def failure_table(self, published: Published) -> pl.DataFrame:
+        """Failed rows by stage, error code and retryable, one file at a time."""
+        parts = [
+            f.read(self.storage, ["stage", "error_code", "retryable", "error_message"])
+            .group_by("stage", "error_code", "retryable", maintain_order=True)
+            .agg(rows=pl.len(), example=pl.col("error_message").first())
+            for f in published.failed
+        ]
+        if not parts:
+            return pl.DataFrame()
+        return (
+            pl.concat(parts)
+            .group_by("stage", "error_code", "retryable", maintain_order=True)
+            .agg(pl.col("rows").sum(), pl.col("example").first())
+            .sort("rows", descending=True, maintain_order=True)
+        )
+
+    def usage(self, published: Published) -> pl.DataFrame:
+        """``BatchResults.usage()`` of the published files, summed one file at a time."""
+        from batchframe._results import BatchResults
+        from batchframe._schemas import FAILED_SCHEMA
+
+        empty_ok = pl.DataFrame(schema=ok_frame_schema(self.manifest, None))
+        empty_failed = pl.DataFrame(schema=FAILED_SCHEMA)
+        endpoint = self.manifest.endpoint
+        parts = [
+            BatchResults(f.read(self.storage), empty_failed, endpoint).usage() for f in published.ok
+        ]
+        parts += [
+            BatchResults(empty_ok, f.read(self.storage), endpoint).usage() for f in published.failed
+        ]
+        if not parts:
+            return BatchResults(empty_ok, empty_failed, endpoint).usage()
+        frame = pl.concat(parts)
+        sums = [c for c in frame.columns if c not in ("model", "cost_usd")]
+        return (
+            frame.group_by("model")
+            .agg(
+                *(pl.col(c).sum() for c in sums),
+                pl.when(pl.col("cost_usd").is_null().all())
+                .then(None)
+                .otherwise(pl.col("cost_usd").sum())
+                .alias("cost_usd"),
+            )
+            .filter(pl.col("requests") > 0)
+            .sort("model", nulls_last=True)
         )
 
 

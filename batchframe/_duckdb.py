@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import polars as pl
@@ -25,7 +25,7 @@ from batchframe.exceptions import ResultsError
 if TYPE_CHECKING:
     from batchframe._results import BatchResults
 
-__all__ = ["Part", "duckdb_type", "upsert_parts", "write_duckdb"]
+__all__ = ["DUCKDB_MEMORY_LIMIT", "Chunk", "Part", "duckdb_type", "upsert_parts", "write_duckdb"]
 
 
 def _q(name: str) -> str:
@@ -74,28 +74,34 @@ def duckdb_type(dtype: pl.DataType | pl.datatypes.DataTypeClass) -> str:
     raise ResultsError(msg)
 
 
+#: ``memory_limit`` of the DuckDB connections these functions open themselves (a
+#: database given by path). DuckDB's default (80 % of RAM) lets its buffer cache keep
+#: every block written, so memory would grow with the job; with a limit it evicts them
+#: to the database file. A connection passed in keeps its own settings.
+DUCKDB_MEMORY_LIMIT = "256MB"
+
+#: One chunk of rows: an in-memory frame, or a SQL table expression DuckDB reads itself
+#: (``read_parquet('...')``), which keeps the rows out of Python memory.
+Chunk = pl.DataFrame | str
+
+
 @dataclass(frozen=True, slots=True)
 class Part:
-    """One table's rows, read in chunks so that memory tracks a chunk, not the table.
+    """One table's rows, in chunks, so that memory tracks a chunk, not the table.
 
-    ``chunks(columns)`` returns an iterator over the rows, one ``pl.DataFrame`` per
-    chunk (only ``columns``, when given); it is called more than once, and must give the
-    same chunks each time. Chunks are expected to hold disjoint keys (a key repeated
-    across chunks is refused by the table's primary key).
+    ``chunks()`` returns an iterator over the chunks; it is called twice (keys to
+    delete, then rows to insert) and must give the same chunks each time. Chunks hold
+    disjoint keys: a key repeated within a chunk, or across chunks, is refused.
     """
 
     schema: pl.Schema
     key: list[str]
-    chunks: Callable[[list[str] | None], Iterator[pl.DataFrame]]
+    chunks: Callable[[], Iterator[Chunk]]
 
     @classmethod
     def of(cls, frame: pl.DataFrame, key: list[str]) -> Part:
         """A part of a single in-memory frame."""
-
-        def chunks(columns: list[str] | None) -> Iterator[pl.DataFrame]:
-            yield frame if columns is None else frame.select(columns)
-
-        return cls(frame.schema, key, chunks)
+        return cls(frame.schema, key, lambda: iter([frame]))
 
 
 def write_duckdb(
@@ -146,18 +152,29 @@ def upsert_parts(
     ok: Part,
     failed: Part,
     batches: pl.DataFrame | None,
+    filesystem: Any = None,
 ) -> None:
     """Upsert ``ok``, ``failed`` and ``batches`` chunk by chunk, in one transaction.
 
     The one implementation behind :func:`write_duckdb` (one chunk per part) and
-    ``results_to_duckdb`` / ``BatchJob.to_duckdb`` (one chunk per published file).
-    A connection this function opens itself is closed again; one passed in is left open.
+    ``results_to_duckdb`` / ``BatchJob.to_duckdb`` (one ``read_parquet`` per published
+    file). A connection this function opens itself is closed again (and gets
+    :data:`DUCKDB_MEMORY_LIMIT`); one passed in is left open. ``filesystem`` (an fsspec
+    filesystem whose URLs the chunks name) is registered with DuckDB while writing.
     """
-    con = (
-        database
-        if isinstance(database, duckdb.DuckDBPyConnection)
-        else duckdb.connect(os.fspath(database))
-    )
+    if isinstance(database, duckdb.DuckDBPyConnection):
+        con = database
+    else:
+        con = duckdb.connect(os.fspath(database))
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        con.execute("SET enable_progress_bar = false")
+    registered = None
+    if filesystem is not None:
+        protocols = filesystem.protocol
+        name = protocols if isinstance(protocols, str) else protocols[0]
+        if name not in con.list_filesystems():
+            con.register_filesystem(filesystem)
+            registered = name
     try:
         own = _begin(con)
         try:
@@ -169,6 +186,8 @@ def upsert_parts(
                 con.rollback()
             raise
     finally:
+        if registered is not None:
+            con.unregister_filesystem(registered)
         if con is not database:
             con.close()
 
@@ -189,8 +208,12 @@ _VIEW = "__bf_chunk"
 
 
 @contextmanager
-def _registered(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> Iterator[str]:
-    con.register(_VIEW, frame.to_arrow())
+def _source(con: duckdb.DuckDBPyConnection, chunk: Chunk) -> Iterator[str]:
+    """A SQL table expression for ``chunk`` (a frame is registered while in use)."""
+    if isinstance(chunk, str):
+        yield chunk
+        return
+    con.register(_VIEW, chunk.to_arrow())
     try:
         yield _VIEW
     finally:
@@ -204,6 +227,15 @@ def _upsert_all(
     failed: Part,
     batches: pl.DataFrame | None,
 ) -> None:
+    """Rebuild each table as (new rows) + (old rows they do not replace), then swap.
+
+    Every step inserts into a table made in this transaction, which DuckDB writes out
+    as it goes (deleting and re-inserting keys of an existing table instead keeps the
+    whole change in memory until the commit, and is slow). The new tables replace the
+    old ones by ``DROP`` + ``RENAME`` in the same transaction, so readers see either
+    the old tables or the new ones; views on them keep working and indexes the user
+    made on them are made again.
+    """
     ok_t, failed_t, batches_t = table, f"{table}_failed", f"{table}_batches"
     parts = [(ok_t, ok), (failed_t, failed)]
     if batches is not None:
@@ -212,49 +244,69 @@ def _upsert_all(
         parts.append((batches_t, Part.of(frame, ["batch_id"])))
     for name, part in parts:
         _ensure_table(con, name, part.schema, part.key)
-    # 1. Remove the rows that the new ones replace, chunk by chunk, checking that no key
-    #    repeats within a chunk (across chunks, the primary key refuses it in step 2).
+    stage = {name: f"__bf_new_{name}" for name, _ in parts}
     for name, part in parts:
-        for chunk in part.chunks(part.key):
-            _check_unique(name, chunk, part.key)
-            with _registered(con, chunk.select(part.key[0]).unique()) as v:
-                col = _q(part.key[0])
-                con.execute(f"DELETE FROM {_q(name)} WHERE {col} IN (SELECT {col} FROM {v})")
-    # 2. Insert them; an ok row also removes its id from the failed table, and a failure
-    #    is not recorded for an id that succeeded.
-    for name, part in parts:
-        for chunk in part.chunks(None):
-            with _registered(con, chunk) as v:
+        new, key = _q(stage[name]), _q(part.key[0])
+        # Typed as the table is (a column that is all null here may be typed there).
+        have = con.execute(f"DESCRIBE {_q(name)}").fetchall()
+        cols = ", ".join(f"{_q(r[0])} {r[1]}" for r in have)
+        pk = ", ".join(_q(k) for k in part.key)
+        con.execute(f"CREATE OR REPLACE TABLE {new} ({cols}, PRIMARY KEY ({pk}))")
+        names = ", ".join(_q(c) for c in part.schema)
+        # A failure is not recorded for an id that succeeded (now or before).
+        keep = f" WHERE custom_id NOT IN (SELECT custom_id FROM {_q(stage[ok_t])})"
+        for chunk in part.chunks():
+            with _source(con, chunk) as src:
+                _check_unique(con, name, src, part.key)
+                select = f"SELECT {names} FROM {src}" + (keep if name == failed_t else "")
                 try:
-                    if name == failed_t:
-                        con.execute(
-                            f"INSERT INTO {_q(name)} BY NAME SELECT * FROM {v} "
-                            f"WHERE custom_id NOT IN (SELECT custom_id FROM {_q(ok_t)})"
-                        )
-                    else:
-                        con.execute(f"INSERT INTO {_q(name)} BY NAME SELECT * FROM {v}")
+                    con.execute(f"INSERT INTO {new} BY NAME {select}")
                 except duckdb.ConstraintException as exc:
                     msg = (
-                        f"rows for table `{name}` repeat a key {part.key} across shard "
-                        f"attempts: {exc}; the published results hold each key once, so "
-                        "were the files under results/ changed by hand?"
+                        f"rows for table `{name}` repeat a key {part.key} across chunks "
+                        f"({exc}); the published results hold each key once, so were "
+                        "files under results/ changed by hand?"
                     )
                     raise ResultsError(msg) from exc
-                if name == ok_t:
-                    con.execute(
-                        f"DELETE FROM {_q(failed_t)} WHERE custom_id IN (SELECT custom_id FROM {v})"
-                    )
+        # Old rows stay unless a new row has their key; an ok row also removes its id
+        # from the failed table.
+        old = f"SELECT {names} FROM {_q(name)} WHERE {key} NOT IN (SELECT {key} FROM {new})"
+        if name == failed_t:
+            old += f" AND custom_id NOT IN (SELECT custom_id FROM {_q(stage[ok_t])})"
+        con.execute(f"INSERT INTO {new} BY NAME {old}")
+    for name, _ in parts:
+        indexes = con.execute(
+            "SELECT sql FROM duckdb_indexes() WHERE table_name = ? "
+            "AND schema_name = current_schema() AND sql IS NOT NULL",
+            [name],
+        ).fetchall()
+        con.execute(f"DROP TABLE {_q(name)}")
+        con.execute(f"ALTER TABLE {_q(stage[name])} RENAME TO {_q(name)}")
+        for (sql,) in indexes:
+            con.execute(sql)
 
 
-def _check_unique(name: str, frame: pl.DataFrame, key: list[str]) -> None:
-    dupes = frame.select(key).filter(pl.struct(key).is_duplicated())
-    if len(dupes):
-        shown = dupes.unique(maintain_order=True).head(5).rows()
+def _check_unique(con: duckdb.DuckDBPyConnection, name: str, src: str, key: list[str]) -> None:
+    cols = ", ".join(_q(k) for k in key)
+    dupes = con.execute(
+        f"SELECT {cols}, count(*) AS n FROM {src} GROUP BY ALL HAVING n > 1 ORDER BY ALL"
+    ).fetchall()
+    if dupes:
+        shown = [tuple(r[:-1]) if len(key) > 1 else (r[0],) for r in dupes[:5]]
+        n = sum(int(r[-1]) for r in dupes)
         msg = (
-            f"{len(dupes)} rows for table `{name}` repeat a key {key}, e.g. {shown}; "
+            f"{n} rows for table `{name}` repeat a key {key}, e.g. {shown}; "
             "combine results with `BatchResults.from_parts`, which keeps one row per key"
         )
         raise ResultsError(msg)
+
+
+def _create(
+    con: duckdb.DuckDBPyConnection, name: str, schema: pl.Schema, key: Iterable[str]
+) -> None:
+    cols = ", ".join(f"{_q(c)} {duckdb_type(t)}" for c, t in schema.items())
+    pk = ", ".join(_q(k) for k in key)
+    con.execute(f"CREATE TABLE {_q(name)} ({cols}, PRIMARY KEY ({pk}))")
 
 
 def _ensure_table(
@@ -262,13 +314,12 @@ def _ensure_table(
 ) -> None:
     """Create ``name`` if missing; else check it has the same columns and types."""
     cols = ", ".join(f"{_q(c)} {duckdb_type(t)}" for c, t in schema.items())
-    pk = ", ".join(_q(k) for k in key)
     exists = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()",
         [name],
     ).fetchone()
     if not exists or not exists[0]:
-        con.execute(f"CREATE TABLE {_q(name)} ({cols}, PRIMARY KEY ({pk}))")
+        _create(con, name, schema, key)
         return
     # Let DuckDB spell the expected types, so the comparison is exact.
     probe = f"__bf_expected_{abs(hash(name))}"

@@ -294,7 +294,7 @@ def _file_source(storage: Storage, rel: str, local: bool) -> str | None:
     return value.decode() if value is not None else None
 
 
-def _is_local(storage: Storage) -> bool:
+def is_local(storage: Storage) -> bool:
     proto = storage.fs.protocol
     return "file" in ({proto} if isinstance(proto, str) else set(proto))
 
@@ -322,7 +322,7 @@ def publish(
     instead. Files of a settled job that belong to no attempt are deleted.
     """
     settled = settled_records(manifest, partial=partial)
-    local = _is_local(storage)
+    local = is_local(storage)
     listing = _list(storage, f"{RESULTS_DIR}/ok") | _list(storage, f"{RESULTS_DIR}/failed")
     legacy = _list(storage, RESULTS_DIR)
     tags: dict[str | None, str] = {}

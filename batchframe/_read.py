@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,6 +21,7 @@ from batchframe._manifest import Manifest, ShardAttempt
 from batchframe._publish import (
     READ_WINDOW,
     Published,
+    is_local,
     local_copy,
     map_bounded,
     mirror_dir,
@@ -46,6 +47,7 @@ __all__ = [
     "results_to_duckdb",
     "scan_results",
     "write_results_duckdb",
+    "write_results_parquet",
 ]
 
 _log = logging.getLogger("batchframe")
@@ -174,12 +176,14 @@ def write_results_duckdb(
     published = _publish(storage, manifest, executor=executor, partial=partial)
     model = next(iter(manifest.embedding_dims), None)
 
-    def chunks(files: list[PartFile]) -> Any:
-        def read(columns: list[str] | None) -> Any:
-            for f in files:
-                yield f.read(storage, columns)
+    local = is_local(storage)
 
-        return read
+    def sql(f: PartFile) -> str:
+        path = f.local if f.local is not None else storage.url(f.rel)
+        return "read_parquet('" + path.replace("'", "''") + "')"
+
+    def chunks(files: list[PartFile]) -> Callable[[], Iterator[str]]:
+        return lambda: (sql(f) for f in files)
 
     upsert_parts(
         database,
@@ -187,7 +191,45 @@ def write_results_duckdb(
         ok=Part(ok_frame_schema(manifest, model), ok_key(manifest.endpoint), chunks(published.ok)),
         failed=Part(FAILED_SCHEMA, ["custom_id"], chunks(published.failed)),
         batches=batches_frame(manifest),
+        filesystem=None if local else storage.fs,
     )
+
+
+def write_results_parquet(
+    storage: Storage,
+    manifest: Manifest,
+    path: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None,
+    executor: Executor,
+    partial: bool,
+) -> dict[str, str]:
+    """``BatchResults.write_parquet`` of the published dataset, one file read at a time.
+
+    Writes ``path`` (ok rows), ``<stem>_failed<ext>`` and ``<stem>_batches<ext>`` as
+    that method does, appending the published files one by one as row groups.
+    """
+    import pyarrow.parquet as pq
+
+    from batchframe._results import _parquet_names
+
+    published = _publish(storage, manifest, executor=executor, partial=partial)
+    out, names = _parquet_names(path, storage_options)
+    empty = {"ok": _empty_ok(manifest), "failed": _empty_failed()}
+    meta = {"batchframe.endpoint": manifest.endpoint}
+    written = {}
+    for part in ("ok", "failed"):
+        schema = empty[part].to_arrow().schema.with_metadata(meta)
+        with out.open_write(names[part]) as f, pq.ParquetWriter(f, schema) as writer:
+            for _, frame in map_bounded(
+                executor, lambda pf: pf.read(storage), published.files(part), window=READ_WINDOW
+            ):
+                writer.write_table(frame.to_arrow().cast(schema))
+        written[part] = out.url(names[part])
+    with out.open_write(names["batches"]) as f:
+        batches_frame(manifest).write_parquet(f, metadata=meta)
+    written["batches"] = out.url(names["batches"])
+    return written
 
 
 # -- public readers ------------------------------------------------------------------------
@@ -402,7 +444,7 @@ def results_to_duckdb(
     ...     )
     >>> con = duckdb.connect()
     >>> bf.results_to_duckdb("memory://doc-duckdb", con, table="reviews")
-    >>> con.sql("SELECT count(*) FROM reviews").fetchone()
+    >>> con.execute("SELECT count(*) FROM reviews").fetchone()
     (3,)
     """
     storage = Storage(os.fspath(root), storage_options)
