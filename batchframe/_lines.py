@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -81,8 +82,8 @@ def read_text_lines(
     first line its UTF-8 BOM, nothing else changes), and with ``cut`` ``_span`` and
     ``_head`` from :func:`cut_body`.
 
-    A file is read in ``pieces`` ranges of whole lines (:func:`split_at_lines`; default:
-    one per core, each of at least 4 MiB), one thread each (Polars works without the
+    A file is read in ``pieces`` ranges of whole lines (:func:`split_at_lines`; default
+    with ``cut``: one per core, each of at least 4 MiB; else one), one thread each (Polars works without the
     GIL; one call of its engine on a shard-sized input keeps one core busy), and the
     pieces are renumbered and put back in order: the same frame as reading it whole.
 
@@ -94,13 +95,15 @@ def read_text_lines(
     """
     raw = as_bytes(data)
     if pieces is None:
-        pieces = max(1, min(os.cpu_count() or 1, len(raw) // _MIN_PIECE_BYTES))
+        # Without the cut, reading is a small part of parsing (embeddings: ~10%), not
+        # worth a second copy of the text (each piece is one).
+        fit = len(raw) // _MIN_PIECE_BYTES if cut else 1
+        pieces = max(1, min(os.cpu_count() or 1, fit))
     ranges = split_at_lines(raw, pieces)
     if len(ranges) == 1:
         return _read_piece(raw, cut)
     try:
-        with ThreadPoolExecutor(len(ranges)) as pool:
-            frames = list(pool.map(lambda r: _read_piece(raw[r[0] : r[1]], cut), ranges))
+        frames = list(_pool().map(lambda r: _read_piece(raw[r[0] : r[1]], cut), ranges))
     except pl.exceptions.PolarsError:
         return _read_piece(raw, cut)  # raises the error of reading the file whole
     lineno = ordinal = 0
@@ -114,6 +117,22 @@ def read_text_lines(
         lineno += int(frame["_lineno"][-1]) if len(frame) else 0
         ordinal += len(frame)
     return pl.concat(renumbered)
+
+
+_POOL: dict[int, ThreadPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The reader threads of this process, kept: new threads each call grow the heap."""
+    with _POOL_LOCK:
+        pid = os.getpid()
+        if pid not in _POOL:
+            _POOL.clear()  # a forked child cannot use its parent's threads
+            _POOL[pid] = ThreadPoolExecutor(
+                max(2, os.cpu_count() or 1), thread_name_prefix="batchframe-lines"
+            )
+        return _POOL[pid]
 
 
 #: Bytes per piece below which a file is not split (a piece costs ~1 ms to set up).
