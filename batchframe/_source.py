@@ -41,6 +41,10 @@ __all__ = ["Source", "to_source"]
 
 #: Rows an Arrow input may be read ahead of the pass consuming them.
 AHEAD_ROWS = 300_000
+#: Evaluated input per chunk pulled from a LazyFrame (rows adapt to their size).
+CHUNK_BYTES = 32 << 20
+_FIRST_ROWS = 10_000
+_MIN_ROWS = 1_000
 
 
 class _Gate:
@@ -160,14 +164,17 @@ def _pulled(lf: pl.LazyFrame, rows: int) -> Iterator[pl.DataFrame]:
     if "SLICE[" in plan or not any(s in plan for s in ("Parquet SCAN", "IPC SCAN", "DF [")):
         yield from (c for c in lf.collect_batches(chunk_size=rows) if c.height)
         return
-    offset = 0
+    offset, step = 0, min(rows, _FIRST_ROWS)
     while True:
-        chunk = lf.slice(offset, rows).collect()
+        chunk = lf.slice(offset, step).collect()
         if chunk.height:
             yield chunk
-        if chunk.height < rows:
+        if chunk.height < step:
             return
-        offset += rows
+        offset += step
+        # Chunks of about CHUNK_BYTES whatever the row size (long documents: fewer rows).
+        per_row = max(1, int(chunk.estimated_size()) // max(1, chunk.height))
+        step = min(rows, max(_MIN_ROWS, CHUNK_BYTES // per_row))
 
 
 def _kind(obj: Any) -> str:

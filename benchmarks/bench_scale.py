@@ -56,6 +56,15 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
+    """This process's peak RSS (VmHWM).
+
+    Not ``getrusage``: on Linux a child's ``ru_maxrss`` keeps the RSS of the process it
+    was forked from, across exec, so a child of a large parent would report the parent's.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
