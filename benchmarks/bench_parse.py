@@ -23,7 +23,9 @@ frames compared (bodies as JSON values).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import random
 import resource
 import shutil
@@ -111,6 +113,10 @@ def chat_lines(start: int, n: int, rnd: random.Random, layout: str = "minified")
         else:
             out.append(orjson.dumps(line))
     return b"\n".join(out) + b"\n"
+
+
+def _layout_lines(start: int, n: int, *, rnd: random.Random, layout: str) -> bytes:
+    return chat_lines(start, n, rnd, layout)
 
 
 def embedding_lines(start: int, n: int, dim: int, pool: list[bytes]) -> bytes:
@@ -348,7 +354,7 @@ def main() -> None:
                 f"chat-{layout}",
                 min(args.rows, args.layout_shards * args.shard_rows),
                 args.shard_rows,
-                lambda s, n, layout=layout: chat_lines(s, n, rnd, layout),
+                functools.partial(_layout_lines, rnd=rnd, layout=layout),
             )
             for layout in ("spaced", "reordered")
         }
@@ -362,6 +368,7 @@ def main() -> None:
         runs = [(case, 0) for case, (kind, _) in CASES.items() if files[kind]]
         runs += [("chat: batchframe", 1)] if len(chat) > 1 else []
         runs += [("emb: batchframe", 1)] if len(emb) > 1 else []
+        load_before = os.getloadavg()[0]
         results = []
         for case, limit in runs:
             cmd = [sys.executable, __file__, "--dir", str(folder), "--dim", str(args.dim)]
@@ -371,7 +378,10 @@ def main() -> None:
             print("\n".join(progress))
             results.append(json.loads(last))
         loops = {r["case"].split(":")[0]: r for r in results if "loop" in r["case"]}
-        print()
+        # Other work on the machine skews the wall-time ratios (batchframe uses every
+        # core, the loop one): the 1-minute load average, before and after the runs.
+        print(f"\nload average: {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+              f"({os.cpu_count()} cores)")  # fmt: skip
         for r in results:
             loop = loops[r["case"].split(":")[0]]
             r["vs_orjson_loop"] = round(r["mb_per_s"] / loop["mb_per_s"], 2)
