@@ -247,3 +247,28 @@ def test_hash_of_lines_is_the_fingerprint_definition():
     )
     expected = hashlib.sha256(b"batchframe-requests-v3\n" + lines + (2).to_bytes(8, "little"))
     assert req.fingerprint == expected.hexdigest()
+
+
+def test_duckdb_relation_and_other_arrow_streams_are_inputs(tmp_path):
+    import duckdb
+
+    rel = duckdb.sql("SELECT i AS id, 'text ' || i AS text FROM range(25) t(i)")
+    body = bf.chat_body("m", user=pl.col("text"))
+    streamed = bf.build_requests(rel, endpoint="/v1/chat/completions", body=body, custom_id="id")
+    assert streamed.streamed
+    memory = bf.build_requests(rel.pl(), endpoint="/v1/chat/completions", body=body, custom_id="id")
+    limits = bf.BatchLimits(max_requests=10)
+    got = streamed.write(tmp_path / "a", limits=limits)
+    expected = memory.write(tmp_path / "b", limits=limits)
+    assert _files(got) == _files(expected)
+    assert streamed.plan(limits).equals(memory.plan(limits))  # re-read: a fresh stream
+
+
+def test_an_object_that_is_no_table_is_refused_naming_what_is_accepted():
+    with pytest.raises(bf.InputError, match=r"__arrow_c_stream__.*got builtins\.list"):
+        bf.build_requests(
+            [{"id": 1, "text": "x"}],
+            endpoint="/v1/chat/completions",
+            body=bf.chat_body("m", user=pl.col("text")),
+            custom_id="id",
+        )
