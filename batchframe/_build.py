@@ -263,7 +263,8 @@ def build_requests(
     const = template.const_text
     const_tokens = _tokens.REQUEST_OVERHEAD + _message_overhead(body_dict)
     if const:
-        const_tokens += int(counter(pl.Series(const, dtype=pl.String)).sum())
+        const_counter = _tokens.const_counter(resolved, model_name)
+        const_tokens += int(const_counter(pl.Series(const, dtype=pl.String)).sum())
     builder = Builder(
         endpoint=endpoint,
         template=template,
