@@ -143,7 +143,7 @@ class ShardPlanner:
         check_rows(meta, self.limits, embeddings=self.embeddings, offset=self._n_rows)
         self._n_rows += meta.height
         indexed = meta.select("model", "n_bytes", "n_inputs", "est_tokens").with_row_index("row")
-        # (first row in the chunk, model, rows, open state) of every shard touched.
+        # (first row in the chunk, shard state, rows) of every shard this chunk touches.
         parts: list[tuple[int, _Open, pl.Series]] = []
         closed: list[_Open] = []
         for model in indexed["model"].unique(maintain_order=True).to_list():
@@ -154,8 +154,8 @@ class ShardPlanner:
         fresh = sorted((p for p in parts if p[1].index < 0), key=lambda p: p[0])
         for _, state, _ in fresh:
             state.index = len(self.shards)
-            self.shards.append(state.shard())  # placeholder; totals fixed when it closes
-        for state in {id(s): s for _, s, _ in parts}.values():
+            self.shards.append(state.shard())
+        for _, state, _ in parts:  # totals as of this chunk
             self.shards[state.index] = state.shard()
         segments = sorted((Segment(s.index, rows) for _, s, rows in parts), key=lambda g: g.shard)
         return segments, [self.shards[s.index] for s in closed]
@@ -204,8 +204,10 @@ class ShardPlanner:
         return list(self.shards)
 
 
-def plan_shards(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -> list[Segment]:
-    """Cut a whole requests frame into shards (one segment of rows per shard, by number).
+def plan_whole(
+    frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool
+) -> tuple[list[Segment], list[Shard]]:
+    """Cut a whole requests frame into shards: the rows of each, and the shards by number.
 
     Parameters
     ----------
@@ -218,14 +220,7 @@ def plan_shards(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -
     """
     planner = ShardPlanner(limits, embeddings)
     segments, _ = planner.feed(frame)
-    return segments
-
-
-def planned(frame: pl.DataFrame, limits: BatchLimits, *, embeddings: bool) -> list[Shard]:
-    """The shards of a whole requests frame, by number (see :func:`plan_shards`)."""
-    planner = ShardPlanner(limits, embeddings)
-    planner.feed(frame)
-    return planner.finish()
+    return segments, planner.finish()
 
 
 def plan_frame(shards: list[Shard]) -> pl.DataFrame:
@@ -250,6 +245,5 @@ __all__ = [
     "ShardPlanner",
     "check_rows",
     "plan_frame",
-    "plan_shards",
-    "planned",
+    "plan_whole",
 ]

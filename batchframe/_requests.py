@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from batchframe._config import BatchLimits
-from batchframe._plan import Shard, plan_frame, plan_shards, planned
+from batchframe._plan import Shard, plan_frame, plan_whole
 
 if TYPE_CHECKING:
     from batchframe._stream import StreamedInput, Totals
@@ -242,7 +242,7 @@ class Requests:
         if self._lines_ is None:
             assert self._stream is not None
             return self._stream.plan(limits)
-        return planned(self._meta, limits, embeddings=self.endpoint == "/v1/embeddings")
+        return plan_whole(self._meta, limits, embeddings=self.endpoint == "/v1/embeddings")[1]
 
     def embedding_dims(self) -> dict[str, int]:
         """Embeddings: the ``dimensions`` every body of a model asks for, per model.
@@ -336,8 +336,9 @@ class Requests:
             shards = self._stream.plan(limits)
             results = [done[s.index] for s in shards]
         else:
-            segments = plan_shards(self._meta, limits, embeddings=self.endpoint == "/v1/embeddings")
-            shards = self._shards(limits)
+            segments, shards = plan_whole(
+                self._meta, limits, embeddings=self.endpoint == "/v1/embeddings"
+            )
             own = executor is None
             pool = executor or ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2))
             try:
