@@ -153,7 +153,9 @@ class BatchResults:
         elif isinstance(frame, pl.DataFrame):
             lf = frame.lazy()
         else:
-            lf = pl.DataFrame(frame).lazy()
+            from batchframe._source import to_source
+
+            lf = to_source(frame).as_lazy()  # pyarrow, pandas, DuckDB, any Arrow stream
         names = lf.collect_schema().names()
         if on not in names:
             msg = f"column {on!r} not found in the input frame\n\nHint: available columns are {names}; pass `on=` naming the custom_id column"

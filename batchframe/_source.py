@@ -50,7 +50,7 @@ _MIN_ROWS = 1_000
 class _Gate:
     """Backpressure between a source feeding Polars and the pass consuming its output."""
 
-    def __init__(self, ahead: int) -> None:
+    def __init__(self, ahead: int | None) -> None:
         self._ahead = ahead
         self._read = 0
         self._taken = 0
@@ -65,9 +65,11 @@ class _Gate:
         Polars (which may need more input first, e.g. for an aggregate), it may read on.
         """
         with self._cond:
-            self._cond.wait_for(
-                lambda: self._closed or self._waiting or self._read - self._taken < self._ahead
-            )
+            ahead = self._ahead
+            if ahead is not None:
+                self._cond.wait_for(
+                    lambda: self._closed or self._waiting or self._read - self._taken < ahead
+                )
             self._read += n
             return not self._closed
 
@@ -139,7 +141,7 @@ class Source:
         if not self.gate:  # a user's LazyFrame
             yield from _pulled(lf, rows)
             return
-        gate = _Gate(AHEAD_ROWS)
+        gate = _Gate(AHEAD_ROWS)  # only a pass holds the source back
         self.gate[:] = [gate]
         try:
             it = iter(lf.collect_batches(chunk_size=rows))
@@ -156,6 +158,7 @@ class Source:
                     yield chunk
         finally:
             gate.close()  # let the source finish at once if the pass stopped early
+            self.gate[:] = [_Gate(None)]
 
 
 def _pulled(lf: pl.LazyFrame, rows: int) -> Iterator[pl.DataFrame]:
@@ -309,7 +312,7 @@ def _arrow_stream(
             if n_rows is not None and n_rows <= 0:
                 return
 
-    source = Source(kind=kind, one_shot=one_shot, gate=[_Gate(AHEAD_ROWS)])
+    source = Source(kind=kind, one_shot=one_shot, gate=[_Gate(None)])
     source.lazy = register_io_source(io_source, schema=pl_schema, explain_name=kind)
     return source
 
