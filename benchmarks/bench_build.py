@@ -1,7 +1,7 @@
 """Build and write 1M chat requests; compare against per-row json.dumps and orjson loops.
 
 Usage: python benchmarks/bench_build.py [--rows 1000000] [--rounds 5]
-       [--tokenizer estimate|exact|auto] [--target disk|memory]
+       [--tokenizer estimate|exact|auto] [--target disk|memory] [--check-tokens]
 
 Prints one JSON line: MB/s for batchframe (``build_requests`` + ``write``) and for the
 baselines writing the same requests, the ratios, CPU time and peak RSS. Every run checks
@@ -141,6 +141,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokenizer", default="estimate")
     ap.add_argument(
+        "--check-tokens",
+        action="store_true",
+        help="after the rounds, build once more with tokenizer='exact' and print both totals",
+    )
+    ap.add_argument(
         "--target",
         choices=["disk", "memory"],
         default="disk",
@@ -185,6 +190,7 @@ def main() -> None:
                 ).splitlines()
                 first_line_bytes = int(req.frame["n_bytes"][0])
                 tokenizer = req.tokenizer
+                est_tokens = req.est_tokens
                 frame_mb = req.frame.estimated_size() / 1e6
             _, oj_s, oj_cpu = timed(lambda: loop_orjson(texts, tmp / "orjson.jsonl", args.target))
             runs["oj"].append(oj_s)
@@ -206,6 +212,10 @@ def main() -> None:
 
         mb = total / 1e6
         bf_s, oj_s = median(runs["bf"]), median(runs["oj"])
+        tokens: dict[str, Any] = {"est_tokens": est_tokens}
+        if args.check_tokens:
+            exact = build(tokenizer="exact").est_tokens
+            tokens |= {"exact_tokens": exact, "tokens_error": round(est_tokens / exact - 1, 4)}
         print(
             json.dumps(
                 {
@@ -233,6 +243,7 @@ def main() -> None:
                     "requests_frame_MB": round(frame_mb, 1),
                     "peak_rss_MB_before": round(base_rss, 1),
                     "peak_rss_MB_after_batchframe": round(bf_rss, 1),
+                    **tokens,
                 }
             )
         )
