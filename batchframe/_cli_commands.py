@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO
 
 import polars as pl
@@ -77,7 +79,7 @@ def _build(args: argparse.Namespace) -> Requests:
     options = _storage_options(args)
     template = load_template(args.body, options)
     frame = read_table(args.input, fmt=args.format, storage_options=options, limit=args.limit)
-    try:
+    with _evaluating(args):
         return build_requests(
             frame,
             endpoint=normalize_endpoint(args.endpoint),
@@ -85,6 +87,16 @@ def _build(args: argparse.Namespace) -> Requests:
             custom_id=parse_custom_id(args.custom_id),
             tokenizer=args.tokenizer,
         )
+
+
+@contextmanager
+def _evaluating(args: argparse.Namespace) -> Iterator[None]:
+    """Name the input when Polars cannot evaluate the template.
+
+    A streamed input's passes evaluate it after ``build_requests`` has returned.
+    """
+    try:
+        yield
     except pl.exceptions.PolarsError as exc:
         msg = f"the body template cannot be evaluated on {args.input!r}: {exc}"
         raise CliError(msg) from exc
@@ -104,10 +116,16 @@ def prepare(args: argparse.Namespace) -> int:
     """``batchframe prepare INPUT [OUT]``: build, plan and (with OUT) write the shards."""
     requests = _build(args)
     limits = _limits(args)
-    plan = requests.plan(limits)
+    with _evaluating(args):
+        # Writing first plans too: a streamed input is then read once, not twice.
+        written = (
+            None
+            if args.out is None
+            else requests.write(args.out, limits=limits, storage_options=_storage_options(args))
+        )
+        plan = requests.plan(limits)
     _say(_describe(requests), f"{plan.height} shard(s):", text_table(plan))
-    if args.out is not None:
-        written = requests.write(args.out, limits=limits, storage_options=_storage_options(args))
+    if written is not None:
         written = written.select(
             "shard", "path", "n_requests", "n_bytes", pl.col("sha256").str.head(16)
         )
@@ -138,12 +156,13 @@ def submit(args: argparse.Namespace) -> int:
     options = _storage_options(args)
     client = _client(args)
     scheduling = _job_options(args)
-    _say(f"built {_describe(requests)} from {args.input}")
     if Storage(args.root, options).exists(MANIFEST_FILE):
         job = BatchJob.open(
             args.root, client=client, storage_options=options, break_lock=args.break_lock
         )
-        if not requests.matches(job.fingerprint):
+        with _evaluating(args):
+            same = requests.matches(job.fingerprint)
+        if not same:
             job.close()
             msg = (
                 f"the job at {args.root} was made from other requests (another table, template "
@@ -151,20 +170,23 @@ def submit(args: argparse.Namespace) -> int:
             )
             raise JobExistsError(msg)
         job.configure(**scheduling)
+        _say(f"built {_describe(requests)} from {args.input}")
         _say(f"resuming job {job.job_id} at {job.root} (made from the same requests)")
     else:
-        job = BatchJob.create(
-            requests,
-            args.root,
-            limits=_limits(args),
-            client=client,
-            storage_options=options,
-            metadata=parse_pairs(args.metadata, "--metadata", typed=False) or None,
-            queue_token_limit=scheduling["queue_token_limit"],
-            max_in_flight=scheduling["max_in_flight"],
-            max_attempts=scheduling["max_attempts"] or 3,
-            break_lock=args.break_lock,
-        )
+        with _evaluating(args):
+            job = BatchJob.create(
+                requests,
+                args.root,
+                limits=_limits(args),
+                client=client,
+                storage_options=options,
+                metadata=parse_pairs(args.metadata, "--metadata", typed=False) or None,
+                queue_token_limit=scheduling["queue_token_limit"],
+                max_in_flight=scheduling["max_in_flight"],
+                max_attempts=scheduling["max_attempts"] or 3,
+                break_lock=args.break_lock,
+            )
+        _say(f"built {_describe(requests)} from {args.input}")  # known from the write
         _say(f"created job {job.job_id} at {job.root}")
     del requests  # the shards are written; `--wait` need not hold their text
     with job:

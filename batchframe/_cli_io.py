@@ -199,8 +199,11 @@ def read_table(
     fmt: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     limit: int | None = None,
-) -> pl.DataFrame:
+) -> pl.DataFrame | pl.LazyFrame:
     """Read a Parquet, CSV, TSV, NDJSON or JSON table from a local path or fsspec URL.
+
+    A local Parquet file (or a ``*`` glob of them) is scanned, not read: the build then
+    streams it in bounded memory. Other inputs are read whole.
 
     Parameters
     ----------
@@ -215,6 +218,17 @@ def read_table(
         Keep only the first rows (to try a template on a few rows first).
     """
     fmt = fmt or infer_format(url)
+    if fmt == "parquet" and "://" not in url:
+        if not any(c in url for c in "*?[") and not os.path.exists(url):
+            msg = f"input {url!r} does not exist"
+            raise CliError(msg)
+        try:
+            lf = pl.scan_parquet(url)
+            lf.collect_schema()
+        except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+            msg = f"cannot read {url!r} as parquet: {exc}"
+            raise CliError(msg) from exc
+        return lf.head(limit) if limit is not None else lf
     data = _open(url, storage_options, "input")
     try:
         if fmt == "parquet":
