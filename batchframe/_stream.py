@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ import polars as pl
 
 from batchframe._config import BatchLimits
 from batchframe._ids import ContentIds, DuplicateFinder
-from batchframe._plan import Shard, ShardPlanner
+from batchframe._plan import Segment, Shard, ShardPlanner
 from batchframe._requests import (
     FINGERPRINT_PREFIX,
     META_SCHEMA,
@@ -116,6 +116,13 @@ class _ShardFiles:
             size += len(piece)
         self._open[shard] = (cm, f, digest, size)
 
+    def write(self, segments: list[Segment], lines: pl.Series, closed: list[Shard]) -> None:
+        """Append one chunk's lines to their shards, then close the shards it filled."""
+        for seg in segments:
+            self.append(seg.shard, take_rows(lines, seg.rows))
+        for shard in closed:
+            self.close(shard.index)
+
     def close(self, shard: int) -> None:
         if shard not in self._open:
             return
@@ -144,6 +151,11 @@ class _ShardFiles:
             except Exception:
                 _log.debug("could not remove shard %d", shard, exc_info=True)
         self.done.clear()
+
+
+def _hash_lines(digest: Any, lines: pl.Series) -> None:
+    for piece in jsonl_pieces(lines):
+        digest.update(piece)
 
 
 def _limits_key(limits: BatchLimits) -> tuple[Any, ...]:
@@ -237,26 +249,39 @@ class StreamedInput:
         facts = _Facts()
         digest = hashlib.sha256(FINGERPRINT_PREFIX) if fingerprint else None
         files = _ShardFiles(storage) if storage is not None else None
+        # Hashing and writing run on their own threads, in chunk order, one chunk behind
+        # the planning of the next (so at most two chunks of lines wait for them).
+        io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="batchframe-write")
+        behind: list[Future[None]] = []
+
+        def flush() -> None:
+            for fut in behind:
+                fut.result()
+            behind.clear()
+
         try:
             with DuplicateFinder() as dups:
                 for out in self._built(dups if b.id_expr is not None else None):
                     facts.add(out, b.endpoint)
-                    if digest is not None:
-                        for piece in jsonl_pieces(out["line"]):
-                            digest.update(piece)
                     segments, closed = planner.feed(out.select(list(META_SCHEMA)))
+                    flush()
+                    lines = out["line"]
+                    if digest is not None:
+                        behind.append(io.submit(_hash_lines, digest, lines))
                     if files is not None:
-                        for seg in segments:
-                            files.append(seg.shard, take_rows(out["line"], seg.rows))
-                        for shard in closed:
-                            files.close(shard.index)
+                        behind.append(io.submit(files.write, segments, lines, closed))
                 dups.check()
+            flush()
             if files is not None:
                 files.close_all()
         except BaseException:
+            for fut in behind:
+                fut.cancel()
+            io.shutdown(wait=True)
             if files is not None:
                 files.abort()
             raise
+        io.shutdown(wait=True)
         self.totals = facts.totals()
         if digest is not None:
             digest.update(facts.n.to_bytes(8, "little"))
