@@ -291,7 +291,9 @@ class Requests:
 
         Each file is written to a temporary name and moved into place, so it appears
         whole or not at all. The bytes are the lines ``build_requests`` made; nothing is
-        encoded again.
+        encoded again. On a streamed input this is one pass that reads, checks, plans
+        and writes: each shard file is appended to as its rows arrive and closed when
+        it is full, and a pass refused midway removes the files it wrote.
 
         Parameters
         ----------
@@ -302,7 +304,8 @@ class Requests:
         storage_options
             fsspec options (credentials, endpoint URL, ...).
         executor
-            Runs the per-shard writes (default: a small local thread pool).
+            Runs the per-shard writes (default: a small local thread pool). A streamed
+            input's shards are written by the pass itself, as they fill.
 
         Returns
         -------
