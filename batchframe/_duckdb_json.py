@@ -340,12 +340,7 @@ def _batches(frame: pl.DataFrame) -> pa.Table:
 
 
 def read_lines(
-    data: bytes | os.PathLike[str],
-    *,
-    endpoint: str,
-    typed: bool = True,
-    base64: bool = False,
-    pieces: int | None = None,
+    data: bytes | os.PathLike[str], *, endpoint: str, typed: bool = True, base64: bool = False
 ) -> pl.DataFrame:
     """Read output or error JSONL into one row per non-blank line, in file order.
 
@@ -358,8 +353,6 @@ def read_lines(
     ``body`` is the API's own text of ``response.body`` when the line has the layout
     OpenAI writes (:func:`batchframe._lines.cut_body`), else DuckDB's minified
     rendering of it; embeddings and images change it as ``_schemas`` describes.
-    ``pieces`` is passed to :func:`batchframe._lines.read_text_lines` (how many
-    threads read and cut the lines); any number gives the same frame.
 
     Raises
     ------
@@ -371,7 +364,7 @@ def read_lines(
     # Embeddings rebuild their body and error files need none: no cut, lines parsed whole.
     cut = typed and kind != "embeddings"
     try:
-        lines = read_text_lines(data, cut=cut, pieces=pieces)
+        lines = read_text_lines(data, cut=cut)
     except (pl.exceptions.PolarsError, OSError) as exc:
         msg = f"cannot read the lines: {exc}"
         raise ResultsError(msg) from exc

@@ -16,12 +16,9 @@ several GB/s. Everything else works on that frame:
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
-import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import polars as pl
@@ -33,7 +30,6 @@ __all__ = [
     "embeddings_are_base64",
     "iter_lines",
     "read_text_lines",
-    "split_at_lines",
 ]
 
 # -- reading lines ---------------------------------------------------------------------
@@ -72,20 +68,15 @@ _TAILS = {'}},"error":null}': 15, '}}, "error": null}': 17}
 _BLANK = " \t\r\n\x0b\x0c"
 
 
-def read_text_lines(
-    data: bytes | os.PathLike[str], *, cut: bool = True, pieces: int | None = None
-) -> pl.DataFrame:
+def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.DataFrame:
     """The non-blank lines of ``data``, each with its ``response.body`` cut out if it can be.
 
     Columns: ``_ordinal`` (position among the non-blank lines), ``_lineno`` (1-based
     line number in the file), ``line`` (the text: CRLF endings lose their ``\\r``, the
     first line its UTF-8 BOM, nothing else changes), and with ``cut`` ``_span`` and
-    ``_head`` from :func:`cut_body`.
-
-    A file is read in ``pieces`` ranges of whole lines (:func:`split_at_lines`; default
-    with ``cut``: one per core, each of at least 4 MiB; else one), one thread each (Polars works without the
-    GIL; one call of its engine on a shard-sized input keeps one core busy), and the
-    pieces are renumbered and put back in order: the same frame as reading it whole.
+    ``_head`` from :func:`cut_body`. The work is spread over all cores by Polars'
+    streaming engine (a 50,000-line shard already keeps both cores of a 2-core
+    machine busy: reading it in pieces on more threads was measured slower).
 
     Raises
     ------
@@ -93,55 +84,8 @@ def read_text_lines(
         The bytes are not UTF-8 text, or a line holds the ``\\x1f`` control character
         (neither can be a JSON line; callers turn this into a ``ResultsError``).
     """
-    raw = as_bytes(data)
-    if pieces is None:
-        # Without the cut, reading is a small part of parsing (embeddings: ~10%), not
-        # worth a second copy of the text (each piece is one).
-        fit = len(raw) // _MIN_PIECE_BYTES if cut else 1
-        pieces = max(1, min(os.cpu_count() or 1, fit))
-    ranges = split_at_lines(raw, pieces)
-    if len(ranges) == 1:
-        return _read_piece(raw, cut)
-    try:
-        frames = list(_pool().map(lambda r: _read_piece(raw[r[0] : r[1]], cut), ranges))
-    except pl.exceptions.PolarsError:
-        return _read_piece(raw, cut)  # raises the error of reading the file whole
-    lineno = ordinal = 0
-    renumbered = []
-    for frame in frames:
-        renumbered.append(
-            frame.with_columns(pl.col("_ordinal") + ordinal, pl.col("_lineno") + lineno)
-        )
-        # A piece but the last ends in a non-blank line (split_at_lines): its last
-        # row's number is its count of lines.
-        lineno += int(frame["_lineno"][-1]) if len(frame) else 0
-        ordinal += len(frame)
-    return pl.concat(renumbered)
-
-
-_POOL: dict[int, ThreadPoolExecutor] = {}
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The reader threads of this process, kept: new threads each call grow the heap."""
-    with _POOL_LOCK:
-        pid = os.getpid()
-        if pid not in _POOL:
-            _POOL.clear()  # a forked child cannot use its parent's threads
-            _POOL[pid] = ThreadPoolExecutor(
-                max(2, os.cpu_count() or 1), thread_name_prefix="batchframe-lines"
-            )
-        return _POOL[pid]
-
-
-#: Bytes per piece below which a file is not split (a piece costs ~1 ms to set up).
-_MIN_PIECE_BYTES = 4 * 2**20
-
-
-def _read_piece(data: bytes, cut: bool) -> pl.DataFrame:
     lines = pl.scan_csv(
-        data,
+        as_bytes(data),
         separator="\x1f",
         quote_char=None,
         has_header=False,
@@ -167,41 +111,6 @@ def _read_piece(data: bytes, cut: bool) -> pl.DataFrame:
 
 def _not_blank(line: pl.Expr) -> pl.Expr:
     return line.str.contains(f"[^{re.escape(_BLANK)}]")
-
-
-#: Bytes that may end a line that is not blank (not ASCII white space), as ints.
-_BLANK_BYTES = frozenset(_BLANK.encode())
-
-
-def split_at_lines(data: bytes, parts: int) -> list[tuple[int, int]]:
-    """Up to ``parts`` ``(start, end)`` byte ranges of ``data`` that read like the whole.
-
-    Each range but the last ends just after a ``\\n`` that ends a non-blank line, so
-    the last row :func:`read_text_lines` gives for it is its last line, and its line
-    count is that row's ``_lineno``; no range but the first starts with a UTF-8 BOM
-    (which the reader drops only at the start of its input). Reading the ranges one by
-    one and renumbering gives the lines, numbers and text of reading ``data`` whole.
-    Fewer ranges come back where no such split point is near the even split.
-    """
-    bounds = [0]
-    for k in range(1, parts):
-        at = max(bounds[-1], len(data) * k // parts)
-        for _ in range(64):  # a few lines on: then give up this split
-            nl = data.find(b"\n", at)
-            if nl < 0:
-                break
-            end = nl - 1 if nl > 0 and data[nl - 1] == 0x0D else nl
-            if (
-                end > bounds[-1]
-                and data[end - 1] not in _BLANK_BYTES
-                and not data.startswith(b"\xef\xbb\xbf", nl + 1)
-                and nl + 1 < len(data)
-            ):
-                bounds.append(nl + 1)
-                break
-            at = nl + 1
-    bounds.append(len(data))
-    return list(itertools.pairwise(bounds))
 
 
 def cut_body(line: pl.Expr) -> dict[str, pl.Expr]:
