@@ -38,7 +38,6 @@ from batchframe._manifest import (
     row_counts,
 )
 from batchframe._publish import (
-    READ_WINDOW,
     cache_tag,
     finalize_outcome,
     map_bounded,
@@ -67,6 +66,9 @@ _INTENT_GRACE = 3.0
 _CLOCK_SKEW = 3600
 #: Above this many live batches, one ``batches.list`` pass replaces per-batch polls.
 _LIST_POLL_THRESHOLD = 20
+#: Shard attempts parsed at once while settling (the parse itself uses every core):
+#: one keeps the driver's peak memory at one shard's frames.
+SETTLE_WINDOW = 1
 #: Waiting shard files uploaded ahead of their turn in the queue.
 _UPLOAD_AHEAD = 2
 
@@ -395,8 +397,9 @@ class JobEngine:
     def _settle(self) -> None:
         """Settle every attempt whose files are in: retries into a child, rows published.
 
-        Attempts are parsed ``READ_WINDOW`` at a time, so memory tracks one or two
-        shards however many batches finished since the last poll.
+        Attempts are parsed ``SETTLE_WINDOW`` at a time (each output file in pieces of
+        ``PARSE_CHUNK_BYTES``), so memory tracks one shard however many batches finished
+        since the last poll.
         """
         ready = [r for r in self._m.records if self._ready(r)]
         plain = []
@@ -407,7 +410,7 @@ class JobEngine:
                 plain.append(r)
         max_attempts = int(self._m.options.get("max_attempts", 3))
         tags: dict[str | None, str] = {}
-        for r, outcome in map_bounded(self._executor, self._outcome, plain, window=READ_WINDOW):
+        for r, outcome in map_bounded(self._executor, self._outcome, plain, window=SETTLE_WINDOW):
             retry: set[str] = set()
             if not self._m.cancel_requested and r.attempt + 1 < max_attempts:
                 retry = set(outcome.failed.filter(pl.col("retryable"))["custom_id"].to_list())

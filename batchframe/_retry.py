@@ -30,6 +30,7 @@ __all__ = [
     "Outcome",
     "child_path",
     "is_token_limit_failure",
+    "read_chunks",
     "record_outcome",
     "shard_ids",
     "write_child",
@@ -38,6 +39,8 @@ __all__ = [
 _log = logging.getLogger("batchframe")
 
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
+#: Output and error files are parsed this many bytes at a time (whole lines).
+PARSE_CHUNK_BYTES = 4 << 20
 _PREFIX = b'{"custom_id":"'
 #: Batch-level (validation) error codes that retrying the same lines cannot fix.
 PERMANENT_BATCH_CODES = frozenset(
@@ -128,6 +131,36 @@ def write_child(storage: Storage, parent: str, child: str, ids: set[str]) -> Chi
                 n += 1
                 size += len(line)
     return ChildShard(path=child, n_requests=n, n_bytes=size, sha256=digest.hexdigest())
+
+
+def read_chunks(storage: Storage, rel: str, size: int | None = None) -> Iterator[bytes]:
+    """The bytes of ``rel`` in pieces of about ``size`` bytes, each made of whole lines.
+
+    Output files are parsed piece by piece: parsing holds several times its input in
+    memory, so a whole 50,000-line file at once would cost hundreds of MB.
+    """
+    size = size or PARSE_CHUNK_BYTES
+    rest = b""
+    with storage.open_read(rel) as f:
+        while block := f.read(size):
+            if rest:
+                block = rest + block
+            cut = block.rfind(b"\n")
+            if cut < 0:
+                rest = block
+                continue
+            rest = block[cut + 1 :]
+            yield block[: cut + 1]
+    if rest.strip():
+        yield rest
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Frames of one file's pieces as one; empty pieces (maybe typed looser) are left out."""
+    full = [f for f in frames if f.height]
+    if not full:
+        return frames[0]
+    return full[0] if len(full) == 1 else pl.concat(full, how="vertical")
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,19 +262,17 @@ def record_outcome(
         )
         return Outcome(parse(b"")[0], failed)
     fails: list[pl.DataFrame] = []
+    oks: list[pl.DataFrame] = []
     if record.output_path is not None:
-        ok, bad = parse(storage.read_bytes(record.output_path))
-        fails.append(bad)
-    else:
-        ok = parse(b"")[0]
+        for data in read_chunks(storage, record.output_path):
+            ok_part, bad = parse(data)
+            oks.append(ok_part)
+            fails.append(bad)
+    ok = _concat(oks) if oks else parse(b"")[0]
     if record.error_path is not None:
-        fails.append(
-            parse_errors(
-                storage.read_bytes(record.error_path),
-                endpoint=endpoint,
-                batch_id=batch_id or "",
-                attempts=attempts,
-            )
+        fails.extend(
+            parse_errors(data, endpoint=endpoint, batch_id=batch_id or "", attempts=attempts)
+            for data in read_chunks(storage, record.error_path)
         )
     id_frame = pl.DataFrame({"custom_id": ids}, schema={"custom_id": pl.String})
     known = id_frame["custom_id"]
