@@ -402,9 +402,14 @@ def publish(
 
 
 def _remove_strays(storage: Storage, listing: set[str], settled: list[ShardAttempt]) -> None:
-    """Delete published files of a settled job that belong to none of its attempts."""
+    """Delete files of a settled job that belong to none of its attempts.
+
+    That is published files of no attempt, and staging files a crash left behind
+    (nothing writes them once every attempt is settled).
+    """
     expected = {part_path(p, r.key) for r in settled for p in PARTS}
-    for rel in sorted(listing - expected):
+    staged = {rel for rel in _list(storage, f"{RESULTS_DIR}/.staging") if rel.endswith(".part")}
+    for rel in sorted((listing - expected) | staged):
         try:
             storage.delete(rel)
             _log.info("removed %s: it holds no rows of the settled job", rel)

@@ -272,8 +272,11 @@ def test_repairs_missing_stale_and_stray_files(retried: Path, tmp_path: Path) ->
     ok[0].unlink()  # lost
     shutil.copy(ok[2], ok[1])  # another attempt's rows under this name: stale
     shutil.copy(ok[2], root / "results" / "ok" / "99999.a0.parquet")  # belongs to nobody
+    (root / "results" / ".staging").mkdir(exist_ok=True)
+    (root / "results" / ".staging" / "0123.00001.a0.parquet.part").write_bytes(b"PAR1")  # a crash
     assert_frame_equal(bf.scan_results(str(root)).collect(), expected.ok)
     assert [p.name for p in _files(root, "ok")] == [p.name for p in ok]
+    assert not list((root / "results" / ".staging").iterdir())
     _check_dataset(root, 80, ["custom_id"])
 
 
