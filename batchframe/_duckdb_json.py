@@ -252,23 +252,26 @@ def _kind(endpoint: str, typed: bool) -> str:
     return key if typed and key in _BODY_STRUCTURES else "other"
 
 
-def _query(kind: str, base64: bool, *, cut: bool, body: bool = True) -> str:
+def _query(kind: str, base64: bool, *, cut: bool, body: bool = True, lenient: bool = True) -> str:
     """The SQL over the view ``lines`` (``_ordinal`` and ``line`` or ``_span, _head``).
 
     ``cut``: parse each line's cut ``_span`` and ``_head`` (``_cut`` is false where
     either does not parse: those lines are then read with ``cut=False``); else parse
     each ``line`` whole. ``body``: whether the raw body text is wanted (for lines
-    parsed whole it costs another pass over the line).
+    parsed whole it costs another pass over the line). ``lenient=False`` (with
+    ``cut``): a cut that does not parse fails the query instead (~4% less work for
+    DuckDB when every cut parses, as in files of the API's layout).
     """
     structure = _BODY_STRUCTURES[kind]
     if base64:
         structure = {**structure, "data": [{"index": "INTEGER", "embedding": _S}]}
     if cut:
         # `try`: a cut that is not one JSON value gives NULL, not an error.
+        parse = "try(from_json" if lenient else "(from_json"
         source = f"""
             SELECT _ordinal, _span AS _raw_body,
-                try(from_json(_head, {_lit(orjson.dumps(_HEAD_STRUCTURE).decode())})) AS h,
-                try(from_json(_span, {_lit(orjson.dumps(structure).decode())})) AS b
+                {parse}(_head, {_lit(orjson.dumps(_HEAD_STRUCTURE).decode())})) AS h,
+                {parse}(_span, {_lit(orjson.dumps(structure).decode())})) AS b
             FROM lines"""
         common = _CUT_COMMON
     else:
@@ -373,7 +376,11 @@ def read_lines(
     whole = lines
     try:
         if cut:
-            first = _run(con, _query(kind, base64, cut=True), lines.drop("_lineno", "line"))
+            cuts = lines.drop("_lineno", "line")
+            try:  # every cut parses (the API's layout): no per-row error handling
+                first = _run(con, _query(kind, base64, cut=True, lenient=False), cuts)
+            except duckdb.Error:  # some cut is not one JSON value: those read as NULL
+                first = _run(con, _query(kind, base64, cut=True), cuts)
             parts.append(first.filter(pl.col("_cut")))
             whole = lines.filter(~first["_cut"])
         if len(whole) or not parts:

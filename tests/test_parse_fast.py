@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any
 
+import duckdb
 import orjson
 import polars as pl
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -20,7 +21,7 @@ from polars.testing import assert_frame_equal
 from test_results_cut import _dump, _strings, _with_extra, output_line
 from test_results_lines import chat_body, jsonl
 
-from batchframe import _lines
+from batchframe import _duckdb_json, _lines
 from batchframe._lines import read_text_lines
 from batchframe._results import parse_output
 
@@ -121,3 +122,25 @@ def test_a_spaced_body_key_with_a_minified_tail_and_the_reverse() -> None:
     assert got["_span"].to_list() == [orjson.dumps(body).decode(), json.dumps(body)]
     ok, failed = parse_output(jsonl(raws), endpoint=CHAT, batch_id="b")
     assert failed.is_empty() and ok["body"].to_list() == got["_span"].to_list()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_files())
+def test_the_strict_cut_query_fails_or_gives_the_lenient_result(data: bytes) -> None:
+    """``read_lines`` runs the cut query without ``try`` first, and again with it on error."""
+    lines = read_text_lines(data).drop("_lineno", "line")
+    con = _duckdb_json._cursor()
+    try:
+        lenient = _duckdb_json._run(
+            con, _duckdb_json._query("chat/completions", False, cut=True), lines
+        )
+        query = _duckdb_json._query("chat/completions", False, cut=True, lenient=False)
+        try:
+            strict = _duckdb_json._run(con, query, lines)
+        except duckdb.Error:
+            # Some line's cut (head or body) did not parse.
+            assert (lines["_span"].is_not_null() & ~lenient["_cut"]).any()
+        else:
+            assert_frame_equal(strict, lenient)
+    finally:
+        con.close()
