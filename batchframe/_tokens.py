@@ -5,18 +5,20 @@ errs slightly high is safer than one that errs low.
 
 * ``"estimate"``: a vectorised formula over a few character counts of each text (see
   :func:`estimate_tokens`), with constants fitted offline to the ``o200k_base`` and
-  ``cl100k_base`` encodings. Costs about 0.05-0.15 s of CPU per million short texts
-  (more on text dense in digits or punctuation), runs outside the GIL, and needs no
-  extra package. Totals over many texts land within -15 % to +35 % of the exact count
-  on Latin-script text, English, code, numbers and JSON, -30 % to +40 % on CJK; see
-  "Token counts" in benchmarks/README.md for the corpora and per-corpus errors.
+  ``cl100k_base`` encodings. Costs about 0.2 s of CPU per million texts of ~190 bytes
+  (more on text dense in digits, punctuation or emoji), runs outside the GIL, and needs
+  no extra package. Totals over many texts land within -15 % to +35 % of the exact count
+  on English, code, numbers, JSON and emoji-laden text, -20 % to -5 % on German and
+  French, -30 % to +40 % on CJK, -25 % to +115 % on other scripts; see "Token counts"
+  in benchmarks/README.md for the corpora and per-corpus errors.
 * ``"exact"``: count with the model's BPE encoding (``o200k_base`` / ``cl100k_base``)
   from the ``bpe-openai`` package, which ships the encodings inside its wheel
   (``pip install "batchframe[tokens]"``). Nothing is downloaded, ever. About 50 MB/s of
   text on one core, holding the GIL: 10-20x slower than the whole rest of a build.
 * ``"auto"`` (default): the estimate for each row's text, but the template's constant
   text (a fixed system prompt, the same in every request) counted exactly when
-  ``bpe-openai`` is installed (see :func:`const_counter`).
+  ``bpe-openai`` is installed (see :func:`const_counter`; loading ``bpe-openai`` costs
+  ~0.7 s once per process).
 
 Every counter is a pure function of each text: a text's count never depends on the other
 texts of a call or on call order, so a build cut into chunks anywhere gets the same
@@ -79,14 +81,20 @@ _W_ASCII = (
 _CHAR4 = r"[\x{10000}-\x{10FFFF}]"
 
 
-def _char4_counts(texts: pl.Series, extra: pl.Series) -> pl.Series:
-    """Per text, its 4-byte characters (counted only in texts that can hold one)."""
-    out = pl.repeat(0, len(texts), dtype=pl.Int64, eager=True)
+def _char4_thousandths(texts: pl.Series, extra: pl.Series) -> pl.Series | None:
+    """Per text, the weight of its 4-byte characters, or None if no text can hold one."""
     rows = (extra >= 3).arg_true()  # a 4-byte character adds 3 bytes past the first
     if rows.is_empty():
-        return out
-    n4 = texts.gather(rows).str.count_matches(_CHAR4).cast(pl.Int64)
-    return out.scatter(rows, n4)
+        return None
+    n4 = (
+        texts.gather(rows)
+        .to_frame("t")
+        .lazy()
+        .select(pl.col("t").str.count_matches(_CHAR4).cast(pl.Int64) * _W_CHAR4)
+        .collect()
+        .to_series()
+    )
+    return pl.repeat(0, len(texts), dtype=pl.Int64, eager=True).scatter(rows, n4)
 
 
 def estimate_tokens(texts: pl.Series) -> pl.Series:
@@ -108,14 +116,20 @@ def estimate_tokens(texts: pl.Series) -> pl.Series:
     pl.Series
         ``est_tokens``, Int64, one per text.
     """
-    texts = texts.fill_null("")
-    b = texts.str.len_bytes().cast(pl.Int64)
-    c = texts.str.len_chars().cast(pl.Int64)
-    extra = b - c
-    total = _W_CHAR * c + _W_EXTRA_BYTE * extra + _W_CHAR4 * _char4_counts(texts, extra)
+    t = pl.col("t")
+    c = t.str.len_chars().cast(pl.Int64)
+    extra = t.str.len_bytes().cast(pl.Int64) - c
+    total = _W_CHAR * c + _W_EXTRA_BYTE * extra
     for pattern, weight in _W_ASCII:
-        total = total + weight * texts.str.count_matches(pattern).cast(pl.Int64)
-    return ((total + 999) // 1000).alias("est_tokens")
+        total = total + weight * t.str.count_matches(pattern).cast(pl.Int64)
+    # One query (Polars runs it without the GIL), not a chain of eager Series calls.
+    texts = texts.fill_null("").rename("t")
+    out = texts.to_frame().lazy().select(total.alias("total"), extra.alias("extra")).collect()
+    thousandths = out["total"]
+    char4 = _char4_thousandths(texts, out["extra"])
+    if char4 is not None:
+        thousandths = thousandths + char4
+    return ((thousandths + 999) // 1000).alias("est_tokens")
 
 
 def _estimate_one(text: str) -> int:
