@@ -272,3 +272,35 @@ def test_an_object_that_is_no_table_is_refused_naming_what_is_accepted():
             body=bf.chat_body("m", user=pl.col("text")),
             custom_id="id",
         )
+
+
+def test_a_streamed_embeddings_job_records_what_an_in_memory_one_does(tmp_path):
+    import json
+
+    df = pl.DataFrame(
+        {
+            "id": range(30),
+            "model": ["e-small", "e-large"] * 15,
+            "text": [f"doc {i}" for i in range(30)],
+            "dims": [256, 1024] * 15,
+        }
+    )
+    body = bf.embeddings_body(pl.col("model"), input=pl.col("text"), dimensions=pl.col("dims"))
+
+    def manifest(frame: Any, name: str) -> dict[str, Any]:
+        req = bf.build_requests(frame, endpoint="/v1/embeddings", body=body, custom_id="id")
+        limits = bf.BatchLimits(max_requests=7)
+        bf.BatchJob.create(req, tmp_path / name, limits=limits, client=None).close()
+        return json.loads((tmp_path / name / "manifest.json").read_text())
+
+    memory = manifest(df, "memory")
+    streamed = manifest(_reader(df, 4), "streamed")
+    assert (
+        streamed["embedding_dims"] == memory["embedding_dims"] == {"e-small": 256, "e-large": 1024}
+    )
+    for key in ("n_requests", "fingerprint", "endpoint"):
+        assert streamed[key] == memory[key]
+    strip = ("created_at", "updated_at")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in streamed["records"]] == [
+        {k: v for k, v in r.items() if k not in strip} for r in memory["records"]
+    ]
