@@ -78,7 +78,10 @@ def duckdb_type(dtype: pl.DataType | pl.datatypes.DataTypeClass) -> str:
 #: database given by path). DuckDB's default (80 % of RAM) lets its buffer cache keep
 #: every block written, so memory would grow with the job; with a limit it evicts them
 #: to the database file. A connection passed in keeps its own settings.
-DUCKDB_MEMORY_LIMIT = "256MB"
+DUCKDB_MEMORY_LIMIT = "192MB"
+#: Row group size of the tables written through a connection opened here (DuckDB's
+#: default is 122,880 rows, held in memory until full).
+DUCKDB_ROW_GROUP_SIZE = 32_768
 
 #: One chunk of rows: an in-memory frame, or a SQL table expression DuckDB reads itself
 #: (``read_parquet('...')``), which keeps the rows out of Python memory.
@@ -162,12 +165,7 @@ def upsert_parts(
     :data:`DUCKDB_MEMORY_LIMIT`); one passed in is left open. ``filesystem`` (an fsspec
     filesystem whose URLs the chunks name) is registered with DuckDB while writing.
     """
-    if isinstance(database, duckdb.DuckDBPyConnection):
-        con = database
-    else:
-        con = duckdb.connect(os.fspath(database))
-        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
-        con.execute("SET enable_progress_bar = false")
+    con = database if isinstance(database, duckdb.DuckDBPyConnection) else _connect(database)
     registered = None
     if filesystem is not None:
         protocols = filesystem.protocol
@@ -181,15 +179,44 @@ def upsert_parts(
             _upsert_all(con, table, ok, failed, batches)
             if own:
                 con.commit()
-        except BaseException:
+        except BaseException as exc:
             if own:
                 con.rollback()
+            if isinstance(exc, duckdb.OutOfMemoryException) and con is not database:
+                msg = (
+                    f"DuckDB ran out of its memory_limit ({DUCKDB_MEMORY_LIMIT}) writing "
+                    f"table `{table}`; nothing was written. Pass a connection with a "
+                    'higher limit: `con = duckdb.connect(path); con.execute("SET '
+                    "memory_limit = '2GB'\")`"
+                )
+                raise ResultsError(msg) from exc
             raise
     finally:
         if registered is not None:
             con.unregister_filesystem(registered)
         if con is not database:
             con.close()
+
+
+def _connect(path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+    """Open the database file at ``path`` for one bounded-memory write.
+
+    The buffer cache is capped (:data:`DUCKDB_MEMORY_LIMIT`) and new row groups hold
+    :data:`DUCKDB_ROW_GROUP_SIZE` rows: DuckDB keeps a transaction's rows in memory
+    until a row group fills, so smaller groups are written out sooner.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        con.execute("SET enable_progress_bar = false")
+        con.execute("SET write_buffer_row_group_count = 1")
+        target = os.fspath(path).replace("'", "''")
+        con.execute(f"ATTACH '{target}' AS bf_target (ROW_GROUP_SIZE {DUCKDB_ROW_GROUP_SIZE})")
+        con.execute("USE bf_target")
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 def _begin(con: duckdb.DuckDBPyConnection) -> bool:
@@ -270,14 +297,16 @@ def _upsert_all(
                     raise ResultsError(msg) from exc
         # Old rows stay unless a new row has their key; an ok row also removes its id
         # from the failed table.
-        old = f"SELECT {names} FROM {_q(name)} WHERE {key} NOT IN (SELECT {key} FROM {new})"
-        if name == failed_t:
-            old += f" AND custom_id NOT IN (SELECT custom_id FROM {_q(stage[ok_t])})"
-        con.execute(f"INSERT INTO {new} BY NAME {old}")
+        if con.execute(f"SELECT EXISTS (SELECT 1 FROM {_q(name)})").fetchone() == (True,):
+            old = f"SELECT {names} FROM {_q(name)} WHERE {key} NOT IN (SELECT {key} FROM {new})"
+            if name == failed_t:
+                old += f" AND custom_id NOT IN (SELECT custom_id FROM {_q(stage[ok_t])})"
+            con.execute(f"INSERT INTO {new} BY NAME {old}")
     for name, _ in parts:
         indexes = con.execute(
             "SELECT sql FROM duckdb_indexes() WHERE table_name = ? "
-            "AND schema_name = current_schema() AND sql IS NOT NULL",
+            "AND schema_name = current_schema() AND database_name = current_database() "
+            "AND sql IS NOT NULL",
             [name],
         ).fetchall()
         con.execute(f"DROP TABLE {_q(name)}")
@@ -315,7 +344,8 @@ def _ensure_table(
     """Create ``name`` if missing; else check it has the same columns and types."""
     cols = ", ".join(f"{_q(c)} {duckdb_type(t)}" for c, t in schema.items())
     exists = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()",
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema() "
+        "AND database_name = current_database()",
         [name],
     ).fetchone()
     if not exists or not exists[0]:
