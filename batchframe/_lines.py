@@ -133,8 +133,8 @@ def cut_body(line: pl.Expr) -> dict[str, pl.Expr]:
     ``"body":`` cannot occur inside a JSON string (its quotes would be escaped), so the
     first one in a qualifying line is the key the pattern ends with.
 
-    All offsets are in bytes (``str.find`` counts bytes): the cut works on the line as
-    ``Binary``, where slicing a string view is a new view of the same bytes.
+    All offsets are in bytes (``str.find`` counts bytes): the cut slices the line as
+    ``Binary``, so no line is scanned to count characters.
     """
     raw = line.cast(pl.Binary)
     key_end = line.str.find(_BODY_KEY, literal=True) + len(_BODY_KEY)
