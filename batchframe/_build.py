@@ -6,7 +6,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
@@ -35,6 +35,8 @@ from batchframe.exceptions import (
 )
 
 CHUNK_ROWS = 100_000
+#: The first rows of the input, counted exactly to calibrate the estimate ("auto").
+CALIBRATION_ROWS = 2_048
 
 
 def _check_columns(template: Template, id_expr: pl.Expr | None, names: list[str]) -> None:
@@ -88,6 +90,7 @@ def _encode_chunk(
     counter: _tokens.Counter,
     const_tokens: int,
     escape_ids: bool,
+    ratios: tuple[float | None, ...] = (),
 ) -> pl.DataFrame:
     """Encode one slice of rows: each row's JSONL line (or, without ids, its body)."""
     n = chunk.height
@@ -105,7 +108,11 @@ def _encode_chunk(
         if leaf.path != "model":
             text = _text_parts(s)
             if text is not None:
-                tokens = tokens + counter(text.cast(pl.String))
+                counted = counter(text.cast(pl.String))
+                ratio = ratios[i] if ratios else None
+                if ratio is not None:
+                    counted = (counted * ratio).round().cast(pl.Int64)
+                tokens = tokens + counted
     parts = _body_parts(template, encoded)
     if "model" in evaluated:
         models = evaluated["model"]
@@ -265,6 +272,8 @@ def build_requests(
     if const:
         const_counter = _tokens.const_counter(resolved, model_name)
         const_tokens += int(const_counter(pl.Series(const, dtype=pl.String)).sum())
+    # "auto" with bpe-openai: the estimate, scaled per leaf by exact counts of a sample.
+    calibrate = tokenizer == "auto" and _tokens.has_exact()
     builder = Builder(
         endpoint=endpoint,
         template=template,
@@ -272,12 +281,14 @@ def build_requests(
         id_expr=id_expr,
         counter=counter,
         const_tokens=const_tokens,
+        calibrate_with=_tokens.exact_counter(model_name) if calibrate else None,
     )
+    label = "exact" if counter is not _tokens.estimate_tokens else "estimate"
     options: dict[str, Any] = {
         "endpoint": endpoint,
         "json_schema": json_schema,
         "response_model": response_model,
-        "tokenizer": "exact" if counter is not _tokens.estimate_tokens else "estimate",
+        "tokenizer": "calibrated" if calibrate else label,
     }
     if source.streamed:
         from batchframe._stream import StreamedInput
@@ -300,6 +311,29 @@ class Builder:
     id_expr: pl.Expr | None
     counter: _tokens.Counter
     const_tokens: int
+    #: Counts a sample exactly to scale ``counter`` by (``"auto"``), until calibrated.
+    calibrate_with: _tokens.Counter | None = None
+    #: Per template leaf: exact / estimated tokens over the sample (None: unscaled).
+    ratios: tuple[float | None, ...] = ()
+
+    def calibrated(self, head: pl.DataFrame) -> Builder:
+        """A copy whose estimate is scaled per leaf by exact counts of ``head``.
+
+        ``head`` must be the input's first :data:`CALIBRATION_ROWS` rows (evaluated), the
+        same for any chunking, so streamed and in-memory builds count alike.
+        """
+        if self.calibrate_with is None:
+            return self
+        ratios: list[float | None] = []
+        for i, leaf in enumerate(self.template.leaves):
+            text = _text_parts(head[f"__leaf{i}"]) if leaf.path != "model" else None
+            estimated = int(self.counter(text.cast(pl.String)).sum()) if text is not None else 0
+            if text is None or not estimated:
+                ratios.append(None)
+                continue
+            exact = int(self.calibrate_with(text.cast(pl.String)).sum())
+            ratios.append(exact / estimated)
+        return replace(self, calibrate_with=None, ratios=tuple(ratios))
 
     @property
     def selects(self) -> list[pl.Expr]:
@@ -330,6 +364,7 @@ class Builder:
             self.counter,
             self.const_tokens,
             escape,
+            self.ratios,
         )
 
     def with_content_ids(self, out: pl.DataFrame, content: ContentIds) -> pl.DataFrame:
@@ -340,7 +375,8 @@ class Builder:
     def build_all(self, lf: pl.LazyFrame) -> tuple[pl.Series, pl.DataFrame]:
         """Lines and per-row facts of a whole in-memory table (chunks on every core)."""
         evaluated = lf.select(self.selects).collect()
-        if self.id_expr is not None:
+        b = self.calibrated(evaluated.head(CALIBRATION_ROWS))
+        if b.id_expr is not None:
             raw = evaluated["__cid"]
             chunk_ids(raw)  # nulls, types and empty ids first, as a chunk would
             check_unique(raw)  # cheaper on integers than on their text
@@ -349,10 +385,10 @@ class Builder:
             for o in range(0, max(evaluated.height, 1), CHUNK_ROWS)
         ]
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            parts = list(pool.map(lambda c: self.encode(*c), chunks))
+            parts = list(pool.map(lambda c: b.encode(*c), chunks))
         out = pl.concat(parts, rechunk=False)
-        if self.id_expr is None:
-            out = self.with_content_ids(out, ContentIds())
+        if b.id_expr is None:
+            out = b.with_content_ids(out, ContentIds())
         meta = out.select(list(META_SCHEMA)).cast(META_SCHEMA)  # type: ignore[arg-type]
         return out["line"], meta
 

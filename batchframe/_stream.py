@@ -16,6 +16,7 @@ asking for them again costs nothing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import polars as pl
 
+from batchframe._build import CALIBRATION_ROWS
 from batchframe._config import BatchLimits
 from batchframe._ids import ContentIds, DuplicateFinder
 from batchframe._plan import Segment, Shard, ShardPlanner
@@ -198,9 +200,21 @@ class StreamedInput:
     def _built(self, dups: DuplicateFinder | None) -> Iterator[pl.DataFrame]:
         b = self.builder
 
+        chunks = self.source.batches(b.selects, CHUNK_ROWS)
+        # Calibrate the token estimate on the input's first rows (the same rows however
+        # the input is chunked), before any chunk is built.
+        head: list[pl.DataFrame] = []
+        if b.calibrate_with is not None:
+            for chunk in chunks:
+                head.append(chunk)
+                if sum(c.height for c in head) >= CALIBRATION_ROWS:
+                    break
+            if head:
+                b = self.builder = b.calibrated(pl.concat(head).head(CALIBRATION_ROWS))
+
         def batches() -> Generator[tuple[pl.DataFrame, int], None, None]:
             offset = 0
-            for chunk in self.source.batches(b.selects, CHUNK_ROWS):
+            for chunk in itertools.chain(head, chunks):
                 yield chunk, offset
                 offset += chunk.height
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import batchframe as bf
-from batchframe import _stream
+from batchframe import _build, _stream
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=80)
 
@@ -44,6 +44,9 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     def set_rows(n: int) -> None:
         monkeypatch.setattr(_stream, "CHUNK_ROWS", n)
+        # Calibrate "auto" token counts on the first 9 rows, so chunks come after it.
+        monkeypatch.setattr(_stream, "CALIBRATION_ROWS", 9)
+        monkeypatch.setattr(_build, "CALIBRATION_ROWS", 9)
 
     return set_rows
 
@@ -61,9 +64,19 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> Any:
     max_bytes=st.integers(400, 3_000),
     max_tokens=st.one_of(st.none(), st.integers(60, 400)),
     ids=st.sampled_from(["int", "text", "content"]),
+    tokenizer=st.sampled_from(["estimate", "auto"]),
 )
 def test_streamed_and_in_memory_builds_write_identical_shards(
-    tmp_path_factory, small_chunks, rows, chunk, batch, max_requests, max_bytes, max_tokens, ids
+    tmp_path_factory,
+    small_chunks,
+    rows,
+    chunk,
+    batch,
+    max_requests,
+    max_bytes,
+    max_tokens,
+    ids,
+    tokenizer,
 ):
     small_chunks(chunk)
     df = pl.DataFrame(
@@ -86,7 +99,7 @@ def test_streamed_and_in_memory_builds_write_identical_shards(
             endpoint="/v1/chat/completions",
             body=body,
             custom_id=custom_id,
-            tokenizer="estimate",
+            tokenizer=tokenizer,  # "auto": calibrated on the first rows, alike in both
         )
 
     memory = build(df)

@@ -263,7 +263,7 @@ def test_modes() -> None:
             _tokens.const_counter(bad, None)
 
 
-def test_auto_estimates_rows_and_counts_the_constant_text_exactly() -> None:
+def test_auto_calibrates_rows_and_counts_the_constant_text_exactly() -> None:
     system = "You label customer reviews: answer positive, negative or neutral, in lowercase."
     texts = ["The delivery was late, but the food was great!", "Terrible. Would not buy again."]
     df = pl.DataFrame({"id": [1, 2], "text": texts})
@@ -275,7 +275,7 @@ def test_auto_estimates_rows_and_counts_the_constant_text_exactly() -> None:
         for t in ("auto", "estimate", "exact")
     }
     assert {t: r.tokenizer for t, r in built.items()} == {
-        "auto": "estimate",
+        "auto": "calibrated",
         "estimate": "estimate",
         "exact": "exact",
     }
@@ -285,6 +285,11 @@ def test_auto_estimates_rows_and_counts_the_constant_text_exactly() -> None:
     const = ["system", system, "user"]  # the template's constant strings: roles and prompt
     exact_const = sum(len(enc.encode_ordinary(t)) for t in const)
     auto = built["auto"].frame["est_tokens"].to_list()
-    assert auto == [overhead + exact_const + r for r in rows]
+    # The rows' estimates are scaled by exact / estimated tokens over the first rows (here:
+    # all of them), so their sum is the exact count up to rounding.
+    exact_rows = [len(enc.encode_ordinary(t)) for t in texts]
+    ratio = sum(exact_rows) / sum(rows)
+    assert auto == [overhead + exact_const + round(r * ratio) for r in rows]
+    assert abs(sum(a - overhead - exact_const for a in auto) - sum(exact_rows)) <= 1
     estimate = built["estimate"].frame["est_tokens"].to_list()
     assert estimate == [overhead + sum(map(_tokens._estimate_one, const)) + r for r in rows]
