@@ -274,6 +274,8 @@ def build_requests(
         const_tokens += int(const_counter(pl.Series(const, dtype=pl.String)).sum())
     # "auto" with bpe-openai: the estimate, scaled per leaf by exact counts of a sample.
     calibrate = tokenizer == "auto" and _tokens.has_exact()
+    if calibrate:
+        counter = _tokens.quick_estimate_tokens
     builder = Builder(
         endpoint=endpoint,
         template=template,
@@ -283,7 +285,7 @@ def build_requests(
         const_tokens=const_tokens,
         calibrate_with=_tokens.exact_counter(model_name) if calibrate else None,
     )
-    label = "exact" if counter is not _tokens.estimate_tokens else "estimate"
+    label = "exact" if tokenizer == "exact" else "estimate"
     options: dict[str, Any] = {
         "endpoint": endpoint,
         "json_schema": json_schema,

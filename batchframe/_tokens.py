@@ -132,6 +132,26 @@ def estimate_tokens(texts: pl.Series) -> pl.Series:
     return ((thousandths + 999) // 1000).alias("est_tokens")
 
 
+def quick_estimate_tokens(texts: pl.Series) -> pl.Series:
+    """``ceil(0.201 chars + 0.374 (utf8_bytes - chars))`` per text: the base of ``"auto"``.
+
+    The two cheapest terms of :func:`estimate_tokens` (about a tenth of its cost, two
+    length kernels), for ``"auto"``, which scales it per template leaf by exact counts
+    of the input's first rows: the scale absorbs what the other terms would add.
+    """
+    t = pl.col("t")
+    c = t.str.len_chars().cast(pl.Int64)
+    extra = t.str.len_bytes().cast(pl.Int64) - c
+    out = (
+        texts.fill_null("")
+        .rename("t")
+        .to_frame()
+        .lazy()
+        .select(((_W_CHAR * c + _W_EXTRA_BYTE * extra + 999) // 1000).alias("est_tokens"))
+    )
+    return out.collect().to_series()
+
+
 def _estimate_one(text: str) -> int:
     return int(estimate_tokens(pl.Series([text], dtype=pl.String))[0])
 

@@ -282,14 +282,15 @@ def test_auto_calibrates_rows_and_counts_the_constant_text_exactly() -> None:
     enc = _tokens._encoding("o200k_base")
     overhead = _tokens.REQUEST_OVERHEAD + 2 * _tokens.MESSAGE_OVERHEAD
     rows = _tokens.estimate_tokens(pl.Series(texts)).to_list()
+    quick = _tokens.quick_estimate_tokens(pl.Series(texts)).to_list()  # what "auto" scales
     const = ["system", system, "user"]  # the template's constant strings: roles and prompt
     exact_const = sum(len(enc.encode_ordinary(t)) for t in const)
     auto = built["auto"].frame["est_tokens"].to_list()
     # The rows' estimates are scaled by exact / estimated tokens over the first rows (here:
     # all of them), so their sum is the exact count up to rounding.
     exact_rows = [len(enc.encode_ordinary(t)) for t in texts]
-    ratio = sum(exact_rows) / sum(rows)
-    assert auto == [overhead + exact_const + round(r * ratio) for r in rows]
+    ratio = sum(exact_rows) / sum(quick)
+    assert auto == [overhead + exact_const + round(r * ratio) for r in quick]
     assert abs(sum(a - overhead - exact_const for a in auto) - sum(exact_rows)) <= 1
     estimate = built["estimate"].frame["est_tokens"].to_list()
     assert estimate == [overhead + sum(map(_tokens._estimate_one, const)) + r for r in rows]
