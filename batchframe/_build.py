@@ -6,13 +6,14 @@ import difflib
 import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from batchframe import _tokens
+from batchframe import _calibrate, _tokens
 from batchframe._bodies import check_endpoint
+from batchframe._calibrate import Ratios, block_range, blocks_before, leaf_ratios, scale
 from batchframe._config import BatchLimits
 from batchframe._encode import (
     Encoded,
@@ -35,8 +36,6 @@ from batchframe.exceptions import (
 )
 
 CHUNK_ROWS = 100_000
-#: The first rows of the input, counted exactly to calibrate the estimate ("auto").
-CALIBRATION_ROWS = 2_048
 
 
 def _check_columns(template: Template, id_expr: pl.Expr | None, names: list[str]) -> None:
@@ -90,7 +89,7 @@ def _encode_chunk(
     counter: _tokens.Counter,
     const_tokens: int,
     escape_ids: bool,
-    ratios: tuple[float | None, ...] = (),
+    ratios: Ratios,
 ) -> pl.DataFrame:
     """Encode one slice of rows: each row's JSONL line (or, without ids, its body)."""
     n = chunk.height
@@ -109,10 +108,7 @@ def _encode_chunk(
             text = _text_parts(s)
             if text is not None:
                 counted = counter(text.cast(pl.String))
-                ratio = ratios[i] if ratios else None
-                if ratio is not None:
-                    counted = (counted * ratio).round().cast(pl.Int64)
-                tokens = tokens + counted
+                tokens = tokens + scale(counted, i, offset, ratios, _calibrate.CALIBRATION_ROWS)
     parts = _body_parts(template, encoded)
     if "model" in evaluated:
         models = evaluated["model"]
@@ -313,29 +309,29 @@ class Builder:
     id_expr: pl.Expr | None
     counter: _tokens.Counter
     const_tokens: int
-    #: Counts a sample exactly to scale ``counter`` by (``"auto"``), until calibrated.
+    #: Counts samples exactly to scale ``counter`` by (``"auto"``; see _calibrate).
     calibrate_with: _tokens.Counter | None = None
-    #: Per template leaf: exact / estimated tokens over the sample (None: unscaled).
-    ratios: tuple[float | None, ...] = ()
 
-    def calibrated(self, head: pl.DataFrame) -> Builder:
-        """A copy whose estimate is scaled per leaf by exact counts of ``head``.
+    def ratios_for(self, sample: pl.DataFrame) -> tuple[float | None, ...]:
+        """Per leaf: exact / estimated tokens over ``sample`` (evaluated rows)."""
+        assert self.calibrate_with is not None
+        texts = [
+            None
+            if leaf.path == "model" or (t := _text_parts(sample[f"__leaf{i}"])) is None
+            else t.cast(pl.String)
+            for i, leaf in enumerate(self.template.leaves)
+        ]
+        return leaf_ratios(texts, self.counter, self.calibrate_with)
 
-        ``head`` must be the input's first :data:`CALIBRATION_ROWS` rows (evaluated), the
-        same for any chunking, so streamed and in-memory builds count alike.
-        """
+    def all_ratios(self, evaluated: pl.DataFrame) -> Ratios:
+        """The ratios of every sample block of a whole evaluated table (``{}``: none)."""
         if self.calibrate_with is None:
-            return self
-        ratios: list[float | None] = []
-        for i, leaf in enumerate(self.template.leaves):
-            text = _text_parts(head[f"__leaf{i}"]) if leaf.path != "model" else None
-            estimated = int(self.counter(text.cast(pl.String)).sum()) if text is not None else 0
-            if text is None or not estimated:
-                ratios.append(None)
-                continue
-            exact = int(self.calibrate_with(text.cast(pl.String)).sum())
-            ratios.append(exact / estimated)
-        return replace(self, calibrate_with=None, ratios=tuple(ratios))
+            return {}
+        out: Ratios = {}
+        for block in blocks_before(evaluated.height, _calibrate.CALIBRATION_ROWS):
+            start, stop = block_range(block, _calibrate.CALIBRATION_ROWS)
+            out[block] = self.ratios_for(evaluated.slice(start, stop - start))
+        return out
 
     @property
     def selects(self) -> list[pl.Expr]:
@@ -345,10 +341,13 @@ class Builder:
             out.append(self.id_expr.alias("__cid"))
         return out or [pl.len().alias("__n")]
 
-    def encode(self, chunk: pl.DataFrame, offset: int) -> pl.DataFrame:
+    def encode(
+        self, chunk: pl.DataFrame, offset: int, ratios: Ratios | None = None
+    ) -> pl.DataFrame:
         """Lines (or, without ids, bodies) and per-row facts of one chunk of evaluated rows.
 
-        ``offset`` is the position of the chunk's first row in the whole input.
+        ``offset`` is the position of the chunk's first row in the whole input;
+        ``ratios`` (``"auto"``) scale the token estimate of the blocks the chunk spans.
         """
         escape = False
         if "__cid" in chunk.columns:
@@ -366,7 +365,7 @@ class Builder:
             self.counter,
             self.const_tokens,
             escape,
-            self.ratios,
+            ratios or {},
         )
 
     def with_content_ids(self, out: pl.DataFrame, content: ContentIds) -> pl.DataFrame:
@@ -377,20 +376,19 @@ class Builder:
     def build_all(self, lf: pl.LazyFrame) -> tuple[pl.Series, pl.DataFrame]:
         """Lines and per-row facts of a whole in-memory table (chunks on every core)."""
         evaluated = lf.select(self.selects).collect()
-        b = self.calibrated(evaluated.head(CALIBRATION_ROWS))
-        if b.id_expr is not None:
+        ratios = self.all_ratios(evaluated)
+        if self.id_expr is not None:
             raw = evaluated["__cid"]
             chunk_ids(raw)  # nulls, types and empty ids first, as a chunk would
             check_unique(raw)  # cheaper on integers than on their text
-        chunks = [
-            (evaluated.slice(o, CHUNK_ROWS), o)
-            for o in range(0, max(evaluated.height, 1), CHUNK_ROWS)
-        ]
+        offsets = range(0, max(evaluated.height, 1), CHUNK_ROWS)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            parts = list(pool.map(lambda c: b.encode(*c), chunks))
+            parts = list(
+                pool.map(lambda o: self.encode(evaluated.slice(o, CHUNK_ROWS), o, ratios), offsets)
+            )
         out = pl.concat(parts, rechunk=False)
-        if b.id_expr is None:
-            out = b.with_content_ids(out, ContentIds())
+        if self.id_expr is None:
+            out = self.with_content_ids(out, ContentIds())
         meta = out.select(list(META_SCHEMA)).cast(META_SCHEMA)  # type: ignore[arg-type]
         return out["line"], meta
 

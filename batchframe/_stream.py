@@ -16,7 +16,6 @@ asking for them again costs nothing.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +25,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import polars as pl
 
-from batchframe._build import CALIBRATION_ROWS
+from batchframe import _calibrate
+from batchframe._calibrate import Ratios, block_range, blocks_before
 from batchframe._config import BatchLimits
 from batchframe._ids import ContentIds, DuplicateFinder
 from batchframe._plan import Segment, Shard, ShardPlanner
@@ -200,23 +200,46 @@ class StreamedInput:
     def _built(self, dups: DuplicateFinder | None) -> Iterator[pl.DataFrame]:
         b = self.builder
 
-        chunks = self.source.batches(b.selects, CHUNK_ROWS)
-        # Calibrate the token estimate on the input's first rows (the same rows however
-        # the input is chunked), before any chunk is built.
-        head: list[pl.DataFrame] = []
-        if b.calibrate_with is not None:
-            for chunk in chunks:
-                head.append(chunk)
-                if sum(c.height for c in head) >= CALIBRATION_ROWS:
-                    break
-            if head:
-                b = self.builder = b.calibrated(pl.concat(head).head(CALIBRATION_ROWS))
+        chunks = iter(self.source.batches(b.selects, CHUNK_ROWS))
 
-        def batches() -> Generator[tuple[pl.DataFrame, int], None, None]:
-            offset = 0
-            for chunk in itertools.chain(head, chunks):
-                yield chunk, offset
-                offset += chunk.height
+        def batches() -> Generator[tuple[pl.DataFrame, int, Ratios], None, None]:
+            """Chunks in order, each with the calibration ratios of the rows it holds.
+
+            With ``"auto"`` token counts, a chunk waits until every sample block its rows
+            are scaled by has been read (at most CALIBRATION_ROWS rows past its end).
+            """
+            size = _calibrate.CALIBRATION_ROWS
+            ratios: Ratios = {}
+            held: list[pl.DataFrame] = []  # read, not yet handed on; held[0] starts at `start`
+            start = 0
+            more = True
+
+            def read_to(row: int) -> None:
+                nonlocal more
+                while more and start + sum(c.height for c in held) < row:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        more = False
+                    else:
+                        held.append(chunk)
+
+            while True:
+                read_to(start + 1)
+                if not held:
+                    return
+                chunk = held.pop(0)
+                end = start + chunk.height
+                if b.calibrate_with is not None:
+                    held.insert(0, chunk)
+                    for block in blocks_before(end, size):
+                        if block not in ratios:
+                            lo, hi = block_range(block, size)
+                            read_to(hi)
+                            rows = pl.concat(held).slice(lo - start, hi - lo)
+                            ratios[block] = b.ratios_for(rows)
+                    held.pop(0)
+                yield chunk, start, dict(ratios)
+                start = end
 
         content = ContentIds() if b.id_expr is None else None
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="batchframe-build") as pool:
@@ -227,11 +250,11 @@ class StreamedInput:
                 while True:
                     while not done and len(pending) < _WINDOW:
                         try:
-                            chunk, offset = next(it)
+                            chunk, offset, ratios = next(it)
                         except StopIteration:
                             done = True
                             break
-                        pending.append(pool.submit(b.encode, chunk, offset))
+                        pending.append(pool.submit(b.encode, chunk, offset, ratios))
                     if not pending:
                         break
                     out = pending.pop(0).result()
@@ -241,7 +264,10 @@ class StreamedInput:
                         dups.add(out["custom_id"])
                     yield out
             finally:
-                it.close()  # stop reading (and remove temporary files) at once
+                it.close()
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # stop reading the input at once
                 for fut in pending:
                     fut.cancel()
 

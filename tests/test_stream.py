@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import batchframe as bf
-from batchframe import _build, _stream
+from batchframe import _calibrate, _stream
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=80)
 
@@ -44,9 +44,9 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     def set_rows(n: int) -> None:
         monkeypatch.setattr(_stream, "CHUNK_ROWS", n)
-        # Calibrate "auto" token counts on the first 9 rows, so chunks come after it.
-        monkeypatch.setattr(_stream, "CALIBRATION_ROWS", 9)
-        monkeypatch.setattr(_build, "CALIBRATION_ROWS", 9)
+        # "auto" token counts: sample blocks of 9 rows at rows 0, 9, 18, 36: chunks and
+        # blocks cross in every way.
+        monkeypatch.setattr(_calibrate, "CALIBRATION_ROWS", 9)
 
     return set_rows
 
