@@ -94,9 +94,10 @@ def _check_dataset(root: Path, n_requests: int, key: list[str]) -> bf.BatchResul
     assert results.failed["custom_id"].is_unique().all()
     # SQL engines read the folder as is.
     glob = str(root / "results" / "ok" / "*.parquet")
-    (n, distinct) = duckdb.execute(
-        f"SELECT count(*), count(DISTINCT custom_id) FROM read_parquet('{glob}')"
-    ).fetchone() or (0, 0)
+    with duckdb.connect() as con:  # not the module's default connection: others use it
+        (n, distinct) = con.execute(
+            f"SELECT count(*), count(DISTINCT custom_id) FROM read_parquet('{glob}')"
+        ).fetchall()[0]
     assert n == results.ok.height and distinct == len(ok_ids)
     return results
 
@@ -229,9 +230,10 @@ def test_embeddings_one_row_per_vector_and_one_width(tmp_path: Path) -> None:
     for p in _files(root, "ok"):
         assert pl.read_parquet_schema(p)["embedding"] == pl.Array(pl.Float32, width)
     glob = str(root / "results" / "ok" / "*.parquet")
-    (dtype,) = duckdb.execute(
-        f"SELECT typeof(embedding) FROM read_parquet('{glob}') LIMIT 1"
-    ).fetchone() or ("",)
+    with duckdb.connect() as con:
+        (dtype,) = con.execute(
+            f"SELECT typeof(embedding) FROM read_parquet('{glob}') LIMIT 1"
+        ).fetchall()[0]
     assert dtype == "FLOAT[]"  # Parquet has no fixed-size list; Arrow readers get the width
     db = str(tmp_path / "e.duckdb")
     bf.results_to_duckdb(str(root), db, table="docs")
@@ -370,10 +372,11 @@ def test_driver_memory_does_not_grow_with_the_job(tmp_path: Path) -> None:
                 ],
                 capture_output=True,
                 text=True,
-                check=True,
+                check=False,
                 timeout=120,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
             )
+            assert out.returncode == 0, out.stderr[-2000:]
             peaks[n] = json.loads(out.stdout.strip().splitlines()[-1])
             with duckdb.connect(str(tmp_path / f"{n}.duckdb"), read_only=True) as con:
                 assert con.execute("SELECT count(*) FROM t").fetchone() == (n,)
@@ -382,4 +385,4 @@ def test_driver_memory_does_not_grow_with_the_job(tmp_path: Path) -> None:
     # at 100k rows and grew ~1.7 GB per million rows (+150 MB here); streaming stays at
     # about one shard (~220 MB over the imports, +40 to +90 MB here: allocator noise).
     assert large["peak"] - small["peak"] < 150, peaks
-    assert large["peak"] - large["start"] < 330, peaks
+    assert large["peak"] - large["start"] < 360, peaks
