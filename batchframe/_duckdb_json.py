@@ -331,6 +331,9 @@ def _cursor() -> duckdb.DuckDBPyConnection:
 #: Bytes of lines per Arrow record batch: DuckDB scans batches in parallel, so a
 #: shard must give it several.
 _BATCH_BYTES = 4 * 2**20
+#: Batches per core at least (where there are rows enough): a 4 MB piece of a file, as a
+#: job parses it, would otherwise be one batch on one core.
+_BATCHES_PER_CORE = 2
 
 
 def _batches(frame: pl.DataFrame) -> pa.Table:
@@ -338,7 +341,8 @@ def _batches(frame: pl.DataFrame) -> pa.Table:
     table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
     text = "line" if "line" in frame.columns else "_span"
     n_bytes = int(frame[text].str.len_bytes().sum() or 0)
-    rows = max(16, min(8192, len(frame) * _BATCH_BYTES // max(n_bytes, 1)))
+    spread = -(-len(frame) // (_BATCHES_PER_CORE * (os.cpu_count() or 1)))
+    rows = max(16, min(8192, spread, len(frame) * _BATCH_BYTES // max(n_bytes, 1)))
     return pa.Table.from_batches(table.to_batches(max_chunksize=rows), schema=table.schema)
 
 
