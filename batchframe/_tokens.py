@@ -15,14 +15,15 @@ errs slightly high is safer than one that errs low.
   from the ``bpe-openai`` package, which ships the encodings inside its wheel
   (``pip install "batchframe[tokens]"``). Nothing is downloaded, ever. About 50 MB/s of
   text on one core, holding the GIL: 10-20x slower than the whole rest of a build.
-* ``"auto"`` (default): the estimate for each row's text, but the template's constant
-  text (a fixed system prompt, the same in every request) counted exactly when
-  ``bpe-openai`` is installed (see :func:`const_counter`; loading ``bpe-openai`` costs
-  ~0.7 s once per process).
+* ``"auto"`` (default): with ``bpe-openai`` installed, :func:`quick_estimate_tokens`
+  scaled per template leaf by exact counts of sample blocks of rows (see
+  :mod:`batchframe._calibrate`; +0.1 % of exact on the benchmark), and the template's
+  constant text counted exactly (see :func:`const_counter`; loading ``bpe-openai`` costs
+  ~0.7 s once per process); without it, the estimate.
 
 Every counter is a pure function of each text: a text's count never depends on the other
 texts of a call or on call order, so a build cut into chunks anywhere gets the same
-counts as one in a single piece.
+counts as one in a single piece (``"auto"``'s scale depends on row positions only).
 
 Tokens are counted over the text the model reads: every string in the body except the
 ``model`` name, plus a fixed overhead of 3 tokens per request and 4 per chat message
