@@ -41,6 +41,7 @@ from batchframe._publish import (
     cache_tag,
     finalize_outcome,
     map_bounded,
+    publish,
     publish_outcome,
 )
 from batchframe._retry import (
@@ -439,6 +440,14 @@ class JobEngine:
                 _log.warning("could not publish the results of %s: %s", r.key, exc)
             del outcome, final
             self._save()
+        if plain and all(r.is_settled for r in self._m.records):
+            # The job just settled: check every published file against the manifest once
+            # (rewriting any made before a retry was added, or lost), so that the folders
+            # hold exactly the job's rows when wait() returns.
+            try:
+                publish(self._storage, self._m, executor=self._executor, partial=False)
+            except Exception as exc:  # readers check again
+                _log.warning("could not check the published results: %s", exc)
 
     def _write_child(self, r: ShardAttempt, retry: set[str]) -> None:
         """Write the retryable rows of ``r`` as attempt ``r.attempt + 1`` and record it."""

@@ -386,3 +386,41 @@ def test_driver_memory_does_not_grow_with_the_job(tmp_path: Path) -> None:
     # about one shard (~220 MB over the imports, +40 to +90 MB here: allocator noise).
     assert large["peak"] - small["peak"] < 150, peaks
     assert large["peak"] - large["start"] < 360, peaks
+
+
+def test_a_retry_added_after_settling_republishes_the_parent(tmp_path: Path) -> None:
+    """More attempts for rows of a settled attempt (what a `retry()` does) move them.
+
+    There is no public `retry()` yet, so the test adds the child attempt the way the job
+    does when it settles an attempt; the parent's published failures must then lose
+    the retried rows, or a row would be in two files.
+    """
+    root = tmp_path / "job"
+    with bf.LocalBatchServer(failure_rate=0.3, seed=49) as server:
+        _run(server, _chat(40), root, max_attempts=1)
+        before = bf.read_results(str(root))
+        assert before.failed["retryable"].any()
+        with bf.BatchJob.open(str(root), client=server.client()) as job:
+            job.configure(max_attempts=2)
+            parent = next(r for r in job._m.records if r.n_final_failed)
+            retry = set(
+                before.failed.filter(pl.col("retryable") & (pl.col("batch_id") == parent.batch_id))[
+                    "custom_id"
+                ]
+            )
+            job._write_child(parent, retry)
+            parent.n_retried = len(retry)
+            parent.n_final_failed = (parent.n_final_failed or 0) - len(retry)
+            job._save()
+            job.wait(poll_interval=POLL)
+    # Republished when the job settled again, before any reader came.
+    failed = (
+        pl.read_parquet(root / part_path("failed", parent.key))
+        if (root / part_path("failed", parent.key)).exists()
+        else pl.DataFrame({"custom_id": []}, schema={"custom_id": pl.String})
+    )
+    assert not set(failed["custom_id"]) & retry
+    results = _check_dataset(root, 40, ["custom_id"])
+    assert retry <= set(results.ok["custom_id"]) | set(
+        results.failed.filter(pl.col("attempts") == 2)["custom_id"]
+    )
