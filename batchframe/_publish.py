@@ -24,8 +24,9 @@ When it is published: the job writes an attempt's two files as it settles the at
 (``wait()``/``refresh()``), before the manifest records the settlement. A crash between
 the two leaves files that the next ``wait()`` writes again from the same inputs with the
 same rows. Each file's Parquet metadata carries ``batchframe.source``: the attempt's
-settle time, a digest of the schemas, and the retry child's sha256. Readers
-(``read_results``, ``scan_results``, ``results_to_duckdb``, ``collect``) check it and
+settle time, a digest of the schemas, and the retry child's sha256. The job (once it
+settles) and readers (``read_results``, ``scan_results``, ``results_to_duckdb``,
+``collect``) check it and
 rewrite a file that is missing or was made for another settlement, another schema, or
 before a retry was added, and delete files of a settled job that belong to no
 attempt, so a settled job's folders always end up holding exactly its rows. Jobs made
