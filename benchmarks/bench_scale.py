@@ -20,7 +20,7 @@ process, then per size
 1. a setup process builds ``n`` short chat requests and creates the job (no network);
 2. a *driver* process opens the job and runs ``job.wait()`` + ``job.to_duckdb(...)``
    (``collect().to_duckdb(...)`` on versions without ``BatchJob.to_duckdb``), and reports
-   its own peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) and its RSS after imports.
+   its own peak RSS (``VmHWM``, see ``_peak_mb``) and its RSS after imports.
 
 One JSON line is printed per case, and one with the slope of the driver's peak RSS per
 million rows (least squares over the sizes). Targets (issue 10): at most 100 MB per
