@@ -185,6 +185,22 @@ def _slope(points: list[tuple[int, float]]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
 
 
+def _summary(
+    part: str, what: str, sizes: list[int], points: list[tuple[int, float]], **extra: Any
+) -> None:
+    """Print the JSON line that closes a part: peaks per size and their slope."""
+    slope = _slope(points)
+    line = {
+        "part": part,
+        "summary": what,
+        "sizes": sizes,
+        "peak_mb": [p for _, p in points],
+        "slope_mb_per_million": None if slope is None else round(slope, 1),
+        **extra,
+    }
+    print(json.dumps(line), flush=True)
+
+
 def run_results(sizes: list[int]) -> None:
     """Every size of the results half against one ``batchframe serve`` process."""
     proc, base_url = _serve()
@@ -196,19 +212,7 @@ def run_results(sizes: list[int]) -> None:
                 case["load"] = os.getloadavg()[0]
                 print(json.dumps(case), flush=True)
                 points.append((n, case["peak_mb"]))
-            slope = _slope(points)
-            print(
-                json.dumps(
-                    {
-                        "part": "results",
-                        "summary": "driver peak RSS",
-                        "sizes": sizes,
-                        "peak_mb": [p for _, p in points],
-                        "slope_mb_per_million": None if slope is None else round(slope, 1),
-                    }
-                ),
-                flush=True,
-            )
+            _summary("results", "driver peak RSS", sizes, points)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -302,19 +306,12 @@ def run_build(sizes: list[int], rounds: int) -> None:
                     statistics.median(c["mb_per_s"] for c in runs["memory"])
                 )
             source.unlink()
-        slope = _slope(points)
-        print(
-            json.dumps(
-                {
-                    "part": "build",
-                    "summary": "streamed build + write from pl.scan_parquet, peak RSS",
-                    "sizes": sizes,
-                    "peak_mb": [p for _, p in points],
-                    "slope_mb_per_million": None if slope is None else round(slope, 1),
-                    "stream_vs_memory_throughput": None if ratio is None else round(ratio, 3),
-                }
-            ),
-            flush=True,
+        _summary(
+            "build",
+            "streamed build + write from pl.scan_parquet, peak RSS",
+            sizes,
+            points,
+            stream_vs_memory_throughput=None if ratio is None else round(ratio, 3),
         )
 
 
