@@ -87,6 +87,10 @@ def run(
     JobTimeoutError
         ``timeout`` passed first (a ``TimeoutError``); call ``run`` again with the
         same arguments to resume.
+    ResultsTooLargeError
+        The job finished but its results exceed ``collect()``'s in-memory threshold:
+        read them with :func:`scan_results` or :func:`results_to_duckdb` (nothing is
+        lost; calling ``run`` again submits nothing).
     APIError
         The API refused a call or kept failing; the state is saved, call ``run``
         again to resume.
