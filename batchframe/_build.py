@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from batchframe._structured import normalize
 from batchframe.exceptions import (
     ColumnNotFoundError,
     CustomIdError,
+    EvaluationError,
     StreamingNotSupportedError,
     TemplateError,
 )
@@ -103,7 +105,15 @@ def _encode_chunk(
             rows = first_rows(s.fill_null(False), offset)
             msg = f'`"stream": true` on row(s) {rows}; the Batch API cannot stream, drop `stream`'
             raise StreamingNotSupportedError(msg, rows=rows, column="stream")
-        encoded.append(encode_leaf(s, leaf.path, offset))
+        try:
+            encoded.append(encode_leaf(s, leaf.path, offset))
+        except pl.exceptions.PolarsError as exc:
+            msg = (
+                f"template leaf `{leaf.path}` holds {s.dtype} values, which cannot be written "
+                f"as JSON ({exc}); turn them into text or numbers in the expression first, "
+                "e.g. `.dt.total_seconds()` for durations"
+            )
+            raise TemplateError(msg, column=leaf.path) from exc
         if leaf.path != "model":
             text = _text_parts(s)
             if text is not None:
@@ -375,7 +385,8 @@ class Builder:
 
     def build_all(self, lf: pl.LazyFrame) -> tuple[pl.Series, pl.DataFrame]:
         """Lines and per-row facts of a whole in-memory table (chunks on every core)."""
-        evaluated = lf.select(self.selects).collect()
+        with evaluating(0):
+            evaluated = lf.select(self.selects).collect()
         ratios = self.all_ratios(evaluated)
         if self.id_expr is not None:
             raw = evaluated["__cid"]
@@ -391,6 +402,24 @@ class Builder:
             out = self.with_content_ids(out, ContentIds())
         meta = out.select(list(META_SCHEMA)).cast(META_SCHEMA)  # type: ignore[arg-type]
         return out["line"], meta
+
+
+@contextmanager
+def evaluating(offset: int) -> Iterator[None]:
+    """Turn Polars' errors on the input or the template into :class:`EvaluationError`.
+
+    The original error is chained; ``offset`` says where in the input it happened.
+    """
+    try:
+        yield
+    except pl.exceptions.PolarsError as exc:
+        where = f" (in the rows from {offset:,} on)" if offset else ""
+        msg = (
+            f"the input could not be read, or the body template and `custom_id` evaluated on "
+            f"it{where}: {type(exc).__name__}: {exc}. Check the columns' types against the "
+            "template's expressions (e.g. cast them first)"
+        )
+        raise EvaluationError(msg) from exc
 
 
 def _ids_need_escaping(ids: pl.Series) -> bool:

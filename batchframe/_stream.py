@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 import polars as pl
 
 from batchframe import _calibrate
+from batchframe._build import evaluating
 from batchframe._calibrate import Ratios, block_range, blocks_before
 from batchframe._config import BatchLimits
 from batchframe._ids import ContentIds, DuplicateFinder
@@ -217,7 +218,8 @@ class StreamedInput:
             def read_to(row: int) -> None:
                 nonlocal more
                 while more and start + sum(c.height for c in held) < row:
-                    chunk = next(chunks, None)
+                    with evaluating(start + sum(c.height for c in held)):
+                        chunk = next(chunks, None)
                     if chunk is None:
                         more = False
                     else:

@@ -108,6 +108,10 @@ class TemplateError(InputError):
     """The body template holds something that is not JSON (a set, NaN, a non-string key...)."""
 
 
+class EvaluationError(InputError):
+    """The input could not be read, or the template evaluated on it (Polars' error chained)."""
+
+
 class CustomIdError(InputError):
     """A ``custom_id`` is null, empty or otherwise unusable."""
 

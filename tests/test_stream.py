@@ -317,3 +317,32 @@ def test_a_streamed_embeddings_job_records_what_an_in_memory_one_does(tmp_path):
     assert [{k: v for k, v in r.items() if k not in strip} for r in streamed["records"]] == [
         {k: v for k, v in r.items() if k not in strip} for r in memory["records"]
     ]
+
+
+def test_polars_errors_on_the_input_become_batchframe_errors_naming_what_failed(tmp_path):
+    import datetime as dt
+
+    durations = pl.DataFrame({"id": [1, 2], "d": [dt.timedelta(seconds=1)] * 2})
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x"}],
+        "metadata": {"d": pl.col("d")},
+    }
+    for frame in (durations, durations.lazy()):
+        with pytest.raises(bf.TemplateError, match=r"`metadata\.d` holds Duration.*total_seconds"):
+            bf.build_requests(
+                frame, endpoint="/v1/chat/completions", body=body, custom_id="id"
+            ).plan()
+    words = pl.DataFrame({"id": [1, 2], "t": ["a", "b"]})
+    broken = words.lazy().with_columns(n=pl.col("t").cast(pl.Int64))  # fails when read
+    for frame, cid in ((broken, "n"), (words, pl.col("t").cast(pl.Int64))):
+        with pytest.raises(bf.EvaluationError, match=r"could not be read.*(Int64|i64)") as e:
+            bf.build_requests(
+                frame,
+                endpoint="/v1/chat/completions",
+                body=bf.chat_body("m", user=pl.col("t")),
+                custom_id=cid,
+            ).write(tmp_path / "out")
+        assert isinstance(e.value.__cause__, pl.exceptions.PolarsError)
+        assert isinstance(e.value, bf.InputError)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
