@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -99,9 +99,9 @@ class Source:
     kind: str = ""
     #: A reader can be read once; ``passes`` counts the passes started over it.
     one_shot: bool = False
-    passes: list[int] = field(default_factory=list)
+    passes: int = 0
     #: Set for Arrow inputs: holds their Python source back while the pass catches up.
-    gate: list[_Gate] = field(default_factory=list)
+    gate: _Gate | None = None
 
     @property
     def streamed(self) -> bool:
@@ -132,17 +132,16 @@ class Source:
                 "LazyFrame such as `pl.scan_parquet(...)`, a table)"
             )
             raise InputError(msg)
-        self.passes.append(1)
+        self.passes += 1
 
     def batches(self, selects: list[pl.Expr], rows: int) -> Iterator[pl.DataFrame]:
         """``selects`` evaluated over the input, about ``rows`` rows at a time, in order."""
         self.start_pass()
         lf = self.as_lazy().select(selects)
-        if not self.gate:  # a user's LazyFrame
+        if self.gate is None:  # a user's LazyFrame
             yield from _pulled(lf, rows)
             return
-        gate = _Gate(AHEAD_ROWS)  # only a pass holds the source back
-        self.gate[:] = [gate]
+        gate = self.gate = _Gate(AHEAD_ROWS)  # only a pass holds the source back
         try:
             it = iter(lf.collect_batches(chunk_size=rows))
             while True:
@@ -158,7 +157,7 @@ class Source:
                     yield chunk
         finally:
             gate.close()  # let the source finish at once if the pass stopped early
-            self.gate[:] = [_Gate(None)]
+            self.gate = _Gate(None)
 
 
 def _pulled(lf: pl.LazyFrame, rows: int) -> Iterator[pl.DataFrame]:
@@ -298,7 +297,8 @@ def _arrow_stream(
         for batch in batches(with_columns):
             if not batch.num_rows:
                 continue
-            if not source.gate[0].admit(batch.num_rows):
+            gate = source.gate
+            if gate is not None and not gate.admit(batch.num_rows):
                 return  # the pass ended early (a refusal): stop reading
             _check_utf8(batch, offset)
             df = pl.DataFrame(batch)
@@ -312,7 +312,7 @@ def _arrow_stream(
             if n_rows is not None and n_rows <= 0:
                 return
 
-    source = Source(kind=kind, one_shot=one_shot, gate=[_Gate(None)])
+    source = Source(kind=kind, one_shot=one_shot, gate=_Gate(None))
     source.lazy = register_io_source(io_source, schema=pl_schema, explain_name=kind)
     return source
 
