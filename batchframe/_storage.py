@@ -1,8 +1,15 @@
 """Storage of shards, manifests and downloaded results on any fsspec URL.
 
 This is the only module that imports ``fsspec``. Every write is atomic from a reader's
-point of view: bytes go to a temporary name beside the target and are moved into place,
-so a file appears whole or not at all (a crash leaves at most a stray ``.tmp-*`` file).
+point of view: a file appears whole or not at all.
+
+* On object stores (S3, GCS, Azure Blob, ...) an object is written directly under its
+  name: a single PUT, or a multipart upload completed at close, is atomic there, and an
+  upload that fails or is interrupted leaves no object (an error inside
+  :meth:`Storage.open_write` aborts the upload). A temporary name plus a move would cost
+  a server-side copy and three more requests per file.
+* Elsewhere (local disks, ``memory://``, SFTP, ...) bytes go to a temporary name beside
+  the target and are moved into place (a crash leaves at most a stray ``.tmp-*`` file).
 """
 
 from __future__ import annotations
@@ -10,11 +17,17 @@ from __future__ import annotations
 import posixpath
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
+
+#: Protocols of object stores, where one PUT (or a completed multipart upload) makes an
+#: object appear whole and an aborted upload leaves nothing: objects are written directly.
+OBJECT_STORE_PROTOCOLS = frozenset(
+    {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss", "r2", "tos", "cos"}
+)
 
 
 class Storage:
@@ -37,6 +50,8 @@ class Storage:
         self.fs: AbstractFileSystem = fs
         self.root: str = path.rstrip("/") or path
         self._is_local = "file" in _protocols(fs)
+        #: Whether objects are written directly under their names (object stores).
+        self.direct_writes: bool = bool(_protocols(fs) & OBJECT_STORE_PROTOCOLS)
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -86,14 +101,30 @@ class Storage:
         self.fs.makedirs(self.path(rel), exist_ok=True)
 
     def write_bytes(self, rel: str, data: bytes | bytearray | memoryview) -> None:
-        """Atomically write ``data`` to ``rel`` (temporary file, then move)."""
+        """Atomically write ``data`` to ``rel``.
+
+        One PUT on object stores; a temporary file and a move elsewhere.
+        """
+        if self.direct_writes:
+            self.fs.pipe_file(self.path(rel), bytes(data))
+            return
         with self.open_write(rel) as f:
             f.write(data)
 
     @contextmanager
     def open_write(self, rel: str) -> Iterator[IO[bytes]]:
-        """Open ``rel`` for writing; it appears under its name only if the block succeeds."""
+        """Open ``rel`` for writing; it appears under its name only if the block succeeds.
+
+        On object stores the object is uploaded directly (one PUT, or a multipart upload
+        for large files) and an exception inside the block aborts the upload, so nothing
+        appears and an existing object is left as it was. Elsewhere the bytes go to a
+        temporary name that is moved into place when the block succeeds.
+        """
         target = self.path(rel)
+        if self.direct_writes:
+            with self._open_direct(target) as f:
+                yield f
+            return
         parent = posixpath.dirname(target)
         if parent:
             self.fs.makedirs(parent, exist_ok=True)
@@ -107,9 +138,25 @@ class Storage:
                 self.fs.rm(tmp)
             raise
 
+    @contextmanager
+    def _open_direct(self, target: str) -> Iterator[IO[bytes]]:
+        # Not ``with fs.open(...)``: its ``__exit__`` (and ``__del__``) would close the
+        # file, that is complete the upload, even when the block raised.
+        f = self.fs.open(target, "wb")
+        try:
+            yield f
+        except BaseException:
+            _abandon(f)
+            raise
+        f.close()
+
     def delete(self, rel: str) -> None:
         """Delete ``rel`` if it exists."""
         p = self.path(rel)
+        if self.direct_writes:
+            with suppress(FileNotFoundError):  # one DELETE; a missing key is fine
+                self.fs.rm_file(p)
+            return
         if self.fs.exists(p):
             self.fs.rm(p)
 
@@ -123,7 +170,7 @@ class Storage:
         """
         target = self.path(rel)
         parent = posixpath.dirname(target)
-        if parent:
+        if parent and not self.direct_writes:
             self.fs.makedirs(parent, exist_ok=True)
         if self._is_local:
             import os
@@ -147,6 +194,19 @@ class Storage:
             return False
         self.write_bytes(rel, data)
         return True
+
+
+def _abandon(f: IO[bytes]) -> None:
+    """Drop an unfinished direct upload: abort it, and never let it complete on close."""
+    discard = getattr(f, "discard", None)
+    try:
+        if callable(discard):
+            discard()  # s3fs: abort the multipart upload, if one was started
+    finally:
+        # fsspec files upload what they hold when closed (also when garbage collected):
+        # mark the file closed without closing it.
+        with suppress(AttributeError):  # pragma: no cover - not an fsspec buffered file
+            f.closed = True  # type: ignore[misc]
 
 
 def _protocols(fs: AbstractFileSystem) -> set[str]:
