@@ -3,7 +3,10 @@
 Crash safety rests on three rules:
 
 1. Every outside action (upload, create, poll, download) is followed by an atomic save
-   of ``manifest.json``.
+   of ``manifest.json`` before the next one starts. Saves coalesce only where no outside
+   action lies between them (a create's result goes out with the next shard's intent),
+   and a save that changes nothing but ``updated_at`` writes nothing (a poll that saw no
+   change, on object stores a request saved).
 2. Before ``batches.create`` the record is saved as ``submitting`` (the intent), and the
    batch carries metadata tags (job id, shard, attempt, submission, shard sha256).
 3. A record found ``submitting`` without a batch id is first looked up in
@@ -255,8 +258,9 @@ class JobEngine:
                 error = exc
                 break
             n += 1
+        # Records the last create; each earlier one was recorded by the next intent's save.
+        self._save()
         if error is not None:
-            self._save()
             raise error
         return n
 
@@ -299,7 +303,8 @@ class JobEngine:
         r.apply(b)
         if not (r.status == "failed" and is_token_limit_failure(r.batch_errors)):
             self._bounds(r.model).accepted(r.inflight_tokens_at_submit)
-        self._save()
+        # Not saved here: the caller's very next step is a save (the next shard's intent,
+        # or the save after the last create), with no outside action in between.
         _log.info(
             "created batch %s for shard attempt %s (%d requests, ~%d tokens)",
             b.id,
@@ -357,8 +362,8 @@ class JobEngine:
                 else:
                     folder = "outputs" if kind == "output" else "errors"
                     tasks.append((r, kind, file_id, f"{folder}/{r.key}.jsonl"))
-        if changed:
-            self._save()
+        if changed and not tasks:
+            self._save()  # else the first download's save records it (it is derived anyway)
         futures = {
             self._executor.submit(self._api.download, file_id, self._storage, rel): (r, kind, rel)
             for r, kind, file_id, rel in tasks

@@ -277,6 +277,9 @@ class Manifest:
     created_at: float = field(default_factory=_now)
     updated_at: float = field(default_factory=_now)
     format_version: int = FORMAT_VERSION
+    #: The content last written or read (without ``updated_at``): a save of the same
+    #: content is skipped, so that polls that changed nothing cost no request.
+    _stored: bytes | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def start(
@@ -389,10 +392,24 @@ class Manifest:
             format_version=FORMAT_VERSION,
         )
 
+    def _content(self) -> bytes:
+        """The manifest's content without ``updated_at``, to tell whether a save changes it."""
+        data = self.to_dict()
+        del data["updated_at"]
+        return orjson.dumps(data)
+
     def save(self, storage: Storage) -> None:
-        """Write ``manifest.json`` atomically."""
+        """Write ``manifest.json`` atomically, unless it already holds this content.
+
+        The write is skipped when the content (all but ``updated_at``) equals what this
+        object last wrote or read, so a save that records nothing new costs no request.
+        """
+        content = self._content()
+        if content == self._stored:
+            return
         self.updated_at = _now()
         storage.write_bytes(MANIFEST_FILE, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
+        self._stored = content
 
     @classmethod
     def load(cls, storage: Storage) -> Manifest:
@@ -412,7 +429,10 @@ class Manifest:
             )
             raise JobNotFoundError(msg)
         data = orjson.loads(storage.read_bytes(MANIFEST_FILE))
-        return cls.from_dict(data)
+        manifest = cls.from_dict(data)
+        if data.get("format_version") == FORMAT_VERSION:
+            manifest._stored = manifest._content()  # an upgraded manifest is rewritten
+        return manifest
 
 
 # Numbered upgrades: _MIGRATIONS[i] turns format_version i + 1 into i + 2.

@@ -52,6 +52,7 @@ class Storage:
         self._is_local = "file" in _protocols(fs)
         #: Whether objects are written directly under their names (object stores).
         self.direct_writes: bool = bool(_protocols(fs) & OBJECT_STORE_PROTOCOLS)
+        self._root_made = False
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -97,8 +98,20 @@ class Storage:
 
     # -- writes --------------------------------------------------------------------------
     def makedirs(self, rel: str) -> None:
-        """Create directory ``rel`` (and parents); a no-op on object stores."""
+        """Create directory ``rel`` (and parents).
+
+        On object stores there are no directories: only the bucket is made, if missing,
+        once per :class:`Storage` (as fsspec's ``makedirs`` does).
+        """
+        if self.direct_writes:
+            self._make_root()
+            return
         self.fs.makedirs(self.path(rel), exist_ok=True)
+
+    def _make_root(self) -> None:
+        if not self._root_made:
+            self.fs.makedirs(self.root, exist_ok=True)
+            self._root_made = True
 
     def write_bytes(self, rel: str, data: bytes | bytearray | memoryview) -> None:
         """Atomically write ``data`` to ``rel``.
@@ -106,6 +119,7 @@ class Storage:
         One PUT on object stores; a temporary file and a move elsewhere.
         """
         if self.direct_writes:
+            self._make_root()
             self.fs.pipe_file(self.path(rel), bytes(data))
             return
         with self.open_write(rel) as f:
@@ -122,6 +136,7 @@ class Storage:
         """
         target = self.path(rel)
         if self.direct_writes:
+            self._make_root()
             with self._open_direct(target) as f:
                 yield f
             return
@@ -170,7 +185,9 @@ class Storage:
         """
         target = self.path(rel)
         parent = posixpath.dirname(target)
-        if parent and not self.direct_writes:
+        if self.direct_writes:
+            self._make_root()
+        elif parent:
             self.fs.makedirs(parent, exist_ok=True)
         if self._is_local:
             import os

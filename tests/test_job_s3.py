@@ -152,8 +152,16 @@ def test_direct_writes_on_s3(s3: dict[str, Any], moto: CountingMotoServer) -> No
     storage.write_bytes("a/b.json", b"one")
     with storage.open_write("a/c.bin") as f:
         f.write(b"two")
-    # One PUT each, under the final name: no temporary object, no server-side copy.
-    assert moto.take() == [("PUT", "/jobs/direct/a/b.json"), ("PUT", "/jobs/direct/a/c.bin")]
+    # One PUT each, under the final name: no temporary object, no server-side copy
+    # (and, once per Storage, a look at the bucket, made if missing as fsspec does).
+    assert moto.take() == [
+        ("HEAD", "/jobs"),
+        ("PUT", "/jobs/direct/a/b.json"),
+        ("PUT", "/jobs/direct/a/c.bin"),
+    ]
+    fresh = Storage("s3://newbucket/job", s3)
+    fresh.write_bytes("manifest.json", b"{}")
+    assert fresh.read_bytes("manifest.json") == b"{}"
     assert _keys(s3, "jobs/direct") == {
         "jobs/direct/a/b.json": b"one",
         "jobs/direct/a/c.bin": b"two",
@@ -240,5 +248,8 @@ def test_s3_job_requests_and_resume_in_another_process(
         assert out.stdout.split()[-1] == str(n)
         assert len(server.batches()) == shards
     total = submitted + len(moto.take())
-    # Measured 283 with direct writes (781 before); issue 11's target is 150.
-    assert total <= 300, (submitted, total)
+    # Measured 267 here (two processes) with direct writes and coalesced saves; before
+    # them a job like this one made about 780. Issue 11's target, 150, is not met yet:
+    # publishing still stages each Parquet file and copies it into place (~60 requests),
+    # and shards and outputs are read twice (see benchmarks/README.md).
+    assert total <= 280, (submitted, total)
