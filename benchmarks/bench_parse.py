@@ -2,6 +2,7 @@
 
     python benchmarks/bench_parse.py                       # 1M chat lines, 100k embedding lines
     python benchmarks/bench_parse.py --rows 100_000 --emb-rows 5_000
+    python benchmarks/bench_parse.py --pieces --rows 500_000  # one call vs a job's pieces
 
 Writes shard files (chat: 50,000 lines each, the API's per-batch cap; embeddings:
 ``--emb-shard-rows``) to a temporary directory, then parses them one at a time, as a job
@@ -307,6 +308,60 @@ def run_case(args: argparse.Namespace) -> None:
                       "cpu_seconds": round(total_cpu, 2), "peak_rss_mb": round(peak)}))  # fmt: skip
 
 
+def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
+    """Each chat shard parsed in one call and in a job's 4 MB pieces, CPU of each.
+
+    A job's ``record_outcome`` reads an output file with ``read_chunks`` and parses the
+    pieces one by one (flat memory); both sides here include reading the file (the
+    whole call: ``read_bytes``). The two are interleaved shard by shard, so other load
+    on the machine hits both alike. Also: the CPU of ``parse_output(b"")``, the fixed
+    cost every call pays.
+    """
+    from batchframe._retry import PARSE_CHUNK_BYTES, read_chunks
+    from batchframe._storage import Storage
+
+    storage = Storage(str(paths[0].parent))
+
+    def whole(name: str) -> int:
+        return len(parse_output(storage.read_bytes(name), endpoint=CHAT, batch_id="b")[0])
+
+    def pieces(name: str) -> int:
+        return sum(
+            len(parse_output(data, endpoint=CHAT, batch_id="b")[0])
+            for data in read_chunks(storage, name, args.piece_bytes or PARSE_CHUNK_BYTES)
+        )
+
+    def cpu(fn: Callable[[], object]) -> float:
+        c0 = time.process_time()
+        fn()
+        return time.process_time() - c0
+
+    for _ in range(3):  # warm up: imports, DuckDB's threads, each thread's statements
+        whole(paths[0].name), pieces(paths[0].name)
+    empty = sorted(cpu(lambda: parse_output(b"", endpoint=CHAT, batch_id="b")) for _ in range(51))
+    n_pieces = len(list(read_chunks(storage, paths[0].name, args.piece_bytes or None)))
+    totals = {"whole": 0.0, "pieces": 0.0}
+    per_shard: dict[str, list[float]] = {"whole": [], "pieces": []}
+    for k, path in enumerate(paths):
+        order = ("whole", "pieces") if k % 2 == 0 else ("pieces", "whole")
+        for how in order:
+            fn = whole if how == "whole" else pieces
+            seconds = cpu(functools.partial(fn, path.name))
+            totals[how] += seconds
+            per_shard[how].append(seconds)
+    mb = sum(p.stat().st_size for p in paths) / 1e6
+    median = {how: sorted(v)[len(v) // 2] for how, v in per_shard.items()}
+    print(json.dumps({
+        "case": "chat: one call vs 4 MB pieces (CPU)", "shards": len(paths),
+        "mb_per_shard": round(mb / len(paths), 1), "pieces_per_shard": n_pieces,
+        "cpu_ms_per_shard_whole": round(1000 * median["whole"], 1),
+        "cpu_ms_per_shard_pieces": round(1000 * median["pieces"], 1),
+        "pieces_vs_whole": round(totals["pieces"] / totals["whole"], 3),
+        "empty_call_cpu_ms_median": round(1000 * empty[len(empty) // 2], 2),
+        "load_1min": round(os.getloadavg()[0], 2),
+    }))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -322,6 +377,12 @@ def main() -> None:
         "--layout-shards", type=int, default=2, help="chat shards per other layout (0: none)"
     )
     ap.add_argument("--dir", help="where to write shard files (default: a temporary directory)")
+    ap.add_argument(
+        "--pieces",
+        action="store_true",
+        help="only: chat shards parsed in one call vs in a job's 4 MB pieces (CPU)",
+    )
+    ap.add_argument("--piece-bytes", type=int, default=0, help="with --pieces (default 4 MB)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -334,6 +395,10 @@ def main() -> None:
     try:
         rnd = random.Random(0)
         t0 = time.perf_counter()
+        if args.pieces:
+            make = functools.partial(chat_lines, rnd=rnd)
+            run_pieces(args, write_shards(folder, "chat", args.rows, args.shard_rows, make))
+            return
         chat = write_shards(
             folder, "chat", args.rows, args.shard_rows, lambda s, n: chat_lines(s, n, rnd)
         )
