@@ -253,3 +253,27 @@ def test_s3_job_requests_and_resume_in_another_process(
     # publishing still stages each Parquet file and copies it into place (~60 requests),
     # and shards and outputs are read twice (see benchmarks/README.md).
     assert total <= 280, (submitted, total)
+
+
+def test_manifest_save_skips_unchanged_content(
+    s3: dict[str, Any], moto: CountingMotoServer
+) -> None:
+    from batchframe._manifest import MANIFEST_FILE, Manifest
+
+    storage = Storage("s3://jobs/manifest", s3)
+    m = Manifest(
+        job_id="bfj_x", endpoint="/v1/embeddings", fingerprint="f", n_requests=0,
+        limits={}, options={},
+    )  # fmt: skip
+    m.save(storage)
+    moto.take()
+    m.save(storage)  # nothing new: no request at all
+    assert moto.take() == []
+    again = Manifest.load(storage)
+    moto.take()
+    again.save(storage)  # as read: nothing to write either
+    assert moto.take() == []
+    again.cancel_requested = True
+    again.save(storage)
+    assert moto.take() == [("PUT", "/jobs/manifest/" + MANIFEST_FILE)]
+    assert Manifest.load(storage).cancel_requested
