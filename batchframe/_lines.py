@@ -94,15 +94,9 @@ def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.D
         comment_prefix=None,
     ).with_row_index("_lineno", offset=1)
     if cut:
-        # A line whose head matched is not blank: only the others are searched for a
-        # character that is not white space.
-        lines = lines.with_columns(**cut_body(pl.col("line")))
-        rest = pl.when(pl.col("_head").is_null()).then(pl.col("line"))
-        keep = pl.col("_head").is_not_null() | _not_blank(rest).fill_null(False)
-    else:
-        keep = _not_blank(pl.col("line"))
+        lines = lines.with_columns(**_CUT)
     return (
-        lines.filter(keep)
+        lines.filter(_KEEP_CUT if cut else _KEEP)
         .with_row_index("_ordinal")
         .select("_ordinal", "_lineno", "line", *(["_span", "_head"] if cut else []))
         .collect(engine="streaming")
@@ -111,6 +105,15 @@ def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.D
 
 def _not_blank(line: pl.Expr) -> pl.Expr:
     return line.str.contains(f"[^{re.escape(_BLANK)}]")
+
+
+def _cut_exprs() -> tuple[dict[str, pl.Expr], pl.Expr, pl.Expr]:
+    """The expressions of :func:`read_text_lines`, built once (~0.4 ms a call otherwise)."""
+    # A line whose head matched is not blank: only the others are searched for a
+    # character that is not white space.
+    rest = pl.when(pl.col("_head").is_null()).then(pl.col("line"))
+    keep_cut = pl.col("_head").is_not_null() | _not_blank(rest).fill_null(False)
+    return cut_body(pl.col("line")), keep_cut, _not_blank(pl.col("line"))
 
 
 def cut_body(line: pl.Expr) -> dict[str, pl.Expr]:
@@ -149,6 +152,9 @@ def cut_body(line: pl.Expr) -> dict[str, pl.Expr]:
         "_span": pl.when(head.is_not_null()).then(span).cast(pl.String),
         "_head": (head + pl.lit(b"null}}")).cast(pl.String),
     }
+
+
+_CUT, _KEEP_CUT, _KEEP = _cut_exprs()
 
 
 # -- raw bytes -------------------------------------------------------------------------

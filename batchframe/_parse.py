@@ -119,7 +119,7 @@ def parse_output(
     out = ok.lazy().with_columns(batch_id=pl.lit(batch_id))
     if model is not None:
         out = out.with_columns(pl.col("model").fill_null(model))
-    ok = out.select(pl.col(name).cast(dtype) for name, dtype in schema.items()).collect()
+    ok = out.select(_casts(schema)).collect()
     failures = [f for f in failures if len(f)]
     if not failures:
         return ok, pl.DataFrame(schema=FAILED_SCHEMA)
@@ -327,6 +327,20 @@ def _parse_structured(
     )
     bad = ok.filter(~mask).join(problems, on="_ordinal")
     return good, _parse_failures(bad, pl.col("_code"), pl.col("_message"))
+
+
+def _casts(schema: Mapping[str, pl.DataType]) -> list[pl.Expr]:
+    """``schema``'s columns cast to their dtypes (the ok frame's final select)."""
+    key = tuple(schema.items())
+    casts = _CASTS.get(key)
+    if casts is None:
+        if len(_CASTS) > 64:  # a few (endpoint, schema) pairs per process
+            _CASTS.clear()
+        casts = _CASTS[key] = [pl.col(name).cast(dtype) for name, dtype in key]
+    return casts
+
+
+_CASTS: dict[tuple[tuple[str, pl.DataType], ...], list[pl.Expr]] = {}
 
 
 def _failed_frame(failures: pl.DataFrame, *, batch_id: str, attempts: int) -> pl.DataFrame:
