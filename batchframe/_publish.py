@@ -209,10 +209,16 @@ def publish_outcome(
 def _write_atomic(storage: Storage, rel: str, frame: pl.DataFrame, meta: dict[str, str]) -> None:
     """Write ``frame`` to ``rel`` so that no glob over its folder sees it half-written.
 
-    The bytes go to ``results/.staging/`` (outside the published folders, and not named
-    ``*.parquet``), then the file is moved into place in one step (a rename locally, a
-    server-side copy on object stores, where the object appears whole).
+    On object stores the object is written directly under its name: an upload appears
+    whole or not at all (see ``Storage.open_write``). Elsewhere the bytes go to
+    ``results/.staging/`` (outside the published folders, and not named ``*.parquet``:
+    a temporary name beside the file would match a glob), then the file is moved into
+    place in one step.
     """
+    if storage.direct_writes:
+        with storage.open_write(rel) as f:
+            frame.write_parquet(f, metadata=meta)
+        return
     staging = f"{RESULTS_DIR}/.staging/{uuid.uuid4().hex}.{posixpath.basename(rel)}.part"
     with storage.open_write(staging) as f:
         frame.write_parquet(f, metadata=meta)
