@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -277,3 +278,40 @@ def test_manifest_save_skips_unchanged_content(
     again.save(storage)
     assert moto.take() == [("PUT", "/jobs/manifest/" + MANIFEST_FILE)]
     assert Manifest.load(storage).cancel_requested
+
+
+def test_streamed_input_writes_shards_on_s3_and_a_refusal_leaves_no_object(
+    s3: dict[str, Any], tmp_path: Any
+) -> None:
+    n = 400
+    df = pl.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "model": ["m-a", "m-b", "m-a", "m-c"] * (n // 4),  # interleaved: 3 open shards
+            "text": [f"text {i}" for i in range(n)],
+        }
+    )
+    path = tmp_path / "input.parquet"
+    df.write_parquet(path, row_group_size=37)
+    body = bf.chat_body(pl.col("model"), user=pl.col("text"))
+    limits = bf.BatchLimits(max_requests=45)
+
+    def build(frame: Any) -> bf.Requests:
+        return bf.build_requests(frame, endpoint="/v1/chat/completions", body=body, custom_id="id")
+
+    streamed = build(pl.scan_parquet(path))
+    got = streamed.write("s3://jobs/streamed", limits=limits, storage_options=s3)
+    expected = build(df).write(tmp_path / "local", limits=limits)
+    objects = _keys(s3, "jobs/streamed")
+    assert len(objects) == expected.height
+    for shard, path_s3, sha in got.select("shard", "path", "sha256").iter_rows():
+        local = expected.filter(pl.col("shard") == shard)["path"][0]
+        data = objects[path_s3.removeprefix("s3://")]
+        assert data == Path(local).read_bytes()
+        assert sha == expected.filter(pl.col("shard") == shard)["sha256"][0]
+    # A duplicate id in the last rows: the pass has written most shards by then, and removes them.
+    dup = pl.concat([df, df.head(1)])
+    dup.write_parquet(path)
+    with pytest.raises(bf.DuplicateCustomIdError, match=r"\['r0'\]"):
+        build(pl.scan_parquet(path)).write("s3://jobs/refused", limits=limits, storage_options=s3)
+    assert _keys(s3, "jobs/refused") == {}
