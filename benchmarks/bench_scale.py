@@ -315,18 +315,18 @@ def run_build(sizes: list[int], rounds: int) -> None:
         )
 
 
+#: Child-process entry points: ``bench_scale.py --_name args...``.
+_CHILDREN: dict[str, Any] = {
+    "--_make": lambda n, path: _make_input(int(n), path),
+    "--_build": _build,
+    "--_setup": lambda n, root: _setup(int(n), root),
+    "--_drive": _drive,
+}
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--_make":
-        _make_input(int(sys.argv[2]), sys.argv[3])
-        return
-    if len(sys.argv) > 1 and sys.argv[1] == "--_build":
-        _build(sys.argv[2], sys.argv[3], sys.argv[4])
-        return
-    if len(sys.argv) > 1 and sys.argv[1] == "--_setup":
-        _setup(int(sys.argv[2]), sys.argv[3])
-        return
-    if len(sys.argv) > 1 and sys.argv[1] == "--_drive":
-        _drive(sys.argv[2], sys.argv[3], sys.argv[4])
+    if len(sys.argv) > 1 and sys.argv[1] in _CHILDREN:
+        _CHILDREN[sys.argv[1]](*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["build", "results"], default="results")
