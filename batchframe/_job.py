@@ -17,7 +17,6 @@ import polars as pl
 from batchframe._config import BatchLimits
 from batchframe._engine import JobEngine, api_factory
 from batchframe._manifest import (
-    MANIFEST_FILE,
     REMOTE_LIVE,
     Manifest,
     RowCounts,
@@ -144,7 +143,7 @@ class BatchJob(JobEngine):
         check_options(metadata, queue_token_limit, max_in_flight, max_attempts)
         limits = limits or BatchLimits()
         storage = Storage(os.fspath(root), storage_options)
-        if storage.exists(MANIFEST_FILE):
+        if Manifest.exists(storage):
             msg = (
                 f"a job already exists at `{storage.root_url}`; resume it with "
                 "`BatchJob.open(root)` (or `bf.run(...)`), or choose another root"
@@ -152,7 +151,7 @@ class BatchJob(JobEngine):
             raise JobExistsError(msg)
         lock = acquire_lock(storage, break_lock=break_lock)
         try:
-            if storage.exists(MANIFEST_FILE):
+            if Manifest.exists(storage):
                 msg = f"a job was created at `{storage.root_url}` meanwhile; open it instead"
                 raise JobExistsError(msg)
             written, facts = requests._write(
