@@ -24,7 +24,9 @@ POLL = 0.02
 
 
 def _frame(n: int) -> pl.DataFrame:
-    return pl.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)]})
+    return pl.DataFrame(
+        {"id": [f"r{i}" for i in range(n)], "text": [f"text {i}" for i in range(n)]}
+    )
 
 
 def _requests(n: int) -> bf.Requests:
@@ -93,9 +95,10 @@ def test_damaged_manifest_is_recovered_by_read_open_and_run(
         # bf.run resumes the same job: nothing is created again, the manifest is whole.
         _same(first, _run(server, str(root)))
         assert len(server.batches_created()) == created
-    assert orjson.loads(manifest.read_bytes())["job_id"] == orjson.loads(
-        (root / PREVIOUS_MANIFEST_FILE).read_bytes()
-    )["job_id"]
+    assert (
+        orjson.loads(manifest.read_bytes())["job_id"]
+        == orjson.loads((root / PREVIOUS_MANIFEST_FILE).read_bytes())["job_id"]
+    )
 
 
 def test_recovery_never_loses_a_created_batch(tmp_path: Path) -> None:
@@ -168,3 +171,143 @@ def test_newer_previous_version_is_not_mistaken_for_damage(tmp_path: Path) -> No
     (root / MANIFEST_FILE).write_bytes(b"{")
     with pytest.raises(bf.ManifestVersionError):
         bf.read_results(root)
+
+
+# -- on S3 (moto's server over loopback) -----------------------------------------------------
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, Any]]:
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="x",
+            aws_secret_access_key="y",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="damage")
+        yield {"client_kwargs": {"endpoint_url": endpoint}, "key": "x", "secret": "y"}
+    finally:
+        server.stop()
+
+
+def _s3fs(opts: dict[str, Any]) -> Any:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts)
+    fs.invalidate_cache()
+    return fs
+
+
+def test_damaged_manifest_on_s3_is_recovered(
+    s3: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = "s3://damage/manifest"
+    with bf.LocalBatchServer() as server:
+        first = _run(server, root, storage_options=s3)
+        created = len(server.batches_created())
+        fs = _s3fs(s3)
+        data = fs.cat_file("damage/manifest/manifest.json")
+        fs.pipe_file("damage/manifest/manifest.json", data[: len(data) // 3])
+        with caplog.at_level(logging.WARNING, logger="batchframe"):
+            _same(first, bf.read_results(root, storage_options=s3))
+        assert "s3://damage/manifest/manifest.json" in caplog.text
+        _same(first, _run(server, root, storage_options=s3))
+        assert len(server.batches_created()) == created
+        fs.pipe_file("damage/manifest/manifest.json", b"")
+        fs.pipe_file("damage/manifest/manifest.prev.json", b"")
+        with pytest.raises(bf.ManifestDamagedError, match="s3://damage/manifest/manifest.json"):
+            bf.read_results(root, storage_options=s3)
+
+
+# -- 6. batchframe serve keeps its key off the command line ----------------------------------
+_SERVE = (
+    "import sys; from batchframe._server._cli import serve_main; sys.exit(serve_main(sys.argv[1:]))"
+)
+
+
+def _serve(args: list[str], env: dict[str, str]) -> tuple[Any, str]:
+    import os
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    assert "http://127.0.0.1:" in first, process.stderr.read() if process.stderr else ""
+    return process, first.split(" at ")[1].strip()
+
+
+def _stop(process: Any) -> str:
+    import signal
+
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    return str(err)
+
+
+@pytest.mark.parametrize("source", ["env", "file", "deprecated flag"])
+def test_serve_reads_its_key_from_env_or_file_not_argv(tmp_path: Path, source: str) -> None:
+    import openai
+
+    key = "sk-local-" + source.replace(" ", "-")
+    if source == "env":
+        args, env = ["--api-key-env", "BF_SERVE_KEY"], {"BF_SERVE_KEY": key}
+    elif source == "file":
+        (tmp_path / "key").write_text(key + "\n")
+        args, env = ["--api-key-file", str(tmp_path / "key")], {}
+    else:
+        args, env = ["--api-key", key], {}
+    process, base_url = _serve(args, env)
+    try:
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        assert (key.encode() in cmdline) == (source == "deprecated flag")
+        with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0) as client:
+            assert client.batches.list().data == []
+        with (
+            openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0) as client,
+            pytest.raises(openai.AuthenticationError),
+        ):
+            client.batches.list()
+    finally:
+        err = _stop(process)
+    assert ("deprecated" in err) == (source == "deprecated flag")
+    assert key not in err
+
+
+def test_serve_refuses_a_missing_key_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchframe._server._cli import serve_main
+
+    monkeypatch.delenv("BF_NO_SUCH_KEY", raising=False)
+    assert serve_main(["--port", "0", "--api-key-env", "BF_NO_SUCH_KEY"]) == 2
+    assert "BF_NO_SUCH_KEY is not set" in capsys.readouterr().err
+    assert serve_main(["--port", "0", "--api-key-file", str(tmp_path / "nothing")]) == 2
+    assert "cannot read the key" in capsys.readouterr().err
+    (tmp_path / "empty").write_text("\n")
+    assert serve_main(["--port", "0", "--api-key-file", str(tmp_path / "empty")]) == 2
+    assert "first line is empty" in capsys.readouterr().err
+    monkeypatch.setenv("BF_KEY", "k")
+    args = ["--port", "0", "--api-key-env", "BF_KEY", "--api-key", "k"]
+    assert serve_main(args) == 2
+    assert "not several" in capsys.readouterr().err
+    args = ["--port", "0", "--executor", "forward", "--upstream", "http://127.0.0.1:9/v1"]
+    assert serve_main([*args, "--upstream-api-key-env", "BF_NO_SUCH_KEY"]) == 2
+    assert "--upstream-api-key-env" in capsys.readouterr().err
