@@ -311,3 +311,64 @@ def test_serve_refuses_a_missing_key_source(
     args = ["--port", "0", "--executor", "forward", "--upstream", "http://127.0.0.1:9/v1"]
     assert serve_main([*args, "--upstream-api-key-env", "BF_NO_SUCH_KEY"]) == 2
     assert "--upstream-api-key-env" in capsys.readouterr().err
+
+
+# -- 4. a root that cannot be a job root -----------------------------------------------------
+@pytest.mark.parametrize("where", ["root is a file", "parent is a file"])
+def test_root_that_is_a_file_is_a_batchframe_error(tmp_path: Path, where: str) -> None:
+    (tmp_path / "taken").write_text("not a directory")
+    root = tmp_path / "taken" if where == "root is a file" else tmp_path / "taken" / "job"
+    with bf.LocalBatchServer() as server:
+        with pytest.raises(bf.JobRootError) as info:
+            _run(server, str(root), n=3)
+        assert server.batches_created() == []
+    text = str(info.value)
+    assert str(root) in text and "regular file" in text and "choose another root" in text
+    assert isinstance(info.value.__cause__, OSError)
+    assert isinstance(info.value, OSError)  # generic handlers keep working
+    with pytest.raises(bf.JobRootError, match="regular file"):
+        bf.BatchJob.create(_requests(3), root)
+    with pytest.raises(bf.JobRootError, match="regular file"):
+        _requests(3).write(str(root))
+    assert (tmp_path / "taken").read_text() == "not a directory"
+
+
+def test_root_that_cannot_be_created(tmp_path: Path) -> None:
+    root = "/proc/batchframe-cannot-exist/job"  # /proc refuses new directories
+    with pytest.raises(bf.JobRootError, match="cannot be created") as info:
+        bf.BatchJob.create(_requests(3), root)
+    assert root in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_cli_reports_a_root_file_and_a_damaged_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchframe._cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _frame(6).write_parquet(tmp_path / "in.parquet")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{text}"}]}
+    (tmp_path / "chat.json").write_bytes(orjson.dumps(body))
+    (tmp_path / "taken").write_text("x")
+    with bf.LocalBatchServer() as server:
+        common = ["--body", "chat.json", "--custom-id", "id", "--base-url", server.base_url]
+        code = main(["submit", "in.parquet", "taken", *common])
+        err = capsys.readouterr().err
+        assert code != 0 and "regular file" in err and "Traceback" not in err
+        assert main(["submit", "in.parquet", "jobs/a", *common]) == 0
+        assert (
+            main(["wait", "jobs/a", "--base-url", server.base_url, "--poll-interval", "0.02"]) == 0
+        )
+        capsys.readouterr()
+        created = len(server.batches_created())
+        _truncate(tmp_path / "jobs/a" / MANIFEST_FILE)
+        assert main(["status", "jobs/a"]) == 0
+        assert "6 ok" in capsys.readouterr().out
+        assert main(["submit", "in.parquet", "jobs/a", *common]) == 0
+        assert len(server.batches_created()) == created
+        (tmp_path / "jobs/a" / MANIFEST_FILE).write_bytes(b"")
+        (tmp_path / "jobs/a" / PREVIOUS_MANIFEST_FILE).write_bytes(b"{")
+        code = main(["status", "jobs/a"])
+        err = capsys.readouterr().err
+        assert code != 0 and "manifest.json" in err and "backup" in err
