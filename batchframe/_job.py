@@ -549,8 +549,17 @@ class BatchJob(JobEngine):
             The results exceed ``max_bytes``.
         """
         return collect_results(
-            self._storage, self._m, executor=self._executor, partial=partial, max_bytes=max_bytes
+            self._storage,
+            self._m,
+            executor=self._executor,
+            partial=partial,
+            max_bytes=max_bytes,
+            fetch=self._fetch,
         )
+
+    def _fetch(self, file_id: str, rel: str) -> None:
+        """Download a provider file again (a deleted output file; see ``_publish``)."""
+        self._api.download(file_id, self._storage, rel)
 
     def to_duckdb(
         self,
@@ -586,5 +595,11 @@ class BatchJob(JobEngine):
             A table exists with other columns or types, or a key repeats.
         """
         write_results_duckdb(
-            self._storage, self._m, database, table=table, executor=self._executor, partial=partial
+            self._storage,
+            self._m,
+            database,
+            table=table,
+            executor=self._executor,
+            partial=partial,
+            fetch=self._fetch,
         )

@@ -225,7 +225,7 @@ def test_damaged_manifest_on_s3_is_recovered(
         assert len(server.batches_created()) == created
         fs.pipe_file("damage/manifest/manifest.json", b"")
         fs.pipe_file("damage/manifest/manifest.prev.json", b"")
-        with pytest.raises(bf.ManifestDamagedError, match="s3://damage/manifest/manifest.json"):
+        with pytest.raises(bf.ManifestDamagedError, match=r"s3://damage/manifest/manifest\.json"):
             bf.read_results(root, storage_options=s3)
 
 
@@ -372,3 +372,124 @@ def test_cli_reports_a_root_file_and_a_damaged_manifest(
         code = main(["status", "jobs/a"])
         err = capsys.readouterr().err
         assert code != 0 and "manifest.json" in err and "backup" in err
+
+
+# -- 2. a damaged file in the results/ cache -------------------------------------------------
+def _damage_pages(path: Path) -> None:
+    """Overwrite bytes inside the column data, leaving the footer readable."""
+    data = bytearray(path.read_bytes())
+    for i in range(100, min(400, len(data) - 200)):
+        data[i] = 0x55
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_published_file_is_rebuilt_from_the_outputs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import duckdb
+
+    root = tmp_path / "job"
+    with bf.LocalBatchServer() as server:
+        first = _run(server, str(root))
+        target = root / "results" / "ok" / "00001.a0.parquet"
+        for reader in ("read_results", "to_duckdb", "collect", "write_parquet"):
+            _damage_pages(target)
+            with pytest.raises(Exception, match="parquet"):
+                pl.read_parquet(target)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="batchframe"):
+                if reader == "read_results":
+                    _same(first, bf.read_results(root))
+                elif reader == "to_duckdb":
+                    con = duckdb.connect()
+                    bf.results_to_duckdb(root, con, table="t")
+                    assert con.execute("SELECT count(*) FROM t").fetchone() == (30,)
+                elif reader == "collect":
+                    with bf.BatchJob.open(root, client=server.client()) as job:
+                        _same(first, job.collect())
+                else:
+                    first.write_parquet(tmp_path / "a.parquet")
+                    bf.read_results(root).write_parquet(tmp_path / "b.parquet")
+            assert str(target) in caplog.text and "rebuilding" in caplog.text, reader
+            assert pl.read_parquet(target).height == 10  # rebuilt in place
+    assert_frame_equal(bf.read_results(root).ok.sort("custom_id"), first.ok.sort("custom_id"))
+
+
+def test_damaged_published_file_on_s3_is_rebuilt(s3: dict[str, Any]) -> None:
+    root = "s3://damage/results"
+    with bf.LocalBatchServer() as server:
+        first = _run(server, root, storage_options=s3)
+    fs = _s3fs(s3)
+    key = "damage/results/results/ok/00002.a0.parquet"
+    data = bytearray(fs.cat_file(key))
+    data[100:400] = b"\x55" * 300
+    fs.pipe_file(key, bytes(data))
+    _same(first, bf.read_results(root, storage_options=s3))
+    fs.invalidate_cache()
+    with fs.open(key, "rb") as f:
+        assert pl.read_parquet(f).height == 10
+
+
+# -- 3. a deleted output file of a settled job -----------------------------------------------
+def test_deleted_output_is_downloaded_again_while_the_provider_has_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "job"
+    with bf.LocalBatchServer() as server:
+        first = _run(server, str(root))
+        output = root / "outputs" / "00001.a0.jsonl"
+        original = output.read_bytes()
+        output.unlink()
+        (root / "results" / "ok" / "00001.a0.parquet").unlink()  # so it must be rebuilt
+        with (
+            caplog.at_level(logging.WARNING, logger="batchframe"),
+            bf.BatchJob.open(root, client=server.client()) as job,
+        ):
+            _same(first, job.collect())
+        assert "downloaded it again" in caplog.text
+        assert output.read_bytes() == original
+
+
+def test_deleted_output_without_a_client_says_what_is_lost_and_keeps_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "job"
+    with bf.LocalBatchServer() as server:
+        first = _run(server, str(root))
+        (root / "outputs" / "00001.a0.jsonl").unlink()
+        (root / "results" / "ok" / "00001.a0.parquet").unlink()
+        with caplog.at_level(logging.WARNING, logger="batchframe"):
+            results = bf.read_results(root)  # no client: cannot download it again
+        assert "shard 1 attempt 0" in caplog.text and "10 row(s) lost" in caplog.text
+        lost = results.failed.filter(pl.col("stage") == "lost")
+        shard_1 = sorted(f"r{i}" for i in range(10, 20))
+        assert sorted(lost["custom_id"]) == shard_1
+        assert set(lost["error_code"]) == {"output_file_lost"}
+        assert "outputs/00001.a0.jsonl" in lost["error_message"][0]
+        assert not lost["retryable"].any()
+        assert results.ok.height == 20  # every other row is kept
+        assert_frame_equal(
+            results.ok.sort("custom_id"),
+            first.ok.filter(~pl.col("custom_id").is_in(shard_1)).sort("custom_id"),
+        )
+        # Lost rows are never published: a job with a client brings the real rows back.
+        assert not (root / "results" / "failed" / "00001.a0.parquet").exists()
+        with bf.BatchJob.open(root, client=server.client()) as job:
+            _same(first, job.collect())
+
+
+def test_deleted_output_the_provider_no_longer_has(tmp_path: Path) -> None:
+    root = tmp_path / "job"
+    with bf.LocalBatchServer() as server:
+        _run(server, str(root))
+        manifest = orjson.loads((root / MANIFEST_FILE).read_bytes())
+        record = next(r for r in manifest["records"] if r["shard"] == 2)
+        server.client().files.delete(record["output_file_id"])
+        (root / "outputs" / "00002.a0.jsonl").unlink()
+        (root / "results" / "ok" / "00002.a0.parquet").unlink()
+        with bf.BatchJob.open(root, client=server.client()) as job:
+            results = job.collect()
+    lost = results.failed.filter(pl.col("stage") == "lost")
+    assert lost.height == 10
+    assert record["output_file_id"] in lost["error_message"][0]
+    assert results.ok.height + results.failed.height == 30
