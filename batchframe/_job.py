@@ -25,6 +25,7 @@ from batchframe._manifest import (
     row_counts,
 )
 from batchframe._progress import Progress, progress_enabled
+from batchframe._publish import clean_temps, mirror_dir
 from batchframe._read import COLLECT_MAX_BYTES, collect_results, write_results_duckdb
 from batchframe._report import job_html, status_frame
 from batchframe._schedule import Deadline, PollBackoff, check_options
@@ -247,6 +248,7 @@ class BatchJob(JobEngine):
         except BaseException:
             release_lock(storage, lock)
             raise
+        clean_temps(storage, mirror_dir(manifest.job_id))  # left by a crash
         return cls(
             storage=storage,
             manifest=manifest,

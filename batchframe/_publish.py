@@ -54,7 +54,7 @@ import polars as pl
 
 from batchframe._manifest import Manifest, ShardAttempt
 from batchframe._retry import Outcome, record_outcome, shard_ids
-from batchframe._storage import Storage
+from batchframe._storage import Storage, temp_name, writer_tag
 from batchframe.exceptions import JobNotSettledError, ResultsError
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "Fetch",
     "PartFile",
     "cache_tag",
+    "clean_temps",
     "finalize_outcome",
     "legacy_names",
     "map_bounded",
@@ -81,6 +82,18 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 RESULTS_DIR = "results"
+STAGING_DIR = f"{RESULTS_DIR}/.staging"
+#: Where a crash can leave temporary files under a job root (see ``clean_temps``).
+TEMP_DIRS = (
+    "",
+    "shards",
+    "outputs",
+    "errors",
+    RESULTS_DIR,
+    STAGING_DIR,
+    f"{RESULTS_DIR}/ok",
+    f"{RESULTS_DIR}/failed",
+)
 PARTS = ("ok", "failed")
 #: Bump when parsing produces other frames for the same schemas; older files are then rebuilt.
 _CACHE_VERSION = 1
@@ -223,7 +236,7 @@ def _write_atomic(storage: Storage, rel: str, frame: pl.DataFrame, meta: dict[st
         with storage.open_write(rel) as f:
             frame.write_parquet(f, metadata=meta)
         return
-    staging = f"{RESULTS_DIR}/.staging/{uuid.uuid4().hex}.{posixpath.basename(rel)}.part"
+    staging = f"{STAGING_DIR}/{writer_tag()}-{uuid.uuid4().hex}.{posixpath.basename(rel)}.part"
     with storage.open_write(staging) as f:
         frame.write_parquet(f, metadata=meta)
     try:
@@ -394,7 +407,7 @@ def publish(
         if files["failed"] is not None:
             fails.append(files["failed"])
     if write and not partial:
-        _remove_strays(storage, listing, settled)
+        _remove_strays(storage, listing, settled, base)
     return Published(oks, fails)
 
 
@@ -623,20 +636,51 @@ def read_part(
     return again.read(storage)
 
 
-def _remove_strays(storage: Storage, listing: set[str], settled: list[ShardAttempt]) -> None:
+def _remove_strays(
+    storage: Storage, listing: set[str], settled: list[ShardAttempt], base: Path
+) -> None:
     """Delete files of a settled job that belong to none of its attempts.
 
-    That is published files of no attempt, and staging files a crash left behind
-    (nothing writes them once every attempt is settled).
+    That is published files of no attempt, and temporary files a crash left behind
+    (see :func:`clean_temps`).
     """
     expected = {part_path(p, r.key) for r in settled for p in PARTS}
-    staged = {rel for rel in _list(storage, f"{RESULTS_DIR}/.staging") if rel.endswith(".part")}
-    for rel in sorted((listing - expected) | staged):
+    for rel in sorted(listing - expected):
         try:
             storage.delete(rel)
             _log.info("removed %s: it holds no rows of the settled job", rel)
         except Exception:
             _log.debug("could not remove %s", rel, exc_info=True)
+    clean_temps(storage, base)
+
+
+def clean_temps(storage: Storage, mirror: Path | None = None) -> list[str]:
+    """Remove the temporary files a crash left under the job root (and in ``mirror``).
+
+    A write that was killed leaves its temporary file (``.tmp-*`` beside its target,
+    ``results/.staging/*.part`` for published files). Each name carries its writer
+    (host and pid), so only files of processes that are gone are removed, and files of
+    writers that cannot be checked from here once they are a day old: a file another
+    live process (a reader publishing, another job's driver) is writing stays. The job
+    calls this when it is opened and when it settles. Returns what was removed.
+    """
+    removed: list[str] = []
+    try:
+        removed = list(storage.remove_stale_temps(TEMP_DIRS))
+        if mirror is not None and mirror.is_dir():
+            removed += [
+                str(mirror / name) for name in Storage(str(mirror)).remove_stale_temps([""])
+            ]
+    except Exception:  # cleaning is best effort: never stop a job for it
+        _log.debug("could not clean temporary files under %s", storage.root_url, exc_info=True)
+    if removed:
+        _log.info(
+            "removed %d temporary file(s) left by a crash under %s: %s",
+            len(removed),
+            storage.root_url,
+            ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""),
+        )
+    return removed
 
 
 def _from_legacy(storage: Storage, r: ShardAttempt, tag: str, legacy: set[str]) -> Outcome | None:
@@ -670,7 +714,7 @@ def _to_mirror(
             out[part] = None
             continue
         target = base / f"{stem}.parquet"
-        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+        tmp = target.with_name(temp_name(target.name))
         _conform(frame, _part_schema(manifest, r.model, part)).write_parquet(tmp)
         os.replace(tmp, target)
         out[part] = PartFile(part_path(part, r.key), str(target), frame.height)
@@ -685,7 +729,7 @@ def local_copy(storage: Storage, f: PartFile, mirror: Path) -> str:
     target = mirror / f"{posixpath.basename(f.rel)[: -len('.parquet')]}.{source}.copy.parquet"
     if not target.exists():
         mirror.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+        tmp = target.with_name(temp_name(target.name))
         with storage.open_read(f.rel) as src, open(tmp, "wb") as dst:
             while chunk := src.read(1 << 22):
                 dst.write(chunk)

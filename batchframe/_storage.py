@@ -10,13 +10,27 @@ point of view: a file appears whole or not at all.
   a server-side copy and three more requests per file.
 * Elsewhere (local disks, ``memory://``, SFTP, ...) bytes go to a temporary name beside
   the target and are moved into place (a crash leaves at most a stray ``.tmp-*`` file).
+
+Temporary names carry their writer: ``.tmp-<host>.<pid>-<uuid>-<name>``, where ``<host>``
+is a digest of the host name, boot and pid namespace. :meth:`Storage.remove_stale_temps`
+removes the ones a crash left behind: those of a process of this host that is gone, and
+any other (another host's, or named before writers were recorded) once it has not been
+modified for :data:`STALE_TEMP_SECONDS`. A file another live process is writing is
+never removed.
 """
 
 from __future__ import annotations
 
+import builtins
+import functools
+import hashlib
+import os
 import posixpath
+import re
+import socket
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import IO, TYPE_CHECKING, Any
 
@@ -28,6 +42,77 @@ if TYPE_CHECKING:
 OBJECT_STORE_PROTOCOLS = frozenset(
     {"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az", "adl", "oss", "r2", "tos", "cos"}
 )
+
+
+#: A temporary file whose writer cannot be checked from here is removed once it has not
+#: been modified for this long (a day: far longer than any single write takes).
+STALE_TEMP_SECONDS = 24 * 3600
+_OWNED = re.compile(r"^(?:\.tmp-)?([0-9a-f]{8})\.(\d+)-")
+
+
+@functools.cache
+def _host_tag() -> str:
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id",):
+        try:
+            with open(path, encoding="ascii") as f:
+                parts.append(f.read().strip())
+        except OSError:
+            parts.append("")
+    try:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        parts.append("")
+    return hashlib.sha1("|".join(parts).encode(), usedforsecurity=False).hexdigest()[:8]
+
+
+def writer_tag() -> str:
+    """``<host>.<pid>`` of this process, put in the names of its temporary files."""
+    return f"{_host_tag()}.{os.getpid()}"
+
+
+def temp_name(name: str) -> str:
+    """A temporary name for ``name``, owned by this process: ``.tmp-<host>.<pid>-<uuid>-<name>``."""
+    return f".tmp-{writer_tag()}-{uuid.uuid4().hex}-{name}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")  # killed, not yet reaped
+
+
+def is_stale_temp(name: str, mtime: float | None, *, now: float | None = None) -> bool:
+    """Whether temporary file ``name`` (last modified at ``mtime``) was left by a crash."""
+    m = _OWNED.match(name)
+    if m is not None and m.group(1) == _host_tag():
+        return not _pid_alive(int(m.group(2)))
+    if mtime is None:
+        return False
+    return (now if now is not None else time.time()) - mtime > STALE_TEMP_SECONDS
+
+
+def _mtime(entry: Mapping[str, Any]) -> float | None:
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        value = entry.get(key)
+        if value is None:
+            continue
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 class Storage:
@@ -208,7 +293,7 @@ class Storage:
                 yield f
             return
         parent = posixpath.dirname(target)
-        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(target)}")
+        tmp = posixpath.join(parent, temp_name(posixpath.basename(target)))
         with self._root_errors():
             if parent:
                 self.fs.makedirs(parent, exist_ok=True)
@@ -243,6 +328,37 @@ class Storage:
             return
         if self.fs.exists(p):
             self.fs.rm(p)
+
+    def remove_stale_temps(self, rels: Iterable[str]) -> tuple[str, ...]:
+        """Remove the temporary files a crash left in directories ``rels``; return them.
+
+        Temporary files are ``.tmp-*`` names, and ``*.part`` names in a ``.staging``
+        directory. Only those :func:`is_stale_temp` judges left behind are removed: a
+        file another live process is writing stays. Object stores have none (objects
+        are written directly), so nothing is listed there.
+        """
+        if self.direct_writes:
+            return ()
+        removed: builtins.list[str] = []
+        now = time.time()
+        for rel in rels:
+            try:
+                entries = self.fs.ls(self.path(rel), detail=True)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                name = posixpath.basename(str(entry["name"]).rstrip("/"))
+                staged = rel.endswith(".staging") and name.endswith(".part")
+                if entry.get("type") == "directory" or not (name.startswith(".tmp-") or staged):
+                    continue
+                if not is_stale_temp(name, _mtime(entry), now=now):
+                    continue
+                try:
+                    self.fs.rm_file(entry["name"])
+                except FileNotFoundError:
+                    continue
+                removed.append(posixpath.join(rel, name) if rel else name)
+        return tuple(removed)
 
     # -- added for the job lock (owned by the job module) ----------------------------------
     def create_exclusive(self, rel: str, data: bytes) -> bool:

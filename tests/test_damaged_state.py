@@ -493,3 +493,75 @@ def test_deleted_output_the_provider_no_longer_has(tmp_path: Path) -> None:
     assert lost.height == 10
     assert record["output_file_id"] in lost["error_message"][0]
     assert results.ok.height + results.failed.height == 30
+
+
+# -- 5. temporary files left by a crash ------------------------------------------------------
+_WRITER = """
+import sys, time, uuid
+from batchframe._storage import Storage, writer_tag
+
+root = sys.argv[1]
+storage = Storage(root)
+# A staging file written whole, about to be moved into results/ok/ ...
+storage.write_bytes(f"results/.staging/{writer_tag()}-{uuid.uuid4().hex}.00001.a0.parquet.part", b"PAR1")
+# ... and an output file half downloaded: the process dies inside the write.
+with storage.open_write("outputs/00001.a0.jsonl") as f:
+    f.write(b'{"custom_id": "r1"')
+    f.flush()
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def _writer(root: Path) -> Any:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(root)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def _temps(root: Path) -> set[str]:
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and (p.name.startswith(".tmp-") or p.suffix == ".part")
+    }
+
+
+def test_temporary_files_of_a_crash_are_removed_never_a_live_writers(tmp_path: Path) -> None:
+    import os
+    import time
+
+    root = tmp_path / "job"
+    with bf.LocalBatchServer() as server:
+        first = _run(server, str(root))
+    crashed = _writer(root)
+    left = _temps(root)
+    assert len(left) == 2  # the staging file and the half-written output
+    crashed.kill()  # SIGKILL: no cleanup runs
+    crashed.wait()
+    live = _writer(root)
+    try:
+        of_live = _temps(root) - left
+        assert len(of_live) == 2
+        ancient = root / "shards" / (".tmp-" + "0" * 32 + "-00000.jsonl")  # no writer named
+        ancient.write_bytes(b"x")
+        os.utime(ancient, (time.time() - 3 * 86400,) * 2)
+        recent = root / "shards" / (".tmp-" + "1" * 32 + "-00001.jsonl")
+        recent.write_bytes(b"x")
+
+        with bf.BatchJob.open(root) as job:  # the next open cleans up
+            assert _temps(root) == of_live | {str(recent.relative_to(root))}
+            _same(first, job.collect())
+        assert (root / "outputs" / "00001.a0.jsonl").exists()  # the real file is untouched
+    finally:
+        live.kill()
+        live.wait()
+    # Once its writer is gone, the settled job's next publish check removes it too.
+    _same(first, bf.read_results(root))
+    assert _temps(root) == {str(recent.relative_to(root))}

@@ -26,7 +26,7 @@ from polars.testing import assert_frame_equal
 import batchframe as bf
 from batchframe._manifest import Manifest
 from batchframe._publish import cache_tag, legacy_names, part_path
-from batchframe._storage import Storage
+from batchframe._storage import Storage, writer_tag
 
 POLL = 0.02
 
@@ -274,11 +274,16 @@ def test_repairs_missing_stale_and_stray_files(retried: Path, tmp_path: Path) ->
     ok[0].unlink()  # lost
     shutil.copy(ok[2], ok[1])  # another attempt's rows under this name: stale
     shutil.copy(ok[2], root / "results" / "ok" / "99999.a0.parquet")  # belongs to nobody
-    (root / "results" / ".staging").mkdir(exist_ok=True)
-    (root / "results" / ".staging" / "0123.00001.a0.parquet.part").write_bytes(b"PAR1")  # a crash
+    staging = root / "results" / ".staging"
+    staging.mkdir(exist_ok=True)
+    old_crash = staging / "0123.00001.a0.parquet.part"  # no writer in its name: by age
+    old_crash.write_bytes(b"PAR1")
+    os.utime(old_crash, (time.time() - 2 * 86400,) * 2)
+    live = staging / f"{writer_tag()}-0123.00002.a0.parquet.part"  # this process writes it
+    live.write_bytes(b"PAR1")
     assert_frame_equal(bf.scan_results(str(root)).collect(), expected.ok)
     assert [p.name for p in _files(root, "ok")] == [p.name for p in ok]
-    assert not list((root / "results" / ".staging").iterdir())
+    assert list(staging.iterdir()) == [live]
     _check_dataset(root, 80, ["custom_id"])
 
 
