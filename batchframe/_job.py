@@ -241,7 +241,7 @@ class BatchJob(JobEngine):
             from here, holds the job's lock and ``break_lock`` is false.
         """
         storage = Storage(os.fspath(root), storage_options)
-        manifest = Manifest.load(storage)
+        manifest = Manifest.load(storage, quiet=True)  # said again under the lock
         lock = acquire_lock(storage, break_lock=break_lock)
         try:
             manifest = Manifest.load(storage)  # re-read under the lock

@@ -517,7 +517,7 @@ class Manifest:
         return manifest
 
     @classmethod
-    def load(cls, storage: Storage) -> Manifest:
+    def load(cls, storage: Storage, *, quiet: bool = False) -> Manifest:
         """Read ``manifest.json`` from ``storage``, or recover its previous version.
 
         When ``manifest.json`` is missing or cannot be read (truncated, not JSON, not a
@@ -525,6 +525,8 @@ class Manifest:
         warning on the ``batchframe`` logger; its records that may have been submitted
         since are reconciled with the provider before anything is created (see the
         module docstring). The next save writes ``manifest.json`` whole again.
+        ``quiet`` logs that at debug level (a first look before the same load is done
+        again, as ``BatchJob.open`` does under the lock).
 
         Raises
         ------
@@ -567,7 +569,7 @@ class Manifest:
                 )
                 cause = exc
             else:
-                manifest._recover(storage, problem)
+                manifest._recover(storage, problem, quiet=quiet)
                 return manifest
         else:
             problem += f", and there is no previous version ({PREVIOUS_MANIFEST_FILE})"
@@ -585,10 +587,9 @@ class Manifest:
         )
         raise ManifestDamagedError(msg) from cause
 
-    def _recover(self, storage: Storage, problem: str) -> None:
+    def _recover(self, storage: Storage, problem: str, *, quiet: bool = False) -> None:
         """Turn a version read from ``manifest.prev.json`` into one safe to resume from."""
-        assert self._stored_bytes is not None
-        self._previous_skeleton = self._stored_skeleton  # that file holds exactly it
+        self._previous_skeleton = self._skeleton()  # that file holds exactly it
         self._stored = None  # the next save rewrites manifest.json, whatever it holds
         now = _now()
         suspects = []
@@ -602,7 +603,8 @@ class Manifest:
                 suspects.append(r.key)
         saved = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(self.updated_at))
         self.recovered = problem
-        _log.warning(
+        _log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "the job manifest %s %s; resuming job %s from its previous version %s (saved "
             "%s). At most one step is redone: batches created since are found again by "
             "their metadata tags before anything is submitted (%d shard attempt(s) to "
