@@ -266,6 +266,24 @@ def test_old_layout_caches_still_read(tmp_path: Path, monkeypatch: pytest.Monkey
     assert_frame_equal(results.failed, expected.failed)
 
 
+def test_damaged_old_layout_cache_is_parsed_again(tmp_path: Path) -> None:
+    """A 0.1 per-attempt cache file that cannot be read: the rows come from the outputs."""
+    root = tmp_path / "job"
+    with bf.LocalBatchServer(seed=46) as server:
+        _run(server, _chat(20), root)
+    expected = bf.read_results(str(root))
+    storage = Storage(str(root))
+    manifest = Manifest.load(storage)
+    for r in manifest.records:
+        names = legacy_names(r, cache_tag(manifest, r.model))
+        src = root / part_path("ok", r.key)
+        data = src.read_bytes()
+        (root / names["ok"]).write_bytes(data[: len(data) // 2])  # truncated by a crash
+    shutil.rmtree(root / "results" / "ok")
+    results = _check_dataset(root, 20, ["custom_id"])
+    assert_frame_equal(results.ok, expected.ok)
+
+
 def test_repairs_missing_stale_and_stray_files(retried: Path, tmp_path: Path) -> None:
     root = tmp_path / "job"
     shutil.copytree(retried, root)
