@@ -269,9 +269,10 @@ def test_old_layout_caches_still_read(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_damaged_old_layout_cache_is_parsed_again(tmp_path: Path) -> None:
     """A 0.1 per-attempt cache file that cannot be read: the rows come from the outputs."""
     root = tmp_path / "job"
-    with bf.LocalBatchServer(seed=46) as server:
-        _run(server, _chat(20), root)
+    with bf.LocalBatchServer(failure_rate=0.3, seed=46) as server:
+        _run(server, _chat(20), root, max_attempts=1)
     expected = bf.read_results(str(root))
+    assert expected.failed.height > 0
     storage = Storage(str(root))
     manifest = Manifest.load(storage)
     for r in manifest.records:
