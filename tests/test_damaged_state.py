@@ -6,6 +6,7 @@ HTTP) and then goes through the public API or the CLI.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from polars.testing import assert_frame_equal
 
 import batchframe as bf
@@ -171,6 +173,90 @@ def test_newer_previous_version_is_not_mistaken_for_damage(tmp_path: Path) -> No
     (root / MANIFEST_FILE).write_bytes(b"{")
     with pytest.raises(bf.ManifestVersionError):
         bf.read_results(root)
+
+
+# The invariant behind recovery, over random runs of saves: manifest.prev.json always
+# holds the skeleton of the version saved just before manifest.json (or, once the job
+# is settled, of manifest.json itself), and costs a write only when a skeleton changes.
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["upload", "intent", "batch", "poll", "settle", "child", "cancel"]),
+        st.integers(0, 3),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=_STEPS)
+def test_previous_version_is_one_skeleton_step_behind(steps: list[tuple[str, int]]) -> None:
+    import fsspec
+
+    from batchframe._manifest import Manifest, ShardAttempt
+    from batchframe._storage import Storage
+
+    fs = fsspec.filesystem("memory")
+    fs.store.clear()
+    storage = Storage("memory://invariant")
+    m = Manifest(
+        job_id="bfj_" + "0" * 20, endpoint="/v1/chat/completions", fingerprint="f",
+        n_requests=4, limits={}, options={},
+        records=[
+            ShardAttempt(shard=i, attempt=0, path=f"shards/{i:05d}.jsonl", sha256="s", n_requests=1)
+            for i in range(4)
+        ],
+    )  # fmt: skip
+    m.save(storage)
+    saved = [m._skeleton()]  # skeletons of the versions written, oldest first
+    writes = 0
+    for kind, i in steps:
+        r = m.records[i % len(m.records)]
+        if kind == "upload" and r.input_file_id is None:
+            r.input_file_id = f"file-{r.key}"
+        elif kind == "intent":
+            r.intent_at = len(saved)
+        elif kind == "batch" and r.input_file_id and r.batch_id is None:
+            r.batch_id = f"batch-{r.key}"
+        elif kind == "poll":
+            r.completed += 1
+        elif kind == "settle" and r.batch_id and r.settled_at is None:
+            r.settled_at = 1.0
+        elif kind == "child" and r.settled_at and m.record(r.shard, r.attempt + 1) is None:
+            m.records.append(
+                ShardAttempt(
+                    shard=r.shard, attempt=r.attempt + 1, path="c", sha256="c", n_requests=1
+                )
+            )
+        elif kind == "cancel":
+            m.cancel_requested = True
+        before = fs.store[storage.path(MANIFEST_FILE)].getvalue()
+        prev_before = _memory_bytes(fs, storage.path(PREVIOUS_MANIFEST_FILE))
+        m.save(storage)
+        if fs.store[storage.path(MANIFEST_FILE)].getvalue() != before:
+            saved.append(m._skeleton())
+        writes += _memory_bytes(fs, storage.path(PREVIOUS_MANIFEST_FILE)) != prev_before
+        if storage.exists(PREVIOUS_MANIFEST_FILE):
+            prev = Manifest._parse(storage.read_bytes(PREVIOUS_MANIFEST_FILE))._skeleton()
+            assert prev in (saved[-2:] if len(saved) > 1 else saved[-1:])
+            if prev != saved[-1]:
+                assert prev == saved[-2]
+            elif len(saved) > 1 and saved[-1] != saved[-2]:
+                assert m._settled()  # only a settled job keeps its newest version twice
+    # One copy per skeleton change (made at the save after it), one for the first save,
+    # one when the job settles: never one per save.
+    changes = sum(1 for a, b in itertools.pairwise(saved) if a != b)
+    assert writes <= changes + 2
+    # Damage the newest: what loads is the previous version, skeleton and all.
+    if storage.exists(PREVIOUS_MANIFEST_FILE):
+        expected = Manifest._parse(storage.read_bytes(PREVIOUS_MANIFEST_FILE))._skeleton()
+        storage.write_bytes(MANIFEST_FILE, b"{")
+        recovered = Manifest.load(storage)
+        assert recovered._skeleton() == expected
+
+
+def _memory_bytes(fs: Any, path: str) -> bytes | None:
+    f = fs.store.get(path)
+    return None if f is None else bytes(f.getvalue())
 
 
 # -- on S3 (moto's server over loopback) -----------------------------------------------------
