@@ -235,7 +235,8 @@ def test_previous_version_is_one_skeleton_step_behind(steps: list[tuple[str, int
         if fs.store[storage.path(MANIFEST_FILE)].getvalue() != before:
             saved.append(m._skeleton())
         writes += _memory_bytes(fs, storage.path(PREVIOUS_MANIFEST_FILE)) != prev_before
-        if storage.exists(PREVIOUS_MANIFEST_FILE):
+        assert storage.exists(PREVIOUS_MANIFEST_FILE) == (len(saved) > 1)
+        if len(saved) > 1:
             prev = Manifest._parse(storage.read_bytes(PREVIOUS_MANIFEST_FILE))._skeleton()
             assert prev in (saved[-2:] if len(saved) > 1 else saved[-1:])
             if prev != saved[-1]:
