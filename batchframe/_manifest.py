@@ -552,8 +552,11 @@ class Manifest:
                 cause = exc
         previous = _read_or_none(storage, PREVIOUS_MANIFEST_FILE)
         if raw is None and previous is None:
+            where = f"`{storage.root_url}`"
+            if storage.is_regular_file(""):
+                where += " (a regular file, not a directory)"
             msg = (
-                f"no batchframe job at `{storage.root_url}` (no {MANIFEST_FILE}); "
+                f"no batchframe job at {where} (no {MANIFEST_FILE}); "
                 "create one with `BatchJob.create(requests, root)` or `bf.run(...)`"
             )
             raise JobNotFoundError(msg)

@@ -328,6 +328,13 @@ def read_results(
     ``<root>/results/failed/*.parquet``), read one or two files at a time; files that
     are missing are published first (parsed from the output and error files).
 
+    Damaged state is recovered, with a warning on the ``batchframe`` logger: a
+    ``manifest.json`` that cannot be read from ``manifest.prev.json``; a published file
+    that cannot be read by parsing its attempt's output files again. Without a client,
+    an output file that was deleted cannot be downloaded again: the rows it held are in
+    ``failed`` with stage ``"lost"`` (``BatchJob.open(root, client=...).collect()``
+    downloads it again while the provider still has it).
+
     Parameters
     ----------
     root
@@ -352,6 +359,8 @@ def read_results(
     ------
     JobNotFoundError
         No job at ``root``.
+    ManifestDamagedError
+        ``manifest.json`` and its previous version cannot be read.
     JobNotSettledError
         Some rows are not settled and ``partial`` is false.
     ResultsTooLargeError
@@ -401,6 +410,10 @@ def scan_results(
     attempts at a time. A local root is scanned in place; a remote root's files
     (``s3://``, ``memory://``, ...) are copied once into a local cache directory
     (``$TMPDIR/batchframe-cache/<job_id>``) and scanned from there.
+
+    Each file's footer is checked first: a missing, truncated or replaced file is
+    rebuilt. A file damaged inside, its footer intact, fails only when the scan is
+    collected; :func:`read_results` or :func:`results_to_duckdb` rebuild it.
 
     ``scan_results(root).collect()`` equals ``read_results(root).ok``, and
     ``scan_results(root, part="failed").collect()`` equals ``read_results(root).failed``,

@@ -168,6 +168,10 @@ class Storage:
             return True
         return True
 
+    def is_regular_file(self, rel: str) -> bool:
+        """Whether ``rel`` is a regular file on a local root (``""``: the root itself)."""
+        return self._is_local and os.path.isfile(self.path(rel))
+
     def read_bytes(self, rel: str) -> bytes:
         """The whole content of ``rel``."""
         data: bytes = self.fs.cat_file(self.path(rel))

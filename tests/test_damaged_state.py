@@ -417,6 +417,9 @@ def test_root_that_is_a_file_is_a_batchframe_error(tmp_path: Path, where: str) -
         bf.BatchJob.create(_requests(3), root)
     with pytest.raises(bf.JobRootError, match="regular file"):
         _requests(3).write(str(root))
+    if where == "root is a file":
+        with pytest.raises(bf.JobNotFoundError, match="a regular file, not a directory"):
+            bf.read_results(root)
     assert (tmp_path / "taken").read_text() == "not a directory"
 
 
