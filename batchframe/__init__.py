@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import typing as _typing
+
 from batchframe import exceptions
 from batchframe._bodies import (
     ENDPOINTS,
@@ -32,7 +34,6 @@ from batchframe._read import read_results, results_to_duckdb, scan_results
 from batchframe._requests import Requests
 from batchframe._results import BatchResults
 from batchframe._run import run
-from batchframe._server import LocalBatchServer
 from batchframe.exceptions import (
     APIError,
     BatchframeError,
@@ -59,6 +60,9 @@ from batchframe.exceptions import (
     StreamingNotSupportedError,
     TemplateError,
 )
+
+if _typing.TYPE_CHECKING:
+    from batchframe._server import LocalBatchServer
 
 __version__ = "0.1.0"
 
@@ -108,3 +112,19 @@ __all__ = [
     "run",
     "scan_results",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # The local server (http.server and friends) loads when first asked for, so that
+    # `import batchframe` and the CLI start fast.
+    if name == "LocalBatchServer":
+        from batchframe._server import LocalBatchServer
+
+        globals()[name] = LocalBatchServer
+        return LocalBatchServer
+    msg = f"module 'batchframe' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"LocalBatchServer"})

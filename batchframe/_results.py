@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, overload
 
 import polars as pl
 
-from batchframe._duckdb import write_duckdb
 from batchframe._parse import parse_errors, parse_output
 from batchframe._schemas import FAILED_SCHEMA, ok_key, ok_schema
 from batchframe._usage import usage_frame
@@ -231,6 +230,8 @@ class BatchResults:
         ``custom_id`` (``(custom_id, index)`` for embeddings), idempotent, and a later
         success removes the row from ``{table}_failed``.
         """
+        from batchframe._duckdb import write_duckdb  # duckdb loads when first used
+
         write_duckdb(self, database, table=table)
 
     # -- display -----------------------------------------------------------------------
