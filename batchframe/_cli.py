@@ -35,7 +35,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS = {
     "prepare": "build requests from a table and write the shard files (no network)",
     "submit": "create a job at ROOT and submit its batches",
-    "status": "show a job's shards and batches (no API key, no network)",
+    "status": "show a job's shards and batches, polling batches in flight (--offline: none)",
     "wait": "drive a job until every row is settled (polls, retries, downloads)",
     "collect": "write a settled job's results to Parquet and/or DuckDB",
     "cancel": "cancel a job's batches in flight and submit nothing more",
@@ -53,6 +53,14 @@ exit codes:
   3  not settled yet: --timeout passed (wait, cancel), or collect without --partial
   4  settled, but some rows failed (only with --fail-on-failed)
   130  interrupted (Ctrl-C); the job state is saved, run `batchframe wait ROOT`"""
+
+
+def _quote(path: str) -> str:
+    """``path`` as a shell word (quoted only when it needs to be)."""
+    import shlex
+
+    return shlex.quote(path)
+
 
 TEMPLATE_HELP = """\
 body template (--body FILE.json, or inline JSON starting with "{"):
@@ -86,9 +94,7 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def _api() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("API")
+def _client_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--base-url",
         metavar="URL",
@@ -101,6 +107,12 @@ def _api() -> argparse.ArgumentParser:
         help="environment variable holding the API key (default: OPENAI_API_KEY); "
         "the key is never taken from the command line and never written anywhere",
     )
+
+
+def _api() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("API")
+    _client_options(g)
     g.add_argument(
         "--break-lock",
         action="store_true",
@@ -224,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", [common])
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
+    g = p.add_argument_group("API (batches in flight are polled when a client is configured)")
+    _client_options(g)
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not poll: show the numbers as the job last saved them",
+    )
     p.add_argument(
         "--as",
         dest="as_",
@@ -299,11 +318,18 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return _handlers()[command](args)
     except KeyboardInterrupt:
-        sys.stderr.write(
-            f"batchframe {command}: interrupted; the job state is saved "
-            "(`batchframe wait ROOT` resumes it)\n"
-        )
+        root = getattr(args, "root", None)
+        advice = f" (`batchframe wait {_quote(root)}` resumes it)" if root else ""
+        sys.stderr.write(f"batchframe {command}: interrupted; the job state is saved{advice}\n")
         return EXIT_INTERRUPTED
+    except JobNotFoundError as exc:
+        root = str(getattr(args, "root", "ROOT"))
+        sys.stderr.write(
+            f"batchframe {command}: error: no batchframe job at {root}: start one with "
+            f"`batchframe submit INPUT {_quote(root)} --body TEMPLATE` (or check the path "
+            "and --storage-option)\n"
+        )
+        return _exit_code(exc)
     except (CliError, BatchframeError, TimeoutError, OSError) as exc:
         sys.stderr.write(f"batchframe {command}: error: {exc}\n")
         return _exit_code(exc)

@@ -12,14 +12,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
 import polars as pl
 
-from batchframe._manifest import LOCK_FILE, STATUSES, Manifest, ShardAttempt, row_counts
+from batchframe._manifest import (
+    LOCK_FILE,
+    REMOTE_LIVE,
+    STATUSES,
+    Manifest,
+    ShardAttempt,
+    row_counts,
+)
 from batchframe._progress import Progress
 from batchframe._publish import READ_WINDOW, Published, ok_frame_schema, publish
 from batchframe._report import status_frame
@@ -28,6 +35,7 @@ from batchframe._storage import Storage
 from batchframe.exceptions import JobNotSettledError
 
 if TYPE_CHECKING:
+    from batchframe._api import BatchAPI
     from batchframe._job import BatchJob
 
 __all__ = [
@@ -70,6 +78,28 @@ class JobSnapshot:
     storage: Storage
     manifest: Manifest
     lock: Mapping[str, Any] | None
+    #: When the numbers were last refreshed from the provider (``None``: never, here).
+    polled_at: float | None = None
+    #: Why the numbers were not polled (``--offline``, no client, an API error).
+    not_polled: str | None = None
+
+    def poll(self, api: BatchAPI) -> JobSnapshot:
+        """The snapshot with every batch in flight refreshed from the provider.
+
+        Read-only: the records are updated in memory and nothing is saved (the process
+        driving the job, if any, saves its own view; ``batchframe wait`` downloads).
+        An API error leaves the saved numbers, with the reason in ``not_polled``.
+        """
+        from batchframe.exceptions import APIError
+
+        live = [r for r in self.records if r.batch_id is not None and r.status in REMOTE_LIVE]
+        try:
+            for r in live:
+                assert r.batch_id is not None
+                r.apply(api.retrieve_batch(r.batch_id))
+        except (APIError, OSError) as exc:
+            return replace(self, not_polled=f"polling failed ({exc})")
+        return replace(self, polled_at=time.time(), not_polled=None)
 
     @property
     def records(self) -> list[ShardAttempt]:
@@ -102,6 +132,7 @@ class JobSnapshot:
             f"{max(0, m.n_requests - ok - failed):,} pending"
             + (f"; {retried:,} row(s) retried" if retried else ""),
         ]
+        lines.append(self.freshness())
         if self.lock is not None:
             since = datetime.fromtimestamp(float(self.lock.get("started", 0)), UTC)
             lines.append(
@@ -109,6 +140,20 @@ class JobSnapshot:
                 f"since {since:%Y-%m-%d %H:%M:%S} UTC"
             )
         return lines
+
+    def freshness(self) -> str:
+        """When the numbers shown were last refreshed, and from where."""
+        if self.polled_at is not None:
+            at = datetime.fromtimestamp(self.polled_at, UTC)
+            return f"numbers polled from the provider at {at:%Y-%m-%d %H:%M:%S} UTC"
+        saved = datetime.fromtimestamp(self.manifest.updated_at, UTC)
+        ago = _ago(time.time() - self.manifest.updated_at)
+        live = any(r.batch_id is not None and r.status in REMOTE_LIVE for r in self.records)
+        if live:
+            why = f"; not polled: {self.not_polled}" if self.not_polled else ""
+        else:
+            why = "; final" if self.is_settled else "; no batch in flight to poll"
+        return f"numbers as the job saved them at {saved:%Y-%m-%d %H:%M:%S} UTC ({ago} ago){why}"
 
     def require_settled(self, *, partial: bool) -> None:
         """Raise ``JobNotSettledError`` (with the CLI's advice) unless settled or partial."""
@@ -179,6 +224,17 @@ class JobSnapshot:
             .filter(pl.col("requests") > 0)
             .sort("model", nulls_last=True)
         )
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 def read_job(root: str, storage_options: Mapping[str, Any] | None = None) -> JobSnapshot:
