@@ -39,6 +39,7 @@ COMMANDS = {
     "wait": "drive a job until every row is settled (polls, retries, downloads)",
     "collect": "write a settled job's results to Parquet and/or DuckDB",
     "cancel": "cancel a job's batches in flight and submit nothing more",
+    "retry": "run a job's failed rows again (default: retryable or cancelled ones)",
     "serve": "run the local OpenAI Files + Batches API server",
     "demo": "run the whole flow on the local server (no API key needed)",
 }
@@ -274,6 +275,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
     p.add_argument("--no-wait", action="store_true", help="return once cancelling was requested")
 
+    p = add("retry", [schedule, api, wait_for, common])
+    p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
+    g = p.add_argument_group(
+        "which failed rows (default: every retryable or cancelled row; given together, "
+        "a row matching any of them)"
+    )
+    g.add_argument("--cancelled", action="store_true", help="rows failed with stage `cancelled`")
+    g.add_argument(
+        "--error-code",
+        action="append",
+        metavar="CODE",
+        help="rows failed with this error code, e.g. server_error (repeatable)",
+    )
+    g.add_argument(
+        "--reset-attempts",
+        action="store_true",
+        help="give the rows --max-attempts tries again (default: the new try counts in them)",
+    )
+    p.add_argument("--wait", action="store_true", help="then wait as `batchframe wait` does")
+    _fail_on_failed(p)
+
     for name in ("serve", "demo"):
         sub.add_parser(name, help=COMMANDS[name], add_help=False)
     return parser
@@ -289,6 +311,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "wait": c.wait,
         "collect": c.collect,
         "cancel": c.cancel,
+        "retry": c.retry,
     }
 
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from batchframe._job import BatchJob
     from batchframe._requests import Requests
 
-__all__ = ["cancel", "collect", "prepare", "status", "submit", "wait"]
+__all__ = ["cancel", "collect", "prepare", "retry", "status", "submit", "wait"]
 
 
 def _out() -> TextIO:
@@ -334,6 +334,35 @@ def cancel(args: argparse.Namespace) -> int:
         ok, failed, _ = job.counts()
         _say(f"job {job.job_id} cancelled and settled: {ok:,} ok, {failed:,} failed")
     return EXIT_OK
+
+
+def retry(args: argparse.Namespace) -> int:
+    """``batchframe retry ROOT``: failed rows as new shard attempts, submitted."""
+    where: pl.Expr | None = None
+    if args.cancelled or args.error_code:
+        chosen = []
+        if args.cancelled:
+            chosen.append(pl.col("stage") == "cancelled")
+        if args.error_code:
+            chosen.append(pl.col("error_code").is_in(args.error_code))
+        where = pl.any_horizontal(chosen)
+    with _open(args) as job:
+        scheduling = _job_options(args)
+        if any(v is not None for v in scheduling.values()):
+            job.configure(**scheduling)
+        new = job.retry(where, reset_attempts=args.reset_attempts)
+        if not new.height:
+            _say(f"job {job.job_id}: no failed row matches; nothing to retry")
+            return EXIT_OK
+        _say(
+            f"job {job.job_id}: retrying {int(new['n_requests'].sum()):,} row(s) in "
+            f"{new.height} new shard attempt(s):",
+            text_table(new),
+        )
+        if not args.wait:
+            _say(f"finish it with `batchframe wait {job.root}`")
+            return EXIT_OK
+        return _wait_and_report(job, args)
 
 
 # -- status, collect -------------------------------------------------------------------

@@ -55,6 +55,7 @@ from batchframe._retry import (
     shard_ids,
     write_child,
 )
+from batchframe._retry_rows import tries_used
 from batchframe._schedule import QueueBounds, admissible, in_flight_tokens
 from batchframe._storage import Storage
 from batchframe.exceptions import APIError
@@ -418,7 +419,7 @@ class JobEngine:
         tags: dict[str | None, str] = {}
         for r, outcome in map_bounded(self._executor, self._outcome, plain, window=SETTLE_WINDOW):
             retry: set[str] = set()
-            if not self._m.cancel_requested and r.attempt + 1 < max_attempts:
+            if not self._m.cancel_requested and tries_used(self._m.options, r) < max_attempts:
                 retry = set(outcome.failed.filter(pl.col("retryable"))["custom_id"].to_list())
             child = self._m.record(r.shard, r.attempt + 1)
             if child is not None:

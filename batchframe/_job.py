@@ -465,6 +465,74 @@ class BatchJob(JobEngine):
         if wait:
             self.wait(poll_interval=poll_interval, timeout=timeout, progress=False)
 
+    def retry(
+        self,
+        where: pl.Expr | None = None,
+        *,
+        reset_attempts: bool = False,
+        submit: bool = True,
+    ) -> pl.DataFrame:
+        """Run failed rows again, as new attempts of their shards; then :meth:`wait`.
+
+        Chosen rows leave ``failed`` (for now) and are resubmitted with every guarantee
+        of the job's own retries: crash-safe, never submitted twice, each row in exactly
+        one of ``ok`` / ``failed`` once settled. Calling it again before the retried
+        rows finish finds nothing new to retry. A cancelled job is resumed for them.
+
+        Parameters
+        ----------
+        where
+            A Polars expression over the columns of ``results.failed`` (``stage``,
+            ``error_code``, ``status_code``, ``retryable``, ``attempts``, ...) choosing
+            the rows. Default: every retryable or cancelled row,
+            ``pl.col("retryable") | (pl.col("stage") == "cancelled")``. Rows of shards
+            still running are left for a later call.
+        reset_attempts
+            Give the retried rows ``max_attempts`` tries again (automatic retries of
+            retryable failures included). By default the new attempt counts in
+            ``max_attempts``: a row that used its tries runs once more, no further.
+        submit
+            Submit what the queue admits now (as :meth:`submit`); ``False`` only
+            writes and records the new attempts (:meth:`wait` submits them).
+
+        Returns
+        -------
+        pl.DataFrame
+            One row per new shard attempt: ``shard``, ``attempt``, ``n_requests``,
+            ``path``; empty when no failed row matched.
+
+        Raises
+        ------
+        ColumnNotFoundError
+            ``where`` names a column failed rows do not have.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import batchframe as bf
+        >>> req = bf.build_requests(
+        ...     pl.DataFrame({"id": [1, 2, 3]}),
+        ...     endpoint="/v1/chat/completions",
+        ...     body=bf.chat_body("gpt-4o-mini", user="hello"),
+        ...     custom_id="id",
+        ... )
+        >>> with bf.LocalBatchServer() as server:
+        ...     with bf.BatchJob.create(req, "memory://doc-retry", client=server.client()) as job:
+        ...         job.cancel()  # before anything ran: every row is failed, "cancelled"
+        ...         job.retry()["n_requests"].to_list()
+        ...         job.wait(poll_interval=0.05)
+        ...         job.counts().ok
+        [3]
+        3
+        """
+        from batchframe._retry_rows import retry_rows
+
+        self._ensure_reconciled()
+        new = retry_rows(self, where, reset_attempts=reset_attempts)
+        if submit and new.height:
+            self._submit_admissible()
+        return new
+
     # -- reporting ----------------------------------------------------------------------
     def counts(self) -> RowCounts:
         """Rows settled so far, without a network call.

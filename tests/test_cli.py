@@ -96,9 +96,27 @@ def api(server: bf.LocalBatchServer) -> list[str]:
 def test_help_lists_every_command_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for name in ("prepare", "submit", "status", "wait", "collect", "cancel", "serve", "demo"):
+    for name in (
+        "prepare",
+        "submit",
+        "status",
+        "wait",
+        "collect",
+        "cancel",
+        "retry",
+        "serve",
+        "demo",
+    ):
         assert name in out
-    assert set(COMMANDS) == {"prepare", "submit", "status", "wait", "collect", "cancel"} | {
+    assert set(COMMANDS) == {
+        "prepare",
+        "submit",
+        "status",
+        "wait",
+        "collect",
+        "cancel",
+        "retry",
+    } | {
         "serve",
         "demo",
     }
