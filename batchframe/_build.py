@@ -297,6 +297,7 @@ def build_requests(
         "json_schema": json_schema,
         "response_model": response_model,
         "tokenizer": "calibrated" if calibrate else label,
+        "custom_id_column": custom_id if isinstance(custom_id, str) else None,
     }
     if source.streamed:
         from batchframe._stream import StreamedInput

@@ -29,7 +29,7 @@ from batchframe._manifest import (
 )
 from batchframe._progress import Progress
 from batchframe._publish import READ_WINDOW, Published, ok_frame_schema, publish
-from batchframe._report import status_frame
+from batchframe._report import STATUS_COLUMNS, format_seconds, job_facts, status_frame
 from batchframe._schedule import Deadline, PollBackoff
 from batchframe._storage import Storage
 from batchframe.exceptions import JobNotSettledError
@@ -46,20 +46,6 @@ __all__ = [
     "watch",
 ]
 
-#: Columns of the ``status`` table (``--wide`` shows every column of ``BatchJob.status``).
-STATUS_COLUMNS = (
-    "shard",
-    "attempt",
-    "model",
-    "status",
-    "batch_id",
-    "n_requests",
-    "completed",
-    "failed",
-    "submitted_at",
-    "settled_at",
-    "last_error",
-)
 _ORDER = {s: i for i, s in enumerate(STATUSES)}
 
 ProgressMode = Literal["bar", "lines", "none"]
@@ -118,19 +104,14 @@ class JobSnapshot:
     def summary(self) -> list[str]:
         """Lines describing the job: id, endpoint, rows, state, lock holder."""
         m = self.manifest
-        ok, failed, retried = row_counts(self.records)
         shards = len({r.shard for r in self.records})
-        state = "settled" if self.is_settled else "running"
-        if m.cancel_requested:
-            state = f"cancelled ({state})"
         created = datetime.fromtimestamp(m.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        facts = job_facts(m, self.records, time.time())
         lines = [
             f"job {m.job_id} at {self.storage.root_url} (created {created} UTC)",
             f"{m.endpoint}: {m.n_requests:,} rows in {shards} shard(s), "
             f"{len(self.records)} shard attempt(s)",
-            f"{state}: {ok:,} ok, {failed:,} failed, "
-            f"{max(0, m.n_requests - ok - failed):,} pending"
-            + (f"; {retried:,} row(s) retried" if retried else ""),
+            *facts.lines(),
         ]
         lines.append(self.freshness())
         if self.lock is not None:
@@ -147,7 +128,7 @@ class JobSnapshot:
             at = datetime.fromtimestamp(self.polled_at, UTC)
             return f"numbers polled from the provider at {at:%Y-%m-%d %H:%M:%S} UTC"
         saved = datetime.fromtimestamp(self.manifest.updated_at, UTC)
-        ago = _ago(time.time() - self.manifest.updated_at)
+        ago = format_seconds(time.time() - self.manifest.updated_at)
         live = any(r.batch_id is not None and r.status in REMOTE_LIVE for r in self.records)
         if live:
             why = f"; not polled: {self.not_polled}" if self.not_polled else ""
@@ -224,17 +205,6 @@ class JobSnapshot:
             .filter(pl.col("requests") > 0)
             .sort("model", nulls_last=True)
         )
-
-
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
 
 
 def read_job(root: str, storage_options: Mapping[str, Any] | None = None) -> JobSnapshot:

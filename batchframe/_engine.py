@@ -500,6 +500,7 @@ class JobEngine:
         r.output_downloaded = r.error_downloaded = False
         r.terminal_at = None
         r.batch_ended_at = None
+        r.batch_timestamps = {}
         r.total = r.completed = r.failed = 0
         r.last_error = "; ".join(str(e.get("message") or e.get("code")) for e in r.batch_errors)
         r.batch_errors = []

@@ -171,6 +171,7 @@ class BatchJob(JobEngine):
                     "max_in_flight": max_in_flight,
                     "metadata": dict(metadata or {}),
                     "completion_window": "24h",
+                    "custom_id_column": requests.custom_id_column,
                 },
             )
             manifest.save(storage)
@@ -567,21 +568,14 @@ class BatchJob(JobEngine):
         -------
         Timeline
             One bar per shard attempt: queued until submitted, then its batch's
-            status. ``timeline().to_svg()`` gives the SVG text to save or embed.
+            phases as the batch object reports them (validating, in progress,
+            finalizing), then its final status until settled. ``timeline().to_svg()``
+            gives the SVG text to save or embed.
         """
-        return Timeline(self.status())
+        return Timeline.of(self._m.records)
 
     def _repr_html_(self) -> str:
-        ok, failed = self._counts()
-        return job_html(
-            self._m.job_id,
-            self.root,
-            self._m.endpoint,
-            self._m.n_requests,
-            ok,
-            failed,
-            self.status(),
-        )
+        return job_html(self._m, self.root)
 
     # -- results ------------------------------------------------------------------------
     def collect(

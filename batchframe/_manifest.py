@@ -167,6 +167,8 @@ class ShardAttempt:
     batch_created_at: int | None = None
     batch_ended_at: int | None = None
     terminal_at: float | None = None
+    #: The batch's own phase timestamps (``in_progress_at``, ``finalizing_at``, ...).
+    batch_timestamps: dict[str, int] = field(default_factory=dict)
     settled_at: float | None = None
     updated_at: float = field(default_factory=_now)
     last_error: str | None = None
@@ -229,6 +231,8 @@ class ShardAttempt:
             for e in b.errors
         ]
         self.usage = b.usage
+        if b.timestamps:
+            self.batch_timestamps = {**self.batch_timestamps, **b.timestamps}
         if self.is_terminal:
             self.batch_ended_at = b.timestamps.get(f"{self.status}_at") or self.batch_ended_at
         if self.is_terminal and self.terminal_at is None:

@@ -71,6 +71,7 @@ class Requests:
         json_schema: dict[str, Any] | None = None,
         response_model: Any = None,
         tokenizer: str = "estimate",
+        custom_id_column: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._stream = stream
@@ -79,6 +80,8 @@ class Requests:
         self.json_schema = json_schema
         self.response_model = response_model
         self.tokenizer = tokenizer
+        #: The input column the custom_ids came from, when ``custom_id`` named one.
+        self.custom_id_column = custom_id_column
         self._frame: pl.DataFrame | None = None
         self._fingerprint: str | None = None
 
