@@ -260,8 +260,10 @@ def _empty_text(s: pl.Series) -> pl.Series:
 
 
 def _text_in(s: pl.Series, allowed: tuple[str, ...]) -> pl.Series:
-    """Per row: the value is one of ``allowed`` (binary that is not UTF-8: left to the
-    encoder, which refuses it naming the rows)."""
+    """Per row: the value is one of ``allowed``.
+
+    Binary that is not UTF-8 passes here: the encoder refuses it, naming the rows.
+    """
     if s.dtype == pl.Binary:
         try:
             s = s.cast(pl.String)
