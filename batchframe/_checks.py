@@ -277,7 +277,7 @@ def _describe(dtype: pl.DataType) -> str:
         return f"a struct column ({dtype})"
     if isinstance(dtype, (pl.List, pl.Array)):
         return f"a list column ({dtype})"
-    return f"a {dtype} column"
+    return f"a column of type {dtype}"
 
 
 def _const_type(value: Any) -> str:
@@ -533,7 +533,14 @@ _Add = Callable[[str, Callable[[pl.Series, int], None]], None]
 
 def _guess_endpoint(endpoint: str, keys: set[str]) -> str | None:
     """Another endpoint whose required keys the body has (an endpoint mix-up)."""
-    for other, required in REQUIRED_KEYS.items():
+    # The endpoint with the most required keys present wins (a bare {model, input}
+    # fits responses too, but is an embeddings body far more often).
+    family = endpoint.split("/")[2]
+    ranked = sorted(
+        REQUIRED_KEYS.items(),
+        key=lambda item: (-len(item[1]), item[0].split("/")[2] != family),
+    )
+    for other, required in ranked:
         if other != endpoint and set(required) <= keys and keys <= KNOWN_KEYS[other]:
             return other
     return None
