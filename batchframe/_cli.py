@@ -20,14 +20,17 @@ from batchframe._cli_io import (
     FORMATS,
     CliError,
 )
+from batchframe._cli_providers import cleanup, provider_parser
 from batchframe.exceptions import (
     BatchframeError,
+    CostLimitError,
     InputError,
     JobExistsError,
     JobNotFoundError,
     JobNotSettledError,
     LimitError,
     ManifestVersionError,
+    ProviderError,
 )
 
 __all__ = ["COMMANDS", "main"]
@@ -39,6 +42,7 @@ COMMANDS = {
     "wait": "drive a job until every row is settled (polls, retries, downloads)",
     "collect": "write a settled job's results to Parquet and/or DuckDB",
     "cancel": "cancel a job's batches in flight and submit nothing more",
+    "cleanup": "delete every file a job left on the provider",
     "serve": "run the local OpenAI Files + Batches API server",
     "demo": "run the whole flow on the local server (no API key needed)",
 }
@@ -199,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchframe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     common, api, build, schedule = _common(), _api(), _build(), _schedule()
+    prov = provider_parser()
     wait_for = _waiting("give up after this long with exit code 3 (the job keeps running)")
 
     def add(name: str, parents: list[argparse.ArgumentParser], epilog: str = EXIT_CODES) -> Any:
@@ -211,10 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_Formatter,
         )
 
-    p = add("prepare", [build, common], TEMPLATE_HELP + "\n\n" + EXIT_CODES)
+    p = add("prepare", [build, prov, common], TEMPLATE_HELP + "\n\n" + EXIT_CODES)
     p.add_argument("out", nargs="?", metavar="OUT", help="write shards under OUT/shards/")
 
-    p = add("submit", [build, schedule, api, wait_for, common], TEMPLATE_HELP + "\n\n" + EXIT_CODES)
+    p = add(
+        "submit",
+        [build, schedule, prov, api, wait_for, common],
+        TEMPLATE_HELP + "\n\n" + EXIT_CODES,
+    )
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
     p.add_argument(
         "--metadata", action="append", metavar="KEY=VALUE", help="tag every batch (repeatable)"
@@ -233,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--wide", action="store_true", help="every column in the table")
 
-    p = add("wait", [schedule, api, wait_for, common])
+    p = add("wait", [schedule, prov, api, wait_for, common])
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
     _fail_on_failed(p)
 
@@ -255,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
     p.add_argument("--no-wait", action="store_true", help="return once cancelling was requested")
 
+    p = add("cleanup", [api, common])
+    p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
+
     for name in ("serve", "demo"):
         sub.add_parser(name, help=COMMANDS[name], add_help=False)
     return parser
@@ -270,6 +282,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "wait": c.wait,
         "collect": c.collect,
         "cancel": c.cancel,
+        "cleanup": cleanup,
     }
 
 
@@ -280,7 +293,13 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_NOT_SETTLED
     if isinstance(
         exc,
-        InputError | LimitError | JobNotFoundError | JobExistsError | ManifestVersionError,
+        InputError
+        | LimitError
+        | JobNotFoundError
+        | JobExistsError
+        | ManifestVersionError
+        | ProviderError
+        | CostLimitError,
     ):
         return EXIT_USAGE
     return EXIT_ERROR
