@@ -242,14 +242,17 @@ def test_resource_file_cap_makes_a_large_job_wait_instead_of_failing(tmp_path: P
         assert refused == []
         assert server.files() == []
         # Without the cap in the profile the same job hits the resource's limit.
-        with bf.BatchJob.create(
-            requests_for("azure", 12),
-            f"{tmp_path}/uncapped",
-            client=server.client(),
-            provider="azure",
-            limits=bf.BatchLimits(max_requests=2),
-            keep_files=True,
-        ) as job, pytest.raises(bf.APIError, match="most allowed is 4"):
+        with (
+            bf.BatchJob.create(
+                requests_for("azure", 12),
+                f"{tmp_path}/uncapped",
+                client=server.client(),
+                provider="azure",
+                limits=bf.BatchLimits(max_requests=2),
+                keep_files=True,
+            ) as job,
+            pytest.raises(bf.APIError, match="most allowed is 4"),
+        ):
             job.wait(poll_interval=POLL, timeout=60)
 
 
@@ -307,11 +310,25 @@ def test_cli_submit_with_provider_and_window(
     with bf.LocalBatchServer(provider="groq") as server:
         code = main(
             [
-                "submit", src, f"{tmp_path}/job", "--body", body, "--custom-id", "id",
-                "--base-url", server.base_url, "--provider", "groq", "--completion-window", "2d",
-                "--wait", "--poll-interval", "0.02", "--quiet",
+                "submit",
+                src,
+                f"{tmp_path}/job",
+                "--body",
+                body,
+                "--custom-id",
+                "id",
+                "--base-url",
+                server.base_url,
+                "--provider",
+                "groq",
+                "--completion-window",
+                "2d",
+                "--wait",
+                "--poll-interval",
+                "0.02",
+                "--quiet",
             ]
-        )  # fmt: skip
+        )
         assert code == 0
         assert {b["completion_window"] for b in server.batches()} == {"2d"}
     code = main(["prepare", src, "--body", body, "--custom-id", "id", "--provider", "openai"])
