@@ -14,9 +14,12 @@ A job records, per model, the batch prices and the output-token bound per reques
 * a shard attempt *costs* its actual usage once its batch reports one, else its
   estimate: input tokens x input price + requests x output bound x output price (the
   worst case: every request writes its ``max_tokens``);
-* before a batch is created, the cost of every batch created so far plus the new one
-  must stay within ``max_cost``; otherwise the job pauses (nothing more is submitted)
-  and, once nothing is in flight, :class:`CostLimitError` says so.
+* a batch is created only while the cost of every batch created so far plus the
+  worst-case estimate of every attempt not yet submitted stays within ``max_cost``;
+  otherwise the job pauses (nothing more is submitted) and, once nothing is in
+  flight, :class:`CostLimitError` says so. With ``max_tokens`` on every request the
+  estimate bounds the actual cost, so only a lowered cap pauses a job; requests
+  without it count their input only, and their actual output can pause it.
 """
 
 from __future__ import annotations
@@ -356,45 +359,56 @@ def spent(m: Manifest) -> float:
     return sum(record_cost(m, r) for r in m.records if submitted(r))
 
 
+def rest_estimate(m: Manifest) -> float:
+    """Worst-case USD of every shard attempt not submitted yet."""
+    return sum(
+        record_estimate(m, r)
+        for r in m.records
+        if not submitted(r) and r.status in ("pending", "uploaded")
+    )
+
+
 def cost_gate(
     m: Manifest, chosen: list[ShardAttempt], *, in_flight: bool, save: Callable[[], None]
 ) -> list[ShardAttempt]:
-    """The attempts of ``chosen`` that ``max_cost`` admits; raise when the job must pause.
+    """The attempts of ``chosen`` that ``max_cost`` lets the job submit now.
 
-    Attempts are admitted in order while the cost so far plus theirs stays within the
-    cap. When one is held back and nothing is in flight (nothing more will be spent
-    or learnt by waiting), :class:`CostLimitError` is raised with the state saved.
+    The job goes on while the cost of the batches created so far (actual usage once a
+    batch reports it, else its worst-case estimate) plus the worst-case estimate of
+    every attempt not submitted yet stays within the cap; once it would not, nothing
+    more is submitted (the job pauses). When nothing is in flight either,
+    :class:`CostLimitError` is raised with the state saved.
     """
     cap = m.options.get("max_cost")
     if cap is None or not chosen:
-        return chosen
-    total = spent(m)
-    out: list[ShardAttempt] = []
-    for r in chosen:
-        if submitted(r):  # re-creation after token_limit_exceeded: counted already
-            out.append(r)
-            continue
-        cost = record_estimate(m, r)
-        if total + cost <= float(cap) + 1e-12:
-            out.append(r)
-            total += cost
-            continue
-        m.options["cost_paused"] = {"shard": r.key, "spent": total, "next": cost}
-        msg = (
-            f"job {m.job_id} is paused by max_cost=${float(cap):,.4f}: ${total:,.4f} spent or "
-            f"committed so far, and shard attempt {r.key} would add up to ${cost:,.4f}. Its "
-            "state is saved; raise the cap with `job.configure(max_cost=...)` (CLI: "
-            "`batchframe wait ROOT --max-cost ...`) and call `wait()` again to go on"
-        )
-        if not out and not in_flight:
+        if cap is None and m.options.pop("cost_paused", None) is not None:
             save()
-            raise CostLimitError(msg, spent=total, next_cost=cost, max_cost=float(cap))
-        _log.warning("%s", msg)
-        break
-    else:
+        return chosen
+    done = spent(m)
+    rest = rest_estimate(m)
+    resubmits = [r for r in chosen if submitted(r)]  # after token_limit_exceeded: counted
+    if done + rest <= float(cap) + 1e-12:
         if m.options.pop("cost_paused", None) is not None:
             save()
-    return out
+        return chosen
+    paused = {"spent": done, "rest": rest, "max_cost": float(cap)}
+    first = m.options.get("cost_paused") != paused
+    if first:
+        m.options["cost_paused"] = paused
+        save()
+    waiting = sum(1 for r in m.records if not submitted(r) and r.status in ("pending", "uploaded"))
+    msg = (
+        f"job {m.job_id} is paused by max_cost=${float(cap):,.4f}: ${done:,.4f} spent or "
+        f"committed so far, and the {waiting} shard attempt(s) not submitted yet may cost up "
+        f"to ${rest:,.4f} more. Its state is saved; raise the cap with "
+        "`job.configure(max_cost=...)` (or `bf.run(..., max_cost=...)`, CLI `batchframe "
+        "wait ROOT --max-cost USD`) and wait again to go on"
+    )
+    if not in_flight and not resubmits:
+        raise CostLimitError(msg, spent=done, next_cost=rest, max_cost=float(cap))
+    if first:
+        _log.warning("%s", msg)
+    return resubmits
 
 
 def check_job_estimate(estimate: pl.DataFrame, max_cost: Any) -> None:

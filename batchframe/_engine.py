@@ -66,7 +66,7 @@ from batchframe._retry import (
 )
 from batchframe._schedule import QueueBounds, admissible, in_flight_tokens
 from batchframe._storage import Storage
-from batchframe.exceptions import APIError
+from batchframe.exceptions import APIError, CostLimitError
 
 __all__ = ["JobEngine", "api_factory"]
 
@@ -540,7 +540,9 @@ class JobEngine:
         submitted = self._submit_admissible()
         self._download()
         self._settle()
-        return bool(self._submit_admissible() or submitted)
+        more = self._submit_admissible()
+        self._check_paused()
+        return bool(more or submitted)
 
     # -- provider files and cost (batchframe._files, batchframe._cost) ---------------------
     def _adopt_orphan_files(self) -> None:
@@ -563,4 +565,16 @@ class JobEngine:
 
     def _within_caps(self, chosen: list[ShardAttempt]) -> list[ShardAttempt]:
         """The shard attempts that ``max_cost`` lets the job submit now."""
-        return cost_gate(self._m, chosen, in_flight=self._any_in_flight(), save=self._save)
+        self._paused: CostLimitError | None = None
+        try:
+            return cost_gate(self._m, chosen, in_flight=self._any_in_flight(), save=self._save)
+        except CostLimitError as exc:
+            self._paused = exc  # raised once this round's files are in (_check_paused)
+            return []
+
+    def _check_paused(self) -> None:
+        """Raise the ``max_cost`` pause found while submitting, if nothing is in flight."""
+        paused = getattr(self, "_paused", None)
+        self._paused = None
+        if paused is not None and not self._any_in_flight():
+            raise paused

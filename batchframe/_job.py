@@ -434,6 +434,7 @@ class BatchJob(JobEngine):
             _log.warning("job %s was cancelled; nothing is submitted", self._m.job_id)
             return
         self._submit_admissible()
+        self._check_paused()
 
     def refresh(self) -> None:
         """Poll once: update every live batch, download finished files, schedule retries.
