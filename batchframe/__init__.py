@@ -29,7 +29,9 @@ from batchframe._bodies import (
 )
 from batchframe._build import build_requests
 from batchframe._config import BatchLimits
+from batchframe._cost import price_table, refresh_prices
 from batchframe._job import BatchJob
+from batchframe._providers import Provider, get_provider
 from batchframe._read import read_results, results_to_duckdb, scan_results
 from batchframe._requests import Requests
 from batchframe._results import BatchResults
@@ -38,6 +40,7 @@ from batchframe.exceptions import (
     APIError,
     BatchframeError,
     ColumnNotFoundError,
+    CostLimitError,
     CustomIdError,
     DuplicateCustomIdError,
     EncodingError,
@@ -55,6 +58,7 @@ from batchframe.exceptions import (
     LimitError,
     ManifestVersionError,
     NullValueError,
+    ProviderError,
     RequestTooLargeError,
     ResultsError,
     ResultsTooLargeError,
@@ -75,6 +79,7 @@ __all__ = [
     "BatchResults",
     "BatchframeError",
     "ColumnNotFoundError",
+    "CostLimitError",
     "CustomIdError",
     "DuplicateCustomIdError",
     "EncodingError",
@@ -93,6 +98,8 @@ __all__ = [
     "LocalBatchServer",
     "ManifestVersionError",
     "NullValueError",
+    "Provider",
+    "ProviderError",
     "RequestTooLargeError",
     "Requests",
     "ResultsError",
@@ -105,10 +112,13 @@ __all__ = [
     "completions_body",
     "embeddings_body",
     "exceptions",
+    "get_provider",
     "image_body",
     "image_edit_body",
     "moderations_body",
+    "price_table",
     "read_results",
+    "refresh_prices",
     "responses_body",
     "results_to_duckdb",
     "run",

@@ -20,14 +20,17 @@ from batchframe._cli_io import (
     FORMATS,
     CliError,
 )
+from batchframe._cli_providers import cleanup, provider_parser
 from batchframe.exceptions import (
     BatchframeError,
+    CostLimitError,
     InputError,
     JobExistsError,
     JobNotFoundError,
     JobNotSettledError,
     LimitError,
     ManifestVersionError,
+    ProviderError,
 )
 
 __all__ = ["COMMANDS", "main"]
@@ -40,6 +43,7 @@ COMMANDS = {
     "collect": "write a settled job's results to Parquet and/or DuckDB",
     "cancel": "cancel a job's batches in flight and submit nothing more",
     "retry": "run a job's failed rows again (default: retryable or cancelled ones)",
+    "cleanup": "delete every file a job left on the provider",
     "serve": "run the local OpenAI Files + Batches API server",
     "demo": "run the whole flow on the local server (no API key needed)",
 }
@@ -212,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchframe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     common, api, build, schedule = _common(), _api(), _build(), _schedule()
+    prov = provider_parser()
     wait_for = _waiting("give up after this long with exit code 3 (the job keeps running)")
 
     def add(name: str, parents: list[argparse.ArgumentParser], epilog: str = EXIT_CODES) -> Any:
@@ -224,10 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=_Formatter,
         )
 
-    p = add("prepare", [build, common], TEMPLATE_HELP + "\n\n" + EXIT_CODES)
+    p = add("prepare", [build, prov, common], TEMPLATE_HELP + "\n\n" + EXIT_CODES)
     p.add_argument("out", nargs="?", metavar="OUT", help="write shards under OUT/shards/")
 
-    p = add("submit", [build, schedule, api, wait_for, common], TEMPLATE_HELP + "\n\n" + EXIT_CODES)
+    p = add(
+        "submit",
+        [build, schedule, prov, api, wait_for, common],
+        TEMPLATE_HELP + "\n\n" + EXIT_CODES,
+    )
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
     p.add_argument(
         "--metadata", action="append", metavar="KEY=VALUE", help="tag every batch (repeatable)"
@@ -253,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--wide", action="store_true", help="every column in the table")
 
-    p = add("wait", [schedule, api, wait_for, common])
+    p = add("wait", [schedule, prov, api, wait_for, common])
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
     _fail_on_failed(p)
 
@@ -295,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--wait", action="store_true", help="then wait as `batchframe wait` does")
     _fail_on_failed(p)
+    p = add("cleanup", [api, common])
+    p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
 
     for name in ("serve", "demo"):
         sub.add_parser(name, help=COMMANDS[name], add_help=False)
@@ -312,6 +323,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "collect": c.collect,
         "cancel": c.cancel,
         "retry": c.retry,
+        "cleanup": cleanup,
     }
 
 
@@ -322,7 +334,13 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_NOT_SETTLED
     if isinstance(
         exc,
-        InputError | LimitError | JobNotFoundError | JobExistsError | ManifestVersionError,
+        InputError
+        | LimitError
+        | JobNotFoundError
+        | JobExistsError
+        | ManifestVersionError
+        | ProviderError
+        | CostLimitError,
     ):
         return EXIT_USAGE
     return EXIT_ERROR

@@ -29,6 +29,7 @@ from batchframe._cli_io import (
     text_table,
 )
 from batchframe._cli_job import STATUS_COLUMNS, ProgressMode, read_job, watch
+from batchframe._cli_providers import cost_lines, create_options, resume_options
 from batchframe._config import BatchLimits
 from batchframe._manifest import MANIFEST_FILE
 from batchframe._storage import Storage
@@ -162,6 +163,7 @@ def prepare(args: argparse.Namespace) -> int:
         )
         plan = requests.plan(limits)
     _say(_describe(requests), f"{plan.height} shard(s):", text_table(plan))
+    _say(*cost_lines(requests, args))
     if written is not None:
         written = written.select(
             "shard", "path", "n_requests", "n_bytes", pl.col("sha256").str.head(16)
@@ -213,6 +215,7 @@ def submit(args: argparse.Namespace) -> int:
             raise
         changed = {k: v for k, v in scheduling.items() if v is not None}
         job.configure(**scheduling)
+        resume_options(job, args)
         _say(f"built {_describe(requests)} from {args.input}")
         _say(f"resuming job {job.job_id} at {job.root} (made from the same requests)")
         if changed:
@@ -234,6 +237,7 @@ def submit(args: argparse.Namespace) -> int:
                 max_in_flight=scheduling["max_in_flight"],
                 max_attempts=scheduling["max_attempts"] or 3,
                 break_lock=args.break_lock,
+                **create_options(args),
             )
         _say(f"built {_describe(requests)} from {args.input}")  # known from the write
         _say(f"created job {job.job_id} at {job.root}")
@@ -314,6 +318,7 @@ def wait(args: argparse.Namespace) -> int:
         scheduling = _job_options(args)
         if any(v is not None for v in scheduling.values()):
             job.configure(**scheduling)
+        resume_options(job, args)
         return _wait_and_report(job, args)
 
 

@@ -30,6 +30,15 @@ from typing import Any
 import polars as pl
 
 from batchframe._api import BatchAPI, RemoteBatch
+from batchframe._cost import cost_gate
+from batchframe._files import (
+    adopt_orphans,
+    delete_settled,
+    expires_after as upload_expiry,
+    file_room,
+    job_provider,
+    upload_name,
+)
 from batchframe._manifest import (
     REMOTE_LIVE,
     LockInfo,
@@ -58,7 +67,7 @@ from batchframe._retry import (
 from batchframe._retry_rows import tries_used
 from batchframe._schedule import QueueBounds, admissible, in_flight_tokens
 from batchframe._storage import Storage
-from batchframe.exceptions import APIError
+from batchframe.exceptions import APIError, CostLimitError
 
 __all__ = ["JobEngine", "api_factory"]
 
@@ -146,6 +155,8 @@ class JobEngine:
         if self._reconciled and not intents:
             return
         ever = any(r.intent_at is not None for r in self._m.records)
+        if not self._reconciled:
+            self._adopt_orphan_files()
         if ever:
             self._reconcile(intents)
         self._reconciled = True
@@ -222,19 +233,25 @@ class JobEngine:
             max_in_flight=self._m.options.get("max_in_flight"),
             now=time.time(),
         )
+        chosen = self._within_caps(chosen)
         # Upload the next waiting files too, so that when the queue frees up only the
         # (fast) create call stands between a finished batch and the next one.
         ready = sum(1 for r in self._m.records if r.status == "uploaded" and r not in chosen)
         room = _UPLOAD_AHEAD - ready if chosen or self._any_in_flight() else 0
         ahead = [r for r in self._m.records if r.status == "pending" and r not in chosen]
         ahead = ahead[: max(0, room)]
-        uploads = [r for r in chosen if r.input_file_id is None] + ahead
+        uploads = self._upload_room([r for r in chosen if r.input_file_id is None] + ahead)
         if not uploads and not chosen:
             return 0
         error: BaseException | None = None
         futures = {
             self._executor.submit(
-                self._api.upload, self._storage, r.path, filename=f"{self._m.job_id}-{r.key}.jsonl"
+                self._api.upload,
+                self._storage,
+                r.path,
+                filename=upload_name(self._m.job_id, r.key),
+                expires_after=upload_expiry(self._m),
+                n_bytes=r.n_bytes,
             ): r
             for r in uploads
         }
@@ -276,10 +293,11 @@ class JobEngine:
         try:
             b = self._api.create_batch(
                 r.input_file_id,
-                endpoint=self._m.endpoint,
+                endpoint=job_provider(self._m).line_url(self._m.endpoint),
                 metadata=self._tags_for(r),
                 completion_window=str(self._m.options.get("completion_window", "24h")),
                 created_after=int(r.intent_at) - _CLOCK_SKEW,
+                output_expires_after=self._m.options.get("output_expires_after"),
             )
         except APIError as exc:
             r.last_error = str(exc)
@@ -454,6 +472,7 @@ class JobEngine:
                 publish(self._storage, self._m, executor=self._executor, partial=False)
             except Exception as exc:  # readers check again
                 _log.warning("could not check the published results: %s", exc)
+        self._delete_settled_files()
 
     def _write_child(self, r: ShardAttempt, retry: set[str]) -> None:
         """Write the retryable rows of ``r`` as attempt ``r.attempt + 1`` and record it."""
@@ -523,4 +542,41 @@ class JobEngine:
         submitted = self._submit_admissible()
         self._download()
         self._settle()
-        return bool(self._submit_admissible() or submitted)
+        more = self._submit_admissible()
+        self._check_paused()
+        return bool(more or submitted)
+
+    # -- provider files and cost (batchframe._files, batchframe._cost) ---------------------
+    def _adopt_orphan_files(self) -> None:
+        """Adopt or delete uploads a crash left unrecorded (once per process)."""
+        if any(r.status == "pending" for r in self._m.records):
+            adopt_orphans(self._api, self._m, self._save)
+
+    def _delete_settled_files(self) -> None:
+        """Delete provider files of settled attempts; once settled, sweep the job's strays."""
+        delete_settled(self._api, self._m, self._save)
+        if not self._m.options.get("swept") and all(r.is_settled for r in self._m.records):
+            adopt_orphans(self._api, self._m, self._save)
+            self._m.options["swept"] = True
+            self._save()
+
+    def _upload_room(self, uploads: list[ShardAttempt]) -> list[ShardAttempt]:
+        """The uploads the provider's resource file cap admits now."""
+        room = file_room(self._m)
+        return uploads if room is None else uploads[:room]
+
+    def _within_caps(self, chosen: list[ShardAttempt]) -> list[ShardAttempt]:
+        """The shard attempts that ``max_cost`` lets the job submit now."""
+        self._paused: CostLimitError | None = None
+        try:
+            return cost_gate(self._m, chosen, in_flight=self._any_in_flight(), save=self._save)
+        except CostLimitError as exc:
+            self._paused = exc  # raised once this round's files are in (_check_paused)
+            return []
+
+    def _check_paused(self) -> None:
+        """Raise the ``max_cost`` pause found while submitting, if nothing is in flight."""
+        paused = getattr(self, "_paused", None)
+        self._paused = None
+        if paused is not None and not self._any_in_flight():
+            raise paused

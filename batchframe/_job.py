@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ import polars as pl
 
 from batchframe._config import BatchLimits
 from batchframe._engine import JobEngine, api_factory
+from batchframe._files import rewrite_line_urls
 from batchframe._manifest import (
     MANIFEST_FILE,
     REMOTE_LIVE,
@@ -26,6 +27,14 @@ from batchframe._manifest import (
     row_counts,
 )
 from batchframe._progress import Progress, progress_enabled
+from batchframe._providers import (
+    DEFAULT_EXPIRES_AFTER,
+    Provider,
+    check_same_provider,
+    job_setup,
+    set_max_cost,
+    with_cost,
+)
 from batchframe._read import COLLECT_MAX_BYTES, collect_results, write_results_duckdb
 from batchframe._report import job_html, status_frame
 from batchframe._schedule import Deadline, PollBackoff, check_options
@@ -91,6 +100,13 @@ class BatchJob(JobEngine):
         max_attempts: int = 3,
         executor: Executor | None = None,
         break_lock: bool = False,
+        provider: str | Provider | None = None,
+        completion_window: str = "24h",
+        expires_after: int | None = DEFAULT_EXPIRES_AFTER,
+        output_expires_after: int | None = None,
+        keep_files: bool | str | Sequence[str] = False,
+        max_cost: float | None = None,
+        prices: Mapping[str, Any] | str | os.PathLike[str] | None = None,
     ) -> BatchJob:
         """Write the shards of ``requests`` under ``root`` and start a job there.
 
@@ -133,6 +149,32 @@ class BatchJob(JobEngine):
             pools, Dask, Ray) need a picklable client.
         break_lock
             Take over the root's lock whoever holds it (see :meth:`open`).
+        provider
+            ``"openai"`` (default), ``"azure"``, ``"azure-legacy"``, ``"groq"`` or a
+            :class:`Provider`: default ``limits``, allowed windows, line URLs, file
+            caps and prices (README "Providers"). Stored in the manifest.
+        completion_window
+            ``"24h"``; Groq also takes up to ``"7d"``. Checked against the provider
+            before anything is written.
+        expires_after
+            Seconds after which the provider deletes an uploaded input file by itself
+            (default 30 days; ``None``: no expiry).
+        output_expires_after
+            Seconds after which the provider deletes a batch's output and error files
+            (``None``: the provider's default).
+        keep_files
+            Files to keep on the provider once a shard attempt's results are stored
+            under the root: ``False`` (default) deletes input, output and error files
+            then; ``True`` keeps all; or some of ``"input"``, ``"output"``, ``"error"``.
+        max_cost
+            USD cap: a job whose worst-case estimate (inputs plus every request's
+            ``max_tokens``) exceeds it is refused before anything is written, and no
+            batch is created once the cost so far plus its estimate would pass it
+            (the job pauses with :class:`CostLimitError`; raise the cap with
+            :meth:`configure`).
+        prices
+            Price overrides, ``{model: {"input", "cached_input", "output"}}`` in USD per
+            1M tokens, or a JSON file of that shape (see :func:`price_table`).
 
         Raises
         ------
@@ -140,9 +182,23 @@ class BatchJob(JobEngine):
             A job already lives at ``root``.
         JobLockedError
             Another live process is creating a job at ``root`` right now.
+        ProviderError
+            The provider does not take ``completion_window``, an expiry, or the endpoint.
+        CostLimitError
+            The estimate exceeds ``max_cost``.
         """
         check_options(metadata, queue_token_limit, max_in_flight, max_attempts)
-        limits = limits or BatchLimits()
+        prof, limits, provider_options = job_setup(
+            requests,
+            provider=provider,
+            limits=limits,
+            completion_window=completion_window,
+            expires_after=expires_after,
+            output_expires_after=output_expires_after,
+            keep_files=keep_files,
+            max_cost=max_cost,
+            prices=prices,
+        )
         storage = Storage(os.fspath(root), storage_options)
         if storage.exists(MANIFEST_FILE):
             msg = (
@@ -158,6 +214,7 @@ class BatchJob(JobEngine):
             written, facts = requests._write(
                 storage.root_url, limits, storage_options, executor, fingerprint=True
             )
+            written = rewrite_line_urls(storage, written, prof, requests.endpoint)
             manifest = Manifest.start(
                 requests,
                 written,
@@ -170,8 +227,8 @@ class BatchJob(JobEngine):
                     else queue_token_limit,
                     "max_in_flight": max_in_flight,
                     "metadata": dict(metadata or {}),
-                    "completion_window": "24h",
                     "custom_id_column": requests.custom_id_column,
+                    **provider_options,
                 },
             )
             manifest.save(storage)
@@ -204,6 +261,7 @@ class BatchJob(JobEngine):
         storage_options: Mapping[str, Any] | None = None,
         executor: Executor | None = None,
         break_lock: bool = False,
+        provider: str | Provider | None = None,
     ) -> BatchJob:
         """Resume the job at ``root`` (another process, another day).
 
@@ -232,6 +290,9 @@ class BatchJob(JobEngine):
             that cannot be checked from here (another host, another container, or
             before a reboot), raise :class:`JobLockedError` naming it; pass
             ``break_lock=True`` once you are sure it no longer drives the job.
+        provider
+            When given, the provider the caller expects: a job created for another
+            one is refused with :class:`ProviderError` (its files and batches live there).
 
         Raises
         ------
@@ -243,6 +304,7 @@ class BatchJob(JobEngine):
         """
         storage = Storage(os.fspath(root), storage_options)
         manifest = Manifest.load(storage)
+        check_same_provider(manifest, provider, storage.root_url)
         lock = acquire_lock(storage, break_lock=break_lock)
         try:
             manifest = Manifest.load(storage)  # re-read under the lock
@@ -326,6 +388,7 @@ class BatchJob(JobEngine):
         queue_token_limit: int | Mapping[str, int] | None = None,
         max_in_flight: int | None = None,
         max_attempts: int | None = None,
+        max_cost: float | None = None,
     ) -> None:
         """Change scheduling options of the job; ``None`` keeps the current value.
 
@@ -333,7 +396,11 @@ class BatchJob(JobEngine):
         ----------
         queue_token_limit, max_in_flight, max_attempts
             As in :meth:`create`.
+        max_cost
+            A new USD cap (``math.inf`` lifts it); a job paused by the old one goes on
+            at the next :meth:`submit` / :meth:`wait`.
         """
+        set_max_cost(self._m, max_cost)
         check_options(
             None, queue_token_limit, max_in_flight, 1 if max_attempts is None else max_attempts
         )
@@ -368,6 +435,7 @@ class BatchJob(JobEngine):
             _log.warning("job %s was cancelled; nothing is submitted", self._m.job_id)
             return
         self._submit_admissible()
+        self._check_paused()
 
     def refresh(self) -> None:
         """Poll once: update every live batch, download finished files, schedule retries.
@@ -557,9 +625,11 @@ class BatchJob(JobEngine):
             ``settled``, ``n_requests``, ``total``, ``completed``, ``failed``,
             ``est_tokens``, ``input_file_id``, ``output_file_id``, ``error_file_id``,
             ``created_at``, ``submitted_at``, ``terminal_at``, ``settled_at`` (UTC),
-            ``last_error``.
+            ``last_error``, and ``cost_usd``: the batch's cost so far (its actual
+            usage once it reports one, else its worst-case estimate; null before it
+            is created or for unpriced models).
         """
-        return status_frame(self._m.records)
+        return with_cost(status_frame(self._m.records), self._m)
 
     def timeline(self) -> Timeline:
         """Batches over time by status, as a chart (SVG; shown inline in notebooks).

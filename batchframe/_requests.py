@@ -283,6 +283,38 @@ class Requests:
         """
         return plan_frame(self._shards(limits))
 
+    def estimate_cost(
+        self,
+        provider: Any = None,
+        *,
+        prices: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    ) -> pl.DataFrame:
+        """Expected cost in USD per model, before anything is uploaded.
+
+        Input tokens (``est_tokens``: exact where a tokenizer was available) times the
+        provider's batch input price, plus output tokens as a range: none (``min_usd``)
+        to every request writing its ``max_tokens`` / ``max_completion_tokens`` /
+        ``max_output_tokens`` (``max_usd``, null when some request sets no bound).
+
+        Parameters
+        ----------
+        provider
+            Profile name or :class:`Provider` (default ``"openai"``); its deployment
+            names are priced as their models.
+        prices
+            Price overrides (see :func:`batchframe.price_table`).
+
+        Returns
+        -------
+        pl.DataFrame
+            ``model``, ``priced_as``, ``n_requests``, ``input_tokens``,
+            ``max_output_tokens``, ``unbounded_requests``, ``input_usd_per_1m``,
+            ``output_usd_per_1m``, ``min_usd``, ``max_usd`` (null for unpriced models).
+        """
+        from batchframe._cost import estimate_frame
+
+        return estimate_frame(self, provider, prices)
+
     def write(
         self,
         root: str | os.PathLike[str],

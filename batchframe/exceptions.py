@@ -47,6 +47,7 @@ __all__ = [
     "APIError",
     "BatchframeError",
     "ColumnNotFoundError",
+    "CostLimitError",
     "CustomIdError",
     "DuplicateCustomIdError",
     "EncodingError",
@@ -63,6 +64,7 @@ __all__ = [
     "LimitError",
     "ManifestVersionError",
     "NullValueError",
+    "ProviderError",
     "RequestTooLargeError",
     "ResultsError",
     "ResultsTooLargeError",
@@ -259,3 +261,37 @@ class ResultsTooLargeError(ResultsError):
         super().__init__(message)
         self.size = size
         self.max_bytes = max_bytes
+
+
+# -- providers, files and cost (batchframe._providers, batchframe._cost) --------------------
+class ProviderError(BatchframeError, ValueError):
+    """A provider profile or option that cannot work.
+
+    An unknown provider, a ``completion_window`` / expiry / endpoint the provider does
+    not take, or a job resumed with another provider than it was created for.
+    """
+
+
+class CostLimitError(BatchframeError):
+    """The job's estimated or running cost would pass ``max_cost``.
+
+    Raised before anything is uploaded when the whole job's estimate exceeds the cap,
+    and by ``submit``/``wait`` when the cost so far plus the estimate of the next shard
+    would: the job is paused with its state saved; raise the cap with
+    ``job.configure(max_cost=...)`` (or ``bf.run(..., max_cost=...)``) to resume.
+
+    Attributes
+    ----------
+    spent
+        USD of the batches submitted so far (actual usage where known, else estimated).
+    next_cost
+        Estimated USD of what would be submitted next (or of the whole job).
+    max_cost
+        The cap.
+    """
+
+    def __init__(self, message: str, *, spent: float, next_cost: float, max_cost: float) -> None:
+        super().__init__(message)
+        self.spent = spent
+        self.next_cost = next_cost
+        self.max_cost = max_cost

@@ -119,6 +119,7 @@ def test_help_lists_every_command_and_exit_codes(capsys: pytest.CaptureFixture[s
     } | {
         "serve",
         "demo",
+        "cleanup",
     }
     assert "exit codes:" in out and "--fail-on-failed" in out
 

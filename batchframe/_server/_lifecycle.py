@@ -39,6 +39,7 @@ from batchframe._server._errors import (
     LineError,
     error_body,
 )
+from batchframe._server._provider import v1_endpoint
 from batchframe._server._store import BatchRecord, Store
 from batchframe._server._validate import FileLimits, ValidFile, validate_input_file
 
@@ -187,7 +188,8 @@ class Lifecycle:
         if record is None:
             return
         wake = self._wake[batch_id]
-        deadline = record.created + cfg.completion_window_seconds
+        window = record.extra.get("window_seconds", cfg.completion_window_seconds)
+        deadline = record.created + (float("inf") if window is None else float(window))
         due = record.created + cfg.validation_seconds
         while self._status(record) == "validating" and time.time() < min(due, deadline):
             if self._stop.is_set():
@@ -316,7 +318,7 @@ class Lifecycle:
     ) -> None:
         store = self._store
         batch = record.batch
-        batch_id, endpoint = batch["id"], batch["endpoint"]
+        batch_id, endpoint = batch["id"], v1_endpoint(batch["endpoint"])
         out_path = store.work_path(f"{batch_id}.output.jsonl")
         err_path = store.work_path(f"{batch_id}.error.jsonl")
         ran = bytearray(len(order))
