@@ -31,7 +31,7 @@ from batchframe._cli_io import (
 from batchframe._cli_job import STATUS_COLUMNS, ProgressMode, read_job, watch
 from batchframe._cli_providers import cost_lines, create_options, resume_options
 from batchframe._config import BatchLimits
-from batchframe._manifest import MANIFEST_FILE
+from batchframe._manifest import Manifest
 from batchframe._storage import Storage
 from batchframe.exceptions import JobExistsError
 
@@ -195,7 +195,7 @@ def submit(args: argparse.Namespace) -> int:
     options = _storage_options(args)
     client = _client(args)
     scheduling = _job_options(args)
-    if Storage(args.root, options).exists(MANIFEST_FILE):
+    if Manifest.exists(Storage(args.root, options)):
         job = BatchJob.open(
             args.root, client=client, storage_options=options, break_lock=args.break_lock
         )

@@ -18,7 +18,6 @@ from batchframe._config import BatchLimits
 from batchframe._engine import JobEngine, api_factory
 from batchframe._files import rewrite_line_urls
 from batchframe._manifest import (
-    MANIFEST_FILE,
     REMOTE_LIVE,
     Manifest,
     RowCounts,
@@ -200,7 +199,7 @@ class BatchJob(JobEngine):
             prices=prices,
         )
         storage = Storage(os.fspath(root), storage_options)
-        if storage.exists(MANIFEST_FILE):
+        if Manifest.exists(storage):
             msg = (
                 f"a job already exists at `{storage.root_url}`; resume it with "
                 "`BatchJob.open(root)` (or `bf.run(...)`), or choose another root"
@@ -208,7 +207,7 @@ class BatchJob(JobEngine):
             raise JobExistsError(msg)
         lock = acquire_lock(storage, break_lock=break_lock)
         try:
-            if storage.exists(MANIFEST_FILE):
+            if Manifest.exists(storage):
                 msg = f"a job was created at `{storage.root_url}` meanwhile; open it instead"
                 raise JobExistsError(msg)
             written, facts = requests._write(
@@ -682,8 +681,17 @@ class BatchJob(JobEngine):
             The results exceed ``max_bytes``.
         """
         return collect_results(
-            self._storage, self._m, executor=self._executor, partial=partial, max_bytes=max_bytes
+            self._storage,
+            self._m,
+            executor=self._executor,
+            partial=partial,
+            max_bytes=max_bytes,
+            fetch=self._fetch,
         )
+
+    def _fetch(self, file_id: str, rel: str) -> None:
+        """Download a provider file again (a deleted output file; see ``_publish``)."""
+        self._api.download(file_id, self._storage, rel)
 
     def to_duckdb(
         self,
@@ -719,5 +727,11 @@ class BatchJob(JobEngine):
             A table exists with other columns or types, or a key repeats.
         """
         write_results_duckdb(
-            self._storage, self._m, database, table=table, executor=self._executor, partial=partial
+            self._storage,
+            self._m,
+            database,
+            table=table,
+            executor=self._executor,
+            partial=partial,
+            fetch=self._fetch,
         )

@@ -3,6 +3,7 @@
 A job root holds::
 
     manifest.json        this module's Manifest, rewritten atomically after every outside action
+    manifest.prev.json   the version before it (see "Damaged or missing state" below)
     lock.json            who drives the job right now (host, pid, process start time)
     shards/00003.jsonl   attempt 0 of shard 3, as written by ``Requests.write``
     shards/00003.a1.jsonl  attempt 1 (retryable rows of attempt 0, lines copied verbatim)
@@ -25,6 +26,48 @@ called, and a record found in that state on resume is reconciled against
 ``batches.list`` by its metadata tags (job, shard, attempt, submission) before anything
 is created again. A record is *settled* (``settled_at`` set) once it is terminal, its
 files are downloaded and the retries of its rows, if any, exist as child records.
+
+Damaged or missing state
+------------------------
+A truncated or unreadable ``manifest.json`` (a torn write on a local disk after a power
+loss, an editor, a sync tool) is recovered from ``manifest.prev.json``, with a warning.
+The previous version is written only when it matters, so that on object stores (where
+every save is a request) it costs about one PUT per upload and per batch created, not
+one per save: ``save`` writes the outgoing version to ``manifest.prev.json`` first when
+its *skeleton* differs from what ``manifest.prev.json`` already holds. The skeleton is
+what recovery cannot learn again from the provider by itself: the records that exist
+(shard, attempt), each one's ``submission``, ``input_file_id`` and ``batch_id``, and
+``cancel_requested``. So the previous version always has the skeleton of the version
+just before the current one, and recovery loses at most one step's skeleton.
+
+What one step can add, and why recovery never loses a batch:
+
+* an intent (``uploaded`` -> ``submitting``) and then, maybe, a created batch: the
+  previous version holds the record ``uploaded`` with its input file (the upload was
+  its own save). On recovery every ``uploaded`` record without a batch id is turned
+  back into an intent (``submitting``, ``intent_at`` now), so the engine lists the
+  job's batches by their metadata tags (job, shard, attempt, submission) before
+  creating anything, waits the usual grace for a create sent just before the crash,
+  and adopts what it finds;
+* a created batch's id (saved together with the next shard's intent): the previous
+  version holds that record as an intent, reconciled the same way;
+* an upload: redone, leaving one unused input file at the provider (no batch);
+* a settlement, a child (retry) record or a requeue after ``token_limit_exceeded``:
+  redone from the same downloaded files, with the same rows (a child shard is copied
+  from its parent verbatim, so it gets the same sha256; a requeue gets the same
+  submission number). The child's or the requeued batch cannot exist yet: creating it
+  takes an upload and an intent, two more steps;
+* ``cancel_requested``: part of the skeleton, so it is never lost.
+
+The save that settles the job's last attempt writes both files (one more write per
+job), so that a finished job recovers to its finished state: readers without a client
+(``read_results``) get every row. During a run, the previous version may lack the
+newest settlements; ``wait()`` settles those attempts again from the downloaded files,
+without an API call.
+
+Everything else (statuses, request counts, downloads, row counts) is polled, downloaded
+or parsed again. When no readable version is left, :class:`ManifestDamagedError` names
+the file, the job id when it can still be read from the damaged bytes, and what to do.
 """
 
 from __future__ import annotations
@@ -45,6 +88,7 @@ from batchframe.exceptions import (
     JobError,
     JobLockedError,
     JobNotFoundError,
+    ManifestDamagedError,
     ManifestVersionError,
 )
 
@@ -61,6 +105,7 @@ __all__ = [
     "IN_FLIGHT",
     "LOCK_FILE",
     "MANIFEST_FILE",
+    "PREVIOUS_MANIFEST_FILE",
     "REMOTE_TERMINAL",
     "TRANSITIONS",
     "LockInfo",
@@ -77,6 +122,8 @@ _log = logging.getLogger("batchframe")
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+#: The version of the manifest before the current one, as far as recovery needs it.
+PREVIOUS_MANIFEST_FILE = "manifest.prev.json"
 LOCK_FILE = "lock.json"
 
 RecordStatus = Literal[
@@ -284,6 +331,13 @@ class Manifest:
     #: The content last written or read (without ``updated_at``): a save of the same
     #: content is skipped, so that polls that changed nothing cost no request.
     _stored: bytes | None = field(default=None, repr=False, compare=False)
+    #: The exact bytes of ``manifest.json`` as last written or read, and their skeleton.
+    _stored_bytes: bytes | None = field(default=None, repr=False, compare=False)
+    _stored_skeleton: bytes | None = field(default=None, repr=False, compare=False)
+    #: Skeleton of what ``manifest.prev.json`` holds (``None``: unknown or absent).
+    _previous_skeleton: bytes | None = field(default=None, repr=False, compare=False)
+    #: Why the manifest was recovered from ``manifest.prev.json`` (``None``: it was not).
+    recovered: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def start(
@@ -402,41 +456,192 @@ class Manifest:
         del data["updated_at"]
         return orjson.dumps(data)
 
+    def _skeleton(self) -> bytes:
+        """What recovery cannot learn again by itself (see the module docstring)."""
+        return orjson.dumps(
+            [
+                self.job_id,
+                self.cancel_requested,
+                [
+                    (r.shard, r.attempt, r.submission, r.input_file_id, r.batch_id)
+                    for r in self.records
+                ],
+                self._settled(),
+            ]
+        )
+
+    def _remember(self, data: bytes) -> None:
+        self._stored = self._content()
+        self._stored_bytes = data
+        self._stored_skeleton = self._skeleton()
+
     def save(self, storage: Storage) -> None:
         """Write ``manifest.json`` atomically, unless it already holds this content.
 
         The write is skipped when the content (all but ``updated_at``) equals what this
         object last wrote or read, so a save that records nothing new costs no request.
+        Before it is replaced, the current version is copied to ``manifest.prev.json``
+        when recovery would need it (its skeleton differs from the copy already there),
+        from memory: one more write, no read.
         """
         content = self._content()
         if content == self._stored:
             return
         self.updated_at = _now()
-        storage.write_bytes(MANIFEST_FILE, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
-        self._stored = content
+        data = orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2)
+        outgoing = self._stored_bytes
+        if outgoing is not None and self._stored_skeleton != self._previous_skeleton:
+            storage.write_bytes(PREVIOUS_MANIFEST_FILE, outgoing)
+            self._previous_skeleton = self._stored_skeleton
+        storage.write_bytes(MANIFEST_FILE, data)
+        self._remember(data)
+        if self._stored_skeleton != self._previous_skeleton and self._settled():
+            # The job just settled: its final version is kept twice, so that readers of a
+            # finished job never fall back to a version with rows still open.
+            storage.write_bytes(PREVIOUS_MANIFEST_FILE, data)
+            self._previous_skeleton = self._stored_skeleton
+
+    def _settled(self) -> bool:
+        return bool(self.records) and all(r.is_settled for r in self.records)
+
+    @classmethod
+    def exists(cls, storage: Storage) -> bool:
+        """Whether a job lives at ``storage``: a manifest, or only its previous version."""
+        return storage.is_file(MANIFEST_FILE) or storage.is_file(PREVIOUS_MANIFEST_FILE)
+
+    @classmethod
+    def _parse(cls, data: bytes) -> Manifest:
+        parsed = orjson.loads(data)
+        if not isinstance(parsed, dict):
+            msg = f"it holds a JSON {type(parsed).__name__}, not an object"
+            raise JobError(msg)
+        manifest = cls.from_dict(parsed)
+        if parsed.get("format_version") == FORMAT_VERSION:
+            manifest._remember(data)  # an upgraded manifest is rewritten
+        return manifest
 
     @classmethod
     def load(cls, storage: Storage) -> Manifest:
-        """Read ``manifest.json`` from ``storage``.
+        """Read ``manifest.json`` from ``storage``, or recover its previous version.
+
+        When ``manifest.json`` is missing or cannot be read (truncated, not JSON, not a
+        manifest) and ``manifest.prev.json`` can, the job is resumed from that, with a
+        warning on the ``batchframe`` logger; its records that may have been submitted
+        since are reconciled with the provider before anything is created (see the
+        module docstring). The next save writes ``manifest.json`` whole again.
 
         Raises
         ------
         JobNotFoundError
             No manifest at the root.
+        ManifestDamagedError
+            ``manifest.json`` cannot be read and no readable previous version is left.
         ManifestVersionError
             The manifest was written by a newer batchframe.
         """
-        if not storage.exists(MANIFEST_FILE):
+        raw = _read_or_none(storage, MANIFEST_FILE)
+        problem: str
+        cause: BaseException | None = None
+        if raw is None:
+            problem = "is missing"
+        else:
+            try:
+                return cls._parse(raw)
+            except ManifestVersionError:
+                raise
+            except (ValueError, KeyError, TypeError, AttributeError, JobError) as exc:
+                problem = f"cannot be read ({_describe(exc, raw)})"
+                cause = exc
+        previous = _read_or_none(storage, PREVIOUS_MANIFEST_FILE)
+        if raw is None and previous is None:
             msg = (
                 f"no batchframe job at `{storage.root_url}` (no {MANIFEST_FILE}); "
                 "create one with `BatchJob.create(requests, root)` or `bf.run(...)`"
             )
             raise JobNotFoundError(msg)
-        data = orjson.loads(storage.read_bytes(MANIFEST_FILE))
-        manifest = cls.from_dict(data)
-        if data.get("format_version") == FORMAT_VERSION:
-            manifest._stored = manifest._content()  # an upgraded manifest is rewritten
-        return manifest
+        if previous is not None:
+            try:
+                manifest = cls._parse(previous)
+            except ManifestVersionError:
+                raise
+            except (ValueError, KeyError, TypeError, AttributeError, JobError) as exc:
+                problem += (
+                    f", and its previous version `{storage.url(PREVIOUS_MANIFEST_FILE)}` "
+                    f"cannot be read either ({_describe(exc, previous)})"
+                )
+                cause = exc
+            else:
+                manifest._recover(storage, problem)
+                return manifest
+        else:
+            problem += f", and there is no previous version ({PREVIOUS_MANIFEST_FILE})"
+        job = _salvage_job_id(raw or b"") or _salvage_job_id(previous or b"")
+        tags = (
+            f"the batches it created carry the metadata tag `batchframe_job={job}`"
+            if job
+            else "the batches it created carry a `batchframe_job` metadata tag"
+        )
+        msg = (
+            f"the job manifest `{storage.url(MANIFEST_FILE)}` {problem}. Restore it from a "
+            f"backup if you have one. Otherwise do not start the job again blindly: {tags}; "
+            "check them at the provider (running ones keep running and are billed), cancel "
+            "or download them, then rerun the rows that need it under a new root"
+        )
+        raise ManifestDamagedError(msg) from cause
+
+    def _recover(self, storage: Storage, problem: str) -> None:
+        """Turn a version read from ``manifest.prev.json`` into one safe to resume from."""
+        assert self._stored_bytes is not None
+        self._previous_skeleton = self._stored_skeleton  # that file holds exactly it
+        self._stored = None  # the next save rewrites manifest.json, whatever it holds
+        now = _now()
+        suspects = []
+        for r in self.records:
+            # Its intent, and a batch, may be in the version that was lost: reconcile
+            # it by its tags before anything is created (`submitting` means just that).
+            if r.batch_id is None and r.status in ("uploaded", "submitting"):
+                if r.status == "uploaded":
+                    r.move("submitting")
+                r.intent_at = now
+                suspects.append(r.key)
+        saved = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(self.updated_at))
+        self.recovered = problem
+        _log.warning(
+            "the job manifest %s %s; resuming job %s from its previous version %s (saved "
+            "%s). At most one step is redone: batches created since are found again by "
+            "their metadata tags before anything is submitted (%d shard attempt(s) to "
+            "check)",
+            storage.url(MANIFEST_FILE),
+            problem,
+            self.job_id,
+            storage.url(PREVIOUS_MANIFEST_FILE),
+            saved,
+            len(suspects),
+        )
+
+
+def _read_or_none(storage: Storage, rel: str) -> bytes | None:
+    try:
+        return storage.read_bytes(rel)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _describe(exc: BaseException, raw: bytes) -> str:
+    if not raw.strip():
+        return "it is empty"
+    if isinstance(exc, orjson.JSONDecodeError):
+        return f"not valid JSON, {len(raw):,} bytes: {exc}"
+    if isinstance(exc, KeyError):
+        return f"the field {exc} is missing"
+    return str(exc) or type(exc).__name__
+
+
+def _salvage_job_id(raw: bytes) -> str | None:
+    import re
+
+    m = re.search(rb'"job_id"\s*:\s*"(bfj_[0-9a-f]+)"', raw)
+    return m.group(1).decode() if m else None
 
 
 # Numbered upgrades: _MIGRATIONS[i] turns format_version i + 1 into i + 2.

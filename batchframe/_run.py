@@ -9,7 +9,7 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from batchframe._job import BatchJob
-from batchframe._manifest import MANIFEST_FILE
+from batchframe._manifest import Manifest
 from batchframe._providers import DEFAULT_EXPIRES_AFTER, Provider
 from batchframe._schedule import check_options
 from batchframe._storage import Storage
@@ -131,7 +131,7 @@ def run(
         frame, endpoint=endpoint, body=body, custom_id=custom_id, tokenizer=tokenizer
     )
     storage = Storage(os.fspath(root), storage_options)
-    if storage.exists(MANIFEST_FILE):
+    if Manifest.exists(storage):
         check_options(
             None, queue_token_limit, max_in_flight, 1 if max_attempts is None else max_attempts
         )

@@ -23,6 +23,8 @@ before anything is written or uploaded; they also inherit :class:`ValueError` (o
     │   ├── JobExistsError                  a different job already lives at that root
     │   ├── JobLockedError                  another live process (or another host) holds the root
     │   ├── ManifestVersionError            the manifest was written by a newer batchframe
+    │   ├── ManifestDamagedError            the manifest and its previous version are unreadable
+    │   ├── JobRootError(OSError)           the job root is a file, or cannot be made or written
     │   ├── InvalidTransitionError(RuntimeError)
     │   │                                   a shard attempt asked for an illegal state move
     │   └── JobNotSettledError              results asked for before every row is settled
@@ -60,8 +62,10 @@ __all__ = [
     "JobLockedError",
     "JobNotFoundError",
     "JobNotSettledError",
+    "JobRootError",
     "JobTimeoutError",
     "LimitError",
+    "ManifestDamagedError",
     "ManifestVersionError",
     "NullValueError",
     "ProviderError",
@@ -183,6 +187,25 @@ class JobLockedError(JobError):
 
 class ManifestVersionError(JobError):
     """The manifest was written by a newer batchframe than this one."""
+
+
+class ManifestDamagedError(JobError):
+    """``manifest.json`` cannot be read and no readable previous version is left.
+
+    The message names the file, the job id when it can be read from the damaged bytes,
+    and what to do. (A damaged manifest with a readable ``manifest.prev.json`` is
+    recovered with a warning instead.)
+    """
+
+
+class JobRootError(JobError, OSError):
+    """The job root cannot be used: it is a regular file, or it cannot be created or written.
+
+    The ``OSError`` that said so is ``__cause__``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class InvalidTransitionError(JobError, RuntimeError):
