@@ -36,6 +36,7 @@ from batchframe._read import read_results, results_to_duckdb, scan_results
 from batchframe._requests import Requests
 from batchframe._results import BatchResults
 from batchframe._run import run
+from batchframe._schedule import RetryBackoff
 from batchframe.exceptions import (
     APIError,
     BatchframeError,
@@ -108,6 +109,7 @@ __all__ = [
     "Requests",
     "ResultsError",
     "ResultsTooLargeError",
+    "RetryBackoff",
     "StreamingNotSupportedError",
     "TemplateError",
     "__version__",

@@ -235,7 +235,7 @@ def submit(args: argparse.Namespace) -> int:
                 metadata=parse_pairs(args.metadata, "--metadata", typed=False) or None,
                 queue_token_limit=scheduling["queue_token_limit"],
                 max_in_flight=scheduling["max_in_flight"],
-                max_attempts=scheduling["max_attempts"] or 3,
+                max_attempts=scheduling["max_attempts"],
                 break_lock=args.break_lock,
                 **create_options(args),
             )

@@ -114,6 +114,14 @@ class JobSnapshot:
             *facts.lines(),
         ]
         lines.append(self.freshness())
+        dups = [d for r in self.records for d in r.duplicates]
+        if dups:
+            ran = sum(1 for d in dups if d.get("completed"))
+            lines.append(
+                f"{len(dups)} duplicate batch(es) found for shard attempts that had one "
+                f"already ({ran} had run requests); kept the recorded batch of each, "
+                "cancelled the rest where they had not run: see `--wide` (duplicate_batch_ids)"
+            )
         if self.lock is not None:
             since = datetime.fromtimestamp(float(self.lock.get("started", 0)), UTC)
             lines.append(

@@ -16,13 +16,13 @@ import polars as pl
 
 from batchframe._config import BatchLimits
 from batchframe._engine import JobEngine, api_factory
+from batchframe._fence import Fence
 from batchframe._files import rewrite_line_urls
 from batchframe._manifest import (
     REMOTE_LIVE,
     Manifest,
     RowCounts,
     acquire_lock,
-    release_lock,
     row_counts,
 )
 from batchframe._progress import Progress, progress_enabled
@@ -36,7 +36,7 @@ from batchframe._providers import (
 )
 from batchframe._read import COLLECT_MAX_BYTES, collect_results, write_results_duckdb
 from batchframe._report import job_html, status_frame
-from batchframe._schedule import Deadline, PollBackoff, check_options
+from batchframe._schedule import Deadline, PollBackoff, RetryBackoff, check_options
 from batchframe._storage import Storage
 from batchframe._timeline import Timeline
 from batchframe.exceptions import JobExistsError
@@ -96,7 +96,8 @@ class BatchJob(JobEngine):
         metadata: Mapping[str, str] | None = None,
         queue_token_limit: int | Mapping[str, int] | None = None,
         max_in_flight: int | None = None,
-        max_attempts: int = 3,
+        max_attempts: int | None = None,
+        retry_backoff: RetryBackoff | None = None,
         executor: Executor | None = None,
         break_lock: bool = False,
         provider: str | Provider | None = None,
@@ -140,7 +141,12 @@ class BatchJob(JobEngine):
             Most batches queued or running at once (``None``: no cap).
         max_attempts
             Tries per row: retryable failures are resubmitted in child shards until a
-            row has been tried this many times.
+            row has been tried this many times. ``None`` (the default): 3 tries, and
+            more during an outage until ``retry_backoff``'s budget is spent.
+        retry_backoff
+            When failed rows are retried: at once for isolated failures, after an
+            exponential backoff with jitter during an outage (see
+            :class:`RetryBackoff`; default ``RetryBackoff()``).
         executor
             Runs per-shard work (writes, uploads, downloads, parsing). Default: a small
             thread pool owned by the job. Shard writes are plain data; uploads and
@@ -186,7 +192,9 @@ class BatchJob(JobEngine):
         CostLimitError
             The estimate exceeds ``max_cost``.
         """
-        check_options(metadata, queue_token_limit, max_in_flight, max_attempts)
+        check_options(
+            metadata, queue_token_limit, max_in_flight, 1 if max_attempts is None else max_attempts
+        )
         prof, limits, provider_options = job_setup(
             requests,
             provider=provider,
@@ -205,7 +213,7 @@ class BatchJob(JobEngine):
                 "`BatchJob.open(root)` (or `bf.run(...)`), or choose another root"
             )
             raise JobExistsError(msg)
-        lock = acquire_lock(storage, break_lock=break_lock)
+        lock = Fence(storage, acquire_lock(storage, break_lock=break_lock))
         try:
             if Manifest.exists(storage):
                 msg = f"a job was created at `{storage.root_url}` meanwhile; open it instead"
@@ -225,14 +233,16 @@ class BatchJob(JobEngine):
                     if isinstance(queue_token_limit, Mapping)
                     else queue_token_limit,
                     "max_in_flight": max_in_flight,
+                    "retry_backoff": (retry_backoff or RetryBackoff()).to_dict(),
                     "metadata": dict(metadata or {}),
                     "custom_id_column": requests.custom_id_column,
                     **provider_options,
                 },
             )
+            lock.check()
             manifest.save(storage)
         except BaseException:
-            release_lock(storage, lock)
+            lock.release()
             raise
         _log.info(
             "created job %s at %s: %d requests in %d shards",
@@ -304,11 +314,11 @@ class BatchJob(JobEngine):
         storage = Storage(os.fspath(root), storage_options)
         manifest = Manifest.load(storage)
         check_same_provider(manifest, provider, storage.root_url)
-        lock = acquire_lock(storage, break_lock=break_lock)
+        lock = Fence(storage, acquire_lock(storage, break_lock=break_lock))
         try:
             manifest = Manifest.load(storage)  # re-read under the lock
         except BaseException:
-            release_lock(storage, lock)
+            lock.release()
             raise
         return cls(
             storage=storage,
@@ -388,12 +398,13 @@ class BatchJob(JobEngine):
         max_in_flight: int | None = None,
         max_attempts: int | None = None,
         max_cost: float | None = None,
+        retry_backoff: RetryBackoff | None = None,
     ) -> None:
         """Change scheduling options of the job; ``None`` keeps the current value.
 
         Parameters
         ----------
-        queue_token_limit, max_in_flight, max_attempts
+        queue_token_limit, max_in_flight, max_attempts, retry_backoff
             As in :meth:`create`.
         max_cost
             A new USD cap (``math.inf`` lifts it); a job paused by the old one goes on
@@ -414,6 +425,8 @@ class BatchJob(JobEngine):
             options["max_in_flight"] = max_in_flight
         if max_attempts is not None:
             options["max_attempts"] = max_attempts
+        if retry_backoff is not None:
+            options["retry_backoff"] = retry_backoff.to_dict()
         self._save()
 
     def submit(self) -> None:
@@ -491,7 +504,11 @@ class BatchJob(JobEngine):
                     f"job {self._m.job_id} is not settled after {timeout} s; its state "
                     "is saved: call `wait()` again to continue"
                 )
-                self._sleep(deadline.clamp(backoff.next(), msg))
+                delay = backoff.next()
+                due = self._next_due()  # a retry waiting out its backoff
+                if due is not None:
+                    delay = min(delay, max(due, 0.01))
+                self._sleep(deadline.clamp(delay, msg))
         finally:
             bar.close()
 
@@ -624,7 +641,10 @@ class BatchJob(JobEngine):
             ``settled``, ``n_requests``, ``total``, ``completed``, ``failed``,
             ``est_tokens``, ``input_file_id``, ``output_file_id``, ``error_file_id``,
             ``created_at``, ``submitted_at``, ``terminal_at``, ``settled_at`` (UTC),
-            ``last_error``, and ``cost_usd``: the batch's cost so far (its actual
+            ``last_error``, ``not_before`` (UTC: a retry waiting out its backoff),
+            ``duplicate_batch_ids`` (comma-separated): other batches found for the same shard
+            attempt (made by a second driver), each cancelled before it ran where possible,
+            and ``cost_usd``: the batch's cost so far (its actual
             usage once it reports one, else its worst-case estimate; null before it
             is created or for unpriced models).
         """

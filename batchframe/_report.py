@@ -68,6 +68,8 @@ _STATUS: dict[str, pl.DataType] = {
     "terminal_at": _TS,
     "settled_at": _TS,
     "last_error": pl.String(),
+    "not_before": _TS,
+    "duplicate_batch_ids": pl.String(),
 }
 STATUS_SCHEMA = pl.Schema(_STATUS)
 #: ``BatchResults.batches``: one row per batch that ran.
@@ -131,6 +133,8 @@ def status_frame(records: Sequence[ShardAttempt]) -> pl.DataFrame:
             _us(r.terminal_at),
             _us(r.settled_at),
             r.last_error,
+            _us(r.not_before),
+            ",".join(d["batch_id"] for d in r.duplicates) or None,
         )
         for r in _ordered(records)
     ]
