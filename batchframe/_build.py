@@ -208,7 +208,10 @@ def build_requests(
         object with ``__arrow_c_stream__`` (pandas, narwhals, DuckDB) is *streamed*: read
         in chunks, never whole, by each pass that needs it (``write``, ``plan``,
         ``BatchJob.create``; see :attr:`Requests.streamed`). Every kind gives the same
-        requests, shards and fingerprint for the same rows.
+        requests, shards and fingerprint for the same rows. A ``ray.data.Dataset`` or
+        ``dask.dataframe.DataFrame`` is built and written by the engine's workers,
+        partition by partition (the job root must be storage they share; ``custom_id``
+        is required).
     endpoint
         One of the Batch API endpoints, e.g. ``"/v1/chat/completions"``.
     body
@@ -307,6 +310,11 @@ def build_requests(
         "tokenizer": "calibrated" if calibrate else label,
         "custom_id_column": custom_id if isinstance(custom_id, str) else None,
     }
+    if source.engine is not None:
+        from batchframe._cluster import DistributedInput, require_ids
+
+        require_ids(builder, source.kind)
+        return Requests(**options, stream=DistributedInput(builder, source, source.engine))
     if source.streamed:
         from batchframe._stream import StreamedInput
 

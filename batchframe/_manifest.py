@@ -374,7 +374,7 @@ class Manifest:
             ShardAttempt(
                 shard=int(row["shard"]),
                 attempt=0,
-                path=shard_path(int(row["shard"])),
+                path=row.get("rel") or shard_path(int(row["shard"])),
                 sha256=str(row["sha256"]),
                 n_requests=int(row["n_requests"]),
                 n_bytes=int(row["n_bytes"]),
