@@ -66,6 +66,21 @@ def strict_json_schema(model: Any) -> dict[str, Any]:
     return to_strict_json_schema(model)
 
 
+def strict_raw_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of a raw JSON schema in the strict form, by the openai package's rules.
+
+    The same walk as for pydantic models (``to_strict_json_schema``): every object
+    closed, every property required, ``$ref`` siblings unravelled. It knows the JSON
+    Schema keywords, so a *property* named ``properties`` or ``type`` stays a property.
+    """
+    import copy
+
+    from openai.lib._pydantic import _ensure_strict_json_schema
+
+    out = copy.deepcopy(schema)
+    return _ensure_strict_json_schema(out, path=(), root=out)
+
+
 # ======================================================================================
 # Batch/Files adapter used by BatchJob (owned by the job module's author).
 #
@@ -128,6 +143,17 @@ class RemoteBatch:
     def is_terminal(self) -> bool:
         """Whether the status is one of completed, failed, expired, cancelled."""
         return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteFile:
+    """The parts of an API ``FileObject`` batchframe uses."""
+
+    id: str
+    filename: str = ""
+    bytes: int = 0
+    created_at: int = 0
+    purpose: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -338,17 +364,90 @@ class BatchAPI:
         ) from last
 
     # -- files -----------------------------------------------------------------------------
-    def upload(self, storage: Storage, rel: str, *, filename: str) -> str:
-        """Upload ``rel`` from ``storage`` as a ``purpose="batch"`` file; return its id."""
+    def upload(
+        self,
+        storage: Storage,
+        rel: str,
+        *,
+        filename: str,
+        expires_after: int | None = None,
+        n_bytes: int | None = None,
+    ) -> str:
+        """Upload ``rel`` from ``storage`` as a ``purpose="batch"`` file; return its id.
+
+        ``expires_after`` (seconds after creation) makes the provider delete the file
+        by itself. When an attempt fails with its outcome unknown (a lost answer), the
+        files list is searched for ``filename`` (of ``n_bytes`` bytes, when given)
+        before the next attempt, and a file found there is returned instead of
+        uploading a second copy.
+        """
+        started = int(time.time())
 
         def once() -> str:
+            kwargs: dict[str, Any] = {}
+            if expires_after is not None:
+                kwargs["expires_after"] = {"anchor": "created_at", "seconds": int(expires_after)}
             with storage.open_read(rel) as f:
                 obj = self._client.files.create(
-                    file=(filename, f, "application/jsonl"), purpose="batch"
+                    file=(filename, f, "application/jsonl"), purpose="batch", **kwargs
                 )
             return str(obj.id)
 
-        return self._call("files.create", once)
+        def reconcile() -> str | None:
+            for found in self.list_files(purpose="batch"):
+                if (
+                    found.filename == filename
+                    and (n_bytes is None or found.bytes == n_bytes)
+                    and found.created_at >= started - 3600
+                ):
+                    _log.info(
+                        "adopting file %s uploaded by an attempt whose answer was lost", found.id
+                    )
+                    return found.id
+            return None
+
+        return self._call("files.create", once, before_retry=reconcile)
+
+    def list_files(self, *, purpose: str | None = "batch") -> list[RemoteFile]:
+        """Every file of ``purpose`` on the account (all pages), newest first."""
+        out: list[RemoteFile] = []
+        after: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": 10_000, "order": "desc"}
+            if purpose is not None:
+                kwargs["purpose"] = purpose
+            if after is not None:
+                kwargs["after"] = after
+
+            def page_once(kwargs: dict[str, Any] = kwargs) -> Any:
+                return self._client.files.list(**kwargs)
+
+            page = self._call("files.list", page_once)
+            data = list(page.data or [])
+            out.extend(
+                RemoteFile(
+                    id=str(f.id),
+                    filename=str(getattr(f, "filename", "") or ""),
+                    bytes=int(getattr(f, "bytes", 0) or 0),
+                    created_at=int(getattr(f, "created_at", 0) or 0),
+                    purpose=str(getattr(f, "purpose", "") or ""),
+                )
+                for f in data
+            )
+            if not data or getattr(page, "has_more", False) is not True:
+                break
+            after = str(data[-1].id)
+        return out
+
+    def delete_file(self, file_id: str) -> bool:
+        """Delete file ``file_id``; ``False`` when it was gone already (404)."""
+        try:
+            self._call("files.delete", lambda: self._client.files.delete(file_id))
+        except APIError as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+        return True
 
     def download(self, file_id: str, storage: Storage, rel: str) -> int:
         """Stream file ``file_id`` into ``rel`` (atomically); return the bytes written."""
@@ -375,6 +474,7 @@ class BatchAPI:
         metadata: Mapping[str, str],
         completion_window: str = "24h",
         created_after: int | None = None,
+        output_expires_after: int | None = None,
     ) -> RemoteBatch:
         """Create a batch exactly once.
 
@@ -384,6 +484,12 @@ class BatchAPI:
         creating a second one.
         """
         meta = {str(k): str(v) for k, v in metadata.items()}
+        extra: dict[str, Any] = {}
+        if output_expires_after is not None:
+            extra["output_expires_after"] = {
+                "anchor": "created_at",
+                "seconds": int(output_expires_after),
+            }
 
         def once() -> RemoteBatch:
             batch = self._client.batches.create(
@@ -391,6 +497,7 @@ class BatchAPI:
                 endpoint=endpoint,  # type: ignore[arg-type]  # any endpoint string passes at runtime
                 completion_window=completion_window,  # type: ignore[arg-type]
                 metadata=meta,
+                **extra,
             )
             return _to_remote(batch)
 

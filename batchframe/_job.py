@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -16,19 +16,28 @@ import polars as pl
 
 from batchframe._config import BatchLimits
 from batchframe._engine import JobEngine, api_factory
+from batchframe._fence import Fence
+from batchframe._files import rewrite_line_urls
 from batchframe._manifest import (
     REMOTE_LIVE,
     Manifest,
     RowCounts,
     acquire_lock,
-    release_lock,
     row_counts,
 )
 from batchframe._progress import Progress, progress_enabled
+from batchframe._providers import (
+    DEFAULT_EXPIRES_AFTER,
+    Provider,
+    check_same_provider,
+    job_setup,
+    set_max_cost,
+    with_cost,
+)
 from batchframe._publish import clean_temps, mirror_dir
 from batchframe._read import COLLECT_MAX_BYTES, collect_results, write_results_duckdb
 from batchframe._report import job_html, status_frame
-from batchframe._schedule import Deadline, PollBackoff, check_options
+from batchframe._schedule import Deadline, PollBackoff, RetryBackoff, check_options
 from batchframe._storage import Storage
 from batchframe._timeline import Timeline
 from batchframe.exceptions import JobExistsError
@@ -88,9 +97,17 @@ class BatchJob(JobEngine):
         metadata: Mapping[str, str] | None = None,
         queue_token_limit: int | Mapping[str, int] | None = None,
         max_in_flight: int | None = None,
-        max_attempts: int = 3,
+        max_attempts: int | None = None,
+        retry_backoff: RetryBackoff | None = None,
         executor: Executor | None = None,
         break_lock: bool = False,
+        provider: str | Provider | None = None,
+        completion_window: str = "24h",
+        expires_after: int | None = DEFAULT_EXPIRES_AFTER,
+        output_expires_after: int | None = None,
+        keep_files: bool | str | Sequence[str] = False,
+        max_cost: float | None = None,
+        prices: Mapping[str, Any] | str | os.PathLike[str] | None = None,
     ) -> BatchJob:
         """Write the shards of ``requests`` under ``root`` and start a job there.
 
@@ -125,7 +142,12 @@ class BatchJob(JobEngine):
             Most batches queued or running at once (``None``: no cap).
         max_attempts
             Tries per row: retryable failures are resubmitted in child shards until a
-            row has been tried this many times.
+            row has been tried this many times. ``None`` (the default): 3 tries, and
+            more during an outage until ``retry_backoff``'s budget is spent.
+        retry_backoff
+            When failed rows are retried: at once for isolated failures, after an
+            exponential backoff with jitter during an outage (see
+            :class:`RetryBackoff`; default ``RetryBackoff()``).
         executor
             Runs per-shard work (writes, uploads, downloads, parsing). Default: a small
             thread pool owned by the job. Shard writes are plain data; uploads and
@@ -133,6 +155,32 @@ class BatchJob(JobEngine):
             pools, Dask, Ray) need a picklable client.
         break_lock
             Take over the root's lock whoever holds it (see :meth:`open`).
+        provider
+            ``"openai"`` (default), ``"azure"``, ``"azure-legacy"``, ``"groq"`` or a
+            :class:`Provider`: default ``limits``, allowed windows, line URLs, file
+            caps and prices (README "Providers"). Stored in the manifest.
+        completion_window
+            ``"24h"``; Groq also takes up to ``"7d"``. Checked against the provider
+            before anything is written.
+        expires_after
+            Seconds after which the provider deletes an uploaded input file by itself
+            (default 30 days; ``None``: no expiry).
+        output_expires_after
+            Seconds after which the provider deletes a batch's output and error files
+            (``None``: the provider's default).
+        keep_files
+            Files to keep on the provider once a shard attempt's results are stored
+            under the root: ``False`` (default) deletes input, output and error files
+            then; ``True`` keeps all; or some of ``"input"``, ``"output"``, ``"error"``.
+        max_cost
+            USD cap: a job whose worst-case estimate (inputs plus every request's
+            ``max_tokens``) exceeds it is refused before anything is written, and no
+            batch is created once the cost so far plus its estimate would pass it
+            (the job pauses with :class:`CostLimitError`; raise the cap with
+            :meth:`configure`).
+        prices
+            Price overrides, ``{model: {"input", "cached_input", "output"}}`` in USD per
+            1M tokens, or a JSON file of that shape (see :func:`price_table`).
 
         Raises
         ------
@@ -140,9 +188,25 @@ class BatchJob(JobEngine):
             A job already lives at ``root``.
         JobLockedError
             Another live process is creating a job at ``root`` right now.
+        ProviderError
+            The provider does not take ``completion_window``, an expiry, or the endpoint.
+        CostLimitError
+            The estimate exceeds ``max_cost``.
         """
-        check_options(metadata, queue_token_limit, max_in_flight, max_attempts)
-        limits = limits or BatchLimits()
+        check_options(
+            metadata, queue_token_limit, max_in_flight, 1 if max_attempts is None else max_attempts
+        )
+        prof, limits, provider_options = job_setup(
+            requests,
+            provider=provider,
+            limits=limits,
+            completion_window=completion_window,
+            expires_after=expires_after,
+            output_expires_after=output_expires_after,
+            keep_files=keep_files,
+            max_cost=max_cost,
+            prices=prices,
+        )
         storage = Storage(os.fspath(root), storage_options)
         if Manifest.exists(storage):
             msg = (
@@ -150,7 +214,7 @@ class BatchJob(JobEngine):
                 "`BatchJob.open(root)` (or `bf.run(...)`), or choose another root"
             )
             raise JobExistsError(msg)
-        lock = acquire_lock(storage, break_lock=break_lock)
+        lock = Fence(storage, acquire_lock(storage, break_lock=break_lock))
         try:
             if Manifest.exists(storage):
                 msg = f"a job was created at `{storage.root_url}` meanwhile; open it instead"
@@ -158,6 +222,7 @@ class BatchJob(JobEngine):
             written, facts = requests._write(
                 storage.root_url, limits, storage_options, executor, fingerprint=True
             )
+            written = rewrite_line_urls(storage, written, prof, requests.endpoint)
             manifest = Manifest.start(
                 requests,
                 written,
@@ -169,13 +234,16 @@ class BatchJob(JobEngine):
                     if isinstance(queue_token_limit, Mapping)
                     else queue_token_limit,
                     "max_in_flight": max_in_flight,
+                    "retry_backoff": (retry_backoff or RetryBackoff()).to_dict(),
                     "metadata": dict(metadata or {}),
-                    "completion_window": "24h",
+                    "custom_id_column": requests.custom_id_column,
+                    **provider_options,
                 },
             )
+            lock.check()
             manifest.save(storage)
         except BaseException:
-            release_lock(storage, lock)
+            lock.release()
             raise
         _log.info(
             "created job %s at %s: %d requests in %d shards",
@@ -203,6 +271,7 @@ class BatchJob(JobEngine):
         storage_options: Mapping[str, Any] | None = None,
         executor: Executor | None = None,
         break_lock: bool = False,
+        provider: str | Provider | None = None,
     ) -> BatchJob:
         """Resume the job at ``root`` (another process, another day).
 
@@ -231,6 +300,9 @@ class BatchJob(JobEngine):
             that cannot be checked from here (another host, another container, or
             before a reboot), raise :class:`JobLockedError` naming it; pass
             ``break_lock=True`` once you are sure it no longer drives the job.
+        provider
+            When given, the provider the caller expects: a job created for another
+            one is refused with :class:`ProviderError` (its files and batches live there).
 
         Raises
         ------
@@ -242,11 +314,12 @@ class BatchJob(JobEngine):
         """
         storage = Storage(os.fspath(root), storage_options)
         manifest = Manifest.load(storage, quiet=True)  # said again under the lock
-        lock = acquire_lock(storage, break_lock=break_lock)
+        check_same_provider(manifest, provider, storage.root_url)
+        lock = Fence(storage, acquire_lock(storage, break_lock=break_lock))
         try:
             manifest = Manifest.load(storage)  # re-read under the lock
         except BaseException:
-            release_lock(storage, lock)
+            lock.release()
             raise
         clean_temps(storage, mirror_dir(manifest.job_id))  # left by a crash
         return cls(
@@ -326,14 +399,20 @@ class BatchJob(JobEngine):
         queue_token_limit: int | Mapping[str, int] | None = None,
         max_in_flight: int | None = None,
         max_attempts: int | None = None,
+        max_cost: float | None = None,
+        retry_backoff: RetryBackoff | None = None,
     ) -> None:
         """Change scheduling options of the job; ``None`` keeps the current value.
 
         Parameters
         ----------
-        queue_token_limit, max_in_flight, max_attempts
+        queue_token_limit, max_in_flight, max_attempts, retry_backoff
             As in :meth:`create`.
+        max_cost
+            A new USD cap (``math.inf`` lifts it); a job paused by the old one goes on
+            at the next :meth:`submit` / :meth:`wait`.
         """
+        set_max_cost(self._m, max_cost)
         check_options(
             None, queue_token_limit, max_in_flight, 1 if max_attempts is None else max_attempts
         )
@@ -348,6 +427,8 @@ class BatchJob(JobEngine):
             options["max_in_flight"] = max_in_flight
         if max_attempts is not None:
             options["max_attempts"] = max_attempts
+        if retry_backoff is not None:
+            options["retry_backoff"] = retry_backoff.to_dict()
         self._save()
 
     def submit(self) -> None:
@@ -368,6 +449,7 @@ class BatchJob(JobEngine):
             _log.warning("job %s was cancelled; nothing is submitted", self._m.job_id)
             return
         self._submit_admissible()
+        self._check_paused()
 
     def refresh(self) -> None:
         """Poll once: update every live batch, download finished files, schedule retries.
@@ -424,7 +506,11 @@ class BatchJob(JobEngine):
                     f"job {self._m.job_id} is not settled after {timeout} s; its state "
                     "is saved: call `wait()` again to continue"
                 )
-                self._sleep(deadline.clamp(backoff.next(), msg))
+                delay = backoff.next()
+                due = self._next_due()  # a retry waiting out its backoff
+                if due is not None:
+                    delay = min(delay, max(due, 0.01))
+                self._sleep(deadline.clamp(delay, msg))
         finally:
             bar.close()
 
@@ -466,6 +552,74 @@ class BatchJob(JobEngine):
         if wait:
             self.wait(poll_interval=poll_interval, timeout=timeout, progress=False)
 
+    def retry(
+        self,
+        where: pl.Expr | None = None,
+        *,
+        reset_attempts: bool = False,
+        submit: bool = True,
+    ) -> pl.DataFrame:
+        """Run failed rows again, as new attempts of their shards; then :meth:`wait`.
+
+        Chosen rows leave ``failed`` (for now) and are resubmitted with every guarantee
+        of the job's own retries: crash-safe, never submitted twice, each row in exactly
+        one of ``ok`` / ``failed`` once settled. Calling it again before the retried
+        rows finish finds nothing new to retry. A cancelled job is resumed for them.
+
+        Parameters
+        ----------
+        where
+            A Polars expression over the columns of ``results.failed`` (``stage``,
+            ``error_code``, ``status_code``, ``retryable``, ``attempts``, ...) choosing
+            the rows. Default: every retryable or cancelled row,
+            ``pl.col("retryable") | (pl.col("stage") == "cancelled")``. Rows of shards
+            still running are left for a later call.
+        reset_attempts
+            Give the retried rows ``max_attempts`` tries again (automatic retries of
+            retryable failures included). By default the new attempt counts in
+            ``max_attempts``: a row that used its tries runs once more, no further.
+        submit
+            Submit what the queue admits now (as :meth:`submit`); ``False`` only
+            writes and records the new attempts (:meth:`wait` submits them).
+
+        Returns
+        -------
+        pl.DataFrame
+            One row per new shard attempt: ``shard``, ``attempt``, ``n_requests``,
+            ``path``; empty when no failed row matched.
+
+        Raises
+        ------
+        ColumnNotFoundError
+            ``where`` names a column failed rows do not have.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import batchframe as bf
+        >>> req = bf.build_requests(
+        ...     pl.DataFrame({"id": [1, 2, 3]}),
+        ...     endpoint="/v1/chat/completions",
+        ...     body=bf.chat_body("gpt-4o-mini", user="hello"),
+        ...     custom_id="id",
+        ... )
+        >>> with bf.LocalBatchServer() as server:
+        ...     with bf.BatchJob.create(req, "memory://doc-retry", client=server.client()) as job:
+        ...         job.cancel()  # before anything ran: every row is failed, "cancelled"
+        ...         job.retry()["n_requests"].to_list()
+        ...         job.wait(poll_interval=0.05)
+        ...         job.counts().ok
+        [3]
+        3
+        """
+        from batchframe._retry_rows import retry_rows
+
+        self._ensure_reconciled()
+        new = retry_rows(self, where, reset_attempts=reset_attempts)
+        if submit and new.height:
+            self._submit_admissible()
+        return new
+
     # -- reporting ----------------------------------------------------------------------
     def counts(self) -> RowCounts:
         """Rows settled so far, without a network call.
@@ -489,9 +643,14 @@ class BatchJob(JobEngine):
             ``settled``, ``n_requests``, ``total``, ``completed``, ``failed``,
             ``est_tokens``, ``input_file_id``, ``output_file_id``, ``error_file_id``,
             ``created_at``, ``submitted_at``, ``terminal_at``, ``settled_at`` (UTC),
-            ``last_error``.
+            ``last_error``, ``not_before`` (UTC: a retry waiting out its backoff),
+            ``duplicate_batch_ids`` (comma-separated): other batches found for the same shard
+            attempt (made by a second driver), each cancelled before it ran where possible,
+            and ``cost_usd``: the batch's cost so far (its actual
+            usage once it reports one, else its worst-case estimate; null before it
+            is created or for unpriced models).
         """
-        return status_frame(self._m.records)
+        return with_cost(status_frame(self._m.records), self._m)
 
     def timeline(self) -> Timeline:
         """Batches over time by status, as a chart (SVG; shown inline in notebooks).
@@ -500,21 +659,14 @@ class BatchJob(JobEngine):
         -------
         Timeline
             One bar per shard attempt: queued until submitted, then its batch's
-            status. ``timeline().to_svg()`` gives the SVG text to save or embed.
+            phases as the batch object reports them (validating, in progress,
+            finalizing), then its final status until settled. ``timeline().to_svg()``
+            gives the SVG text to save or embed.
         """
-        return Timeline(self.status())
+        return Timeline.of(self._m.records)
 
     def _repr_html_(self) -> str:
-        ok, failed = self._counts()
-        return job_html(
-            self._m.job_id,
-            self.root,
-            self._m.endpoint,
-            self._m.n_requests,
-            ok,
-            failed,
-            self.status(),
-        )
+        return job_html(self._m, self.root)
 
     # -- results ------------------------------------------------------------------------
     def collect(

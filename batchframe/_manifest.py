@@ -104,6 +104,7 @@ __all__ = [
     "FORMAT_VERSION",
     "IN_FLIGHT",
     "LOCK_FILE",
+    "LOCK_TTL",
     "MANIFEST_FILE",
     "PREVIOUS_MANIFEST_FILE",
     "REMOTE_TERMINAL",
@@ -114,8 +115,10 @@ __all__ = [
     "ShardAttempt",
     "acquire_lock",
     "batch_tags",
+    "check_lock",
     "find_tagged",
     "release_lock",
+    "renew_lock",
 ]
 
 _log = logging.getLogger("batchframe")
@@ -125,6 +128,10 @@ MANIFEST_FILE = "manifest.json"
 #: The version of the manifest before the current one, as far as recovery needs it.
 PREVIOUS_MANIFEST_FILE = "manifest.prev.json"
 LOCK_FILE = "lock.json"
+#: Seconds after which a lock whose holder cannot be checked from here (another host,
+#: container or boot) and has not renewed its heartbeat may be taken over. Holders
+#: renew every ``LOCK_TTL / 4`` seconds while their job is open.
+LOCK_TTL = 120.0
 
 RecordStatus = Literal[
     "pending",
@@ -207,6 +214,13 @@ class ShardAttempt:
     n_retried: int | None = None
     inflight_tokens_at_submit: int | None = None
     not_before: float | None = None
+    #: Seconds of retry backoff spent on the rows of this attempt's line so far.
+    backoff_spent: float = 0.0
+    #: Outage-like failures in a row along this attempt's line (0: the last was not).
+    backoff_step: int = 0
+    #: Other batches found tagged for this shard attempt (a second driver, or a create
+    #: re-sent blindly): ``{"batch_id", "status", "completed", "action"}`` each.
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
     created_at: float = field(default_factory=_now)
     uploaded_at: float | None = None
     intent_at: float | None = None
@@ -214,6 +228,8 @@ class ShardAttempt:
     batch_created_at: int | None = None
     batch_ended_at: int | None = None
     terminal_at: float | None = None
+    #: The batch's own phase timestamps (``in_progress_at``, ``finalizing_at``, ...).
+    batch_timestamps: dict[str, int] = field(default_factory=dict)
     settled_at: float | None = None
     updated_at: float = field(default_factory=_now)
     last_error: str | None = None
@@ -276,6 +292,8 @@ class ShardAttempt:
             for e in b.errors
         ]
         self.usage = b.usage
+        if b.timestamps:
+            self.batch_timestamps = {**self.batch_timestamps, **b.timestamps}
         if self.is_terminal:
             self.batch_ended_at = b.timestamps.get(f"{self.status}_at") or self.batch_ended_at
         if self.is_terminal and self.terminal_at is None:
@@ -356,7 +374,7 @@ class Manifest:
             ShardAttempt(
                 shard=int(row["shard"]),
                 attempt=0,
-                path=shard_path(int(row["shard"])),
+                path=row.get("rel") or shard_path(int(row["shard"])),
                 sha256=str(row["sha256"]),
                 n_requests=int(row["n_requests"]),
                 n_bytes=int(row["n_bytes"]),
@@ -679,6 +697,12 @@ class LockInfo:
     boot and the pid namespace) tell whether ``pid`` can be checked from here at all,
     and whether the process running under it now is the holder: two containers may
     share a host name, and pids are reused.
+
+    ``epoch`` is the fencing token: every taker writes a number above its predecessor's
+    (and above the time in milliseconds), so a later holder always has the larger one.
+    ``heartbeat`` is when the holder last renewed the lock (it does every
+    ``LOCK_TTL / 4`` seconds while the job is open); a holder that cannot be checked
+    from here and has not renewed for :data:`LOCK_TTL` seconds is taken over.
     """
 
     host: str
@@ -688,6 +712,8 @@ class LockInfo:
     proc_start: str | None = None
     boot_id: str | None = None
     pid_ns: str | None = None
+    epoch: int = 0
+    heartbeat: float | None = None
 
     def describe(self) -> str:
         """Human-readable holder, for error messages."""
@@ -703,18 +729,33 @@ class LockInfo:
             for a, b in ((self.boot_id, other.boot_id), (self.pid_ns, other.pid_ns))
         )
 
+    def is_stale(self, now: float | None = None) -> bool:
+        """Whether the holder renews a heartbeat and has not for :data:`LOCK_TTL` seconds."""
+        if self.heartbeat is None:
+            return False  # written by a batchframe without heartbeats: never stale
+        return (now if now is not None else _now()) - self.heartbeat > LOCK_TTL
+
+    def payload(self, *, heartbeat: float | None = None) -> bytes:
+        """The bytes of ``lock.json`` for this holder, with a fresh heartbeat."""
+        data = asdict(self)
+        data["heartbeat"] = heartbeat if heartbeat is not None else _now()
+        return orjson.dumps(data)
+
     @classmethod
-    def mine(cls) -> LockInfo:
+    def mine(cls, epoch: int = 0) -> LockInfo:
         """Return a new lock description for this process."""
         pid = os.getpid()
+        now = _now()
         return cls(
             host=socket.gethostname(),
             pid=pid,
-            started=_now(),
+            started=now,
             token=uuid.uuid4().hex,
             proc_start=_proc_start(pid),
             boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
             pid_ns=_pid_namespace(),
+            epoch=max(epoch, int(now * 1000)),
+            heartbeat=now,
         )
 
 
@@ -791,6 +832,8 @@ def _read_lock(storage: Storage) -> LockInfo | None:
             proc_start=data.get("proc_start"),
             boot_id=data.get("boot_id"),
             pid_ns=data.get("pid_ns"),
+            epoch=int(data.get("epoch") or 0),
+            heartbeat=None if data.get("heartbeat") is None else float(data["heartbeat"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return LockInfo(host="?", pid=-1, started=0.0, token=str(data)[:100])
@@ -805,18 +848,23 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
     is gone (its pid is dead, a zombie, or now belongs to a process with another start
     time): that is what lets a job resume after a crash or a kill. A holder that cannot
     be checked from here (another host, another container's pid namespace, or before a
-    reboot) is taken over only with ``break_lock=True``; a live holder on this host
-    only with ``break_lock=True`` too.
+    reboot) is taken over when its heartbeat is older than :data:`LOCK_TTL` seconds,
+    and otherwise only with ``break_lock=True``; a live holder on this host only with
+    ``break_lock=True`` too.
+
+    The new lock's ``epoch`` (fencing token) is above the previous holder's. A holder
+    that was taken over notices it before its next batch creation or manifest save
+    (:func:`check_lock`) and stops.
 
     Raises
     ------
     JobLockedError
         Another process holds the lock; the message names it and says what to do.
     """
-    mine = LockInfo.mine()
-    payload = orjson.dumps(asdict(mine))
+    previous = 0
     for _ in range(5):
-        if storage.create_exclusive(LOCK_FILE, payload):
+        mine = LockInfo.mine(previous + 1)
+        if storage.create_exclusive(LOCK_FILE, mine.payload(heartbeat=mine.heartbeat)):
             held = _read_lock(storage)
             if held is not None and held.token == mine.token:
                 return mine
@@ -824,9 +872,11 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
         holder = _read_lock(storage)
         if holder is None:
             continue  # released meanwhile
+        previous = max(previous, holder.epoch)
         same_process = holder.pid == mine.pid and holder.same_pid_space(mine)
         alive = None if same_process else _holder_alive(holder, mine)
-        if not (same_process or alive is False or break_lock):
+        stale = alive is None and holder.pid >= 0 and holder.is_stale()
+        if not (same_process or alive is False or stale or break_lock):
             if holder.pid < 0:
                 msg = (
                     f"the job at `{storage.root_url}` has an unreadable `{LOCK_FILE}` (a "
@@ -839,6 +889,11 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
                     "which cannot be checked from here (another host, container or boot); "
                     "if that process is gone, pass `break_lock=True` to take the job over"
                 )
+                if holder.heartbeat is not None:
+                    msg += (
+                        f" (or wait: its heartbeat is {_now() - holder.heartbeat:.0f} s old, "
+                        f"and a lock not renewed for {LOCK_TTL:.0f} s is taken over)"
+                    )
             else:
                 msg = (
                     f"the job at `{storage.root_url}` is being driven by {holder.describe()}; "
@@ -847,11 +902,16 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
                 )
             raise JobLockedError(msg)
         if not same_process:
-            why = (
-                "which is no longer running"
-                if alive is False
-                else "because `break_lock=True` was passed"
-            )
+            if alive is False:
+                why = "which is no longer running"
+            elif stale:
+                assert holder.heartbeat is not None
+                why = (
+                    f"whose heartbeat is {_now() - holder.heartbeat:.0f} s old "
+                    f"(more than {LOCK_TTL:.0f} s)"
+                )
+            else:
+                why = "because `break_lock=True` was passed"
             _log.warning(
                 "taking over the lock of the job at %s from %s, %s",
                 storage.root_url,
@@ -865,6 +925,46 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
             storage.delete(LOCK_FILE)
     msg = f"could not take the lock of the job at `{storage.root_url}`; try again"
     raise JobLockedError(msg)
+
+
+def check_lock(storage: Storage, info: LockInfo) -> None:
+    """Make sure ``info`` still holds the lock (the fence before a create or a save).
+
+    A lock file found missing (deleted by hand, or lost) is taken back by an exclusive
+    create, so that no other process can take it meanwhile.
+
+    Raises
+    ------
+    JobLockedError
+        Another process took the job over; this one must not create a batch or save
+        the manifest any more.
+    """
+    held = _read_lock(storage)
+    if held is None and storage.create_exclusive(LOCK_FILE, info.payload()):
+        _log.warning(
+            "the lock file of the job at %s had disappeared; taken back by this process",
+            storage.root_url,
+        )
+        held = _read_lock(storage)
+    if held is not None and held.token == info.token:
+        return
+    other = "an unknown process" if held is None else held.describe()
+    epoch = "" if held is None else f" (lock epoch {held.epoch} > ours, {info.epoch})"
+    msg = (
+        f"the job at `{storage.root_url}` was taken over by {other}{epoch}; this process "
+        "stopped before creating another batch or saving the manifest. Let the new holder "
+        "drive the job (or open it again here once that one is gone)"
+    )
+    raise JobLockedError(msg)
+
+
+def renew_lock(storage: Storage, info: LockInfo) -> bool:
+    """Refresh the heartbeat of ``info``'s lock; ``False`` when it is not ours any more."""
+    held = _read_lock(storage)
+    if held is None or held.token != info.token:
+        return False
+    storage.write_bytes(LOCK_FILE, info.payload())
+    return True
 
 
 def release_lock(storage: Storage, info: LockInfo) -> None:

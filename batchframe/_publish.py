@@ -65,6 +65,7 @@ __all__ = [
     "cache_tag",
     "clean_temps",
     "finalize_outcome",
+    "later_attempts",
     "legacy_names",
     "map_bounded",
     "ok_frame_schema",
@@ -155,10 +156,29 @@ def cache_tag(manifest: Manifest, model: str | None) -> str:
     return hashlib.sha256(repr(schemas).encode()).hexdigest()[:10]
 
 
+def later_attempts(manifest: Manifest, r: ShardAttempt) -> list[ShardAttempt]:
+    """The attempts of ``r``'s shard after ``r``: they hold the rows ``r`` does not keep.
+
+    A row ends with the latest attempt of its shard that holds it. The engine's retries
+    form a chain (attempt ``n + 1`` holds some rows of attempt ``n``); ``BatchJob.retry``
+    adds attempts holding rows of any earlier attempt.
+    """
+    return sorted(
+        (x for x in manifest.records if x.shard == r.shard and x.attempt > r.attempt),
+        key=lambda x: x.attempt,
+    )
+
+
 def source_of(manifest: Manifest, r: ShardAttempt, tag: str) -> str:
-    """What a published file of ``r`` was made from: settlement, schemas, retry child."""
-    child = manifest.record(r.shard, r.attempt + 1)
-    return f"{_stamp(r)}.{tag}.{child.sha256[:16] if child is not None else '-'}"
+    """What a published file of ``r`` was made from: settlement, schemas, later attempts."""
+    later = later_attempts(manifest, r)
+    if not later:
+        digest = "-"
+    elif len(later) == 1:
+        digest = later[0].sha256[:16]
+    else:
+        digest = hashlib.sha256(" ".join(x.sha256 for x in later).encode()).hexdigest()[:16]
+    return f"{_stamp(r)}.{tag}.{digest}"
 
 
 def _part_schema(manifest: Manifest, model: str | None, part: str) -> pl.Schema:
@@ -192,8 +212,7 @@ def settled_outcome(storage: Storage, manifest: Manifest, r: ShardAttempt) -> Ou
         json_schema=manifest.json_schema,
         embedding_dim=manifest.embedding_dim(r.model),
     )
-    child = manifest.record(r.shard, r.attempt + 1)
-    retried = shard_ids(storage, child.path) if child is not None else []
+    retried = {i for x in later_attempts(manifest, r) for i in shard_ids(storage, x.path)}
     return finalize_outcome(outcome, retried, endpoint=manifest.endpoint)
 
 

@@ -169,7 +169,13 @@ def collect_results(
     fails = _read_all(storage, manifest, published.failed, executor, fetch)
     ok = pl.concat(oks, how="vertical_relaxed") if oks else _empty_ok(manifest)
     failed = pl.concat(fails, how="vertical_relaxed") if fails else _empty_failed()
-    results = BatchResults(ok, failed, manifest.endpoint, batches=batches_frame(manifest))
+    results = BatchResults(
+        ok,
+        failed,
+        manifest.endpoint,
+        batches=batches_frame(manifest),
+        custom_id_column=manifest.options.get("custom_id_column"),
+    )
     if not partial:
         n = results.ok["custom_id"].n_unique() + results.failed.height
         if n != manifest.n_requests:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from batchframe._job import BatchJob
 from batchframe._manifest import Manifest
-from batchframe._schedule import check_options
+from batchframe._providers import DEFAULT_EXPIRES_AFTER, Provider
+from batchframe._schedule import RetryBackoff, check_options
 from batchframe._storage import Storage
 from batchframe.exceptions import JobExistsError
 
@@ -41,12 +42,20 @@ def run(
     queue_token_limit: int | Mapping[str, int] | None = None,
     max_in_flight: int | None = None,
     max_attempts: int | None = None,
+    retry_backoff: RetryBackoff | None = None,
     executor: Executor | None = None,
     poll_interval: float | None = None,
     timeout: float | None = None,
     progress: bool | None = None,
     break_lock: bool = False,
     tokenizer: str = "auto",
+    provider: str | Provider | None = None,
+    completion_window: str = "24h",
+    expires_after: int | None = DEFAULT_EXPIRES_AFTER,
+    output_expires_after: int | None = None,
+    keep_files: bool | str | Sequence[str] = False,
+    max_cost: float | None = None,
+    prices: Mapping[str, Any] | str | os.PathLike[str] | None = None,
 ) -> BatchResults:
     """Build requests, submit, wait and collect in one call; resume a job at ``root``.
 
@@ -64,13 +73,19 @@ def run(
         As in :func:`build_requests`.
     root
         The job's directory or fsspec URL.
-    limits, client, storage_options, metadata, queue_token_limit, max_in_flight, max_attempts, executor, break_lock
-        As in :meth:`BatchJob.create` (``max_attempts`` defaults to 3). On resume the
+    limits, client, storage_options, metadata, queue_token_limit, max_in_flight, max_attempts, retry_backoff, executor, break_lock
+        As in :meth:`BatchJob.create` (``max_attempts`` defaults to 3 tries, more
+        during an outage). On resume the
         existing job keeps its ``limits`` and ``metadata`` (its shards are written
         already; other values are logged as ignored); ``queue_token_limit``,
-        ``max_in_flight`` and ``max_attempts`` replace the job's when given.
+        ``max_in_flight``, ``max_attempts`` and ``retry_backoff`` replace the job's when
+        given.
     poll_interval, timeout, progress
         As in :meth:`BatchJob.wait`.
+    provider, completion_window, expires_after, output_expires_after, keep_files, max_cost, prices
+        As in :meth:`BatchJob.create`. A job at ``root`` made for another provider is
+        refused (:class:`ProviderError`); on resume ``max_cost`` replaces the job's
+        cap (raise it to resume a job paused by :class:`CostLimitError`).
 
     Returns
     -------
@@ -129,6 +144,7 @@ def run(
             storage_options=storage_options,
             executor=executor,
             break_lock=break_lock,
+            provider=provider,
         )
         if not requests.matches(job.fingerprint):
             job.close()
@@ -144,6 +160,8 @@ def run(
             queue_token_limit=queue_token_limit,
             max_in_flight=max_in_flight,
             max_attempts=max_attempts,
+            max_cost=max_cost,
+            retry_backoff=retry_backoff,
         )
         _log.info("resuming job %s at %s", job.job_id, job.root)
     else:
@@ -156,9 +174,17 @@ def run(
             metadata=metadata,
             queue_token_limit=queue_token_limit,
             max_in_flight=max_in_flight,
-            max_attempts=3 if max_attempts is None else max_attempts,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
             executor=executor,
             break_lock=break_lock,
+            provider=provider,
+            completion_window=completion_window,
+            expires_after=expires_after,
+            output_expires_after=output_expires_after,
+            keep_files=keep_files,
+            max_cost=max_cost,
+            prices=prices,
         )
     del requests  # the shards are written; hours of waiting need not hold their text
     with job:

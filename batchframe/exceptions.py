@@ -9,6 +9,8 @@ before anything is written or uploaded; they also inherit :class:`ValueError` (o
     │   ├── ColumnNotFoundError(KeyError)   a template or custom_id names a missing column
     │   ├── EndpointError                   endpoint is not one the Batch API serves
     │   ├── TemplateError                   the body template is not valid JSON material
+    │   │   └── InvalidBodyError            a body the endpoint refuses (missing or foreign
+    │   │                                   key, wrong type, empty list, unknown role, ...)
     │   ├── CustomIdError                   null, empty or too long custom_id
     │   │   └── DuplicateCustomIdError      the same custom_id on several rows
     │   ├── NullValueError                  a template leaf is null on some rows
@@ -47,11 +49,13 @@ __all__ = [
     "APIError",
     "BatchframeError",
     "ColumnNotFoundError",
+    "CostLimitError",
     "CustomIdError",
     "DuplicateCustomIdError",
     "EncodingError",
     "EndpointError",
     "InputError",
+    "InvalidBodyError",
     "InvalidTransitionError",
     "JobError",
     "JobExistsError",
@@ -64,6 +68,7 @@ __all__ = [
     "ManifestDamagedError",
     "ManifestVersionError",
     "NullValueError",
+    "ProviderError",
     "RequestTooLargeError",
     "ResultsError",
     "ResultsTooLargeError",
@@ -87,14 +92,23 @@ class InputError(BatchframeError, ValueError):
         Positions (0-based, in input order) of the first offending rows, if any.
     column
         The offending column or template path, if one can be named.
+    custom_ids
+        The ``custom_id`` of each row in ``rows``, when the ids were known (empty for
+        ids derived from content, or when the id itself is what is wrong).
     """
 
     def __init__(
-        self, message: str, *, rows: Sequence[int] = (), column: str | None = None
+        self,
+        message: str,
+        *,
+        rows: Sequence[int] = (),
+        column: str | None = None,
+        custom_ids: Sequence[str] = (),
     ) -> None:
         super().__init__(message)
         self.rows = list(rows)
         self.column = column
+        self.custom_ids = list(custom_ids)
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -110,6 +124,17 @@ class EndpointError(InputError):
 
 class TemplateError(InputError):
     """The body template holds something that is not JSON (a set, NaN, a non-string key...)."""
+
+
+class InvalidBodyError(TemplateError):
+    """A request body the endpoint refuses, line by line, once the batch runs.
+
+    A required key is missing (``messages``, ``input``, ...), a key belongs to another
+    endpoint, or a value has a type or value the request schema does not allow (an
+    empty ``messages`` list, an empty embeddings ``input``, more than 2,048 inputs in
+    one embeddings request, a struct where ``content`` must be text, an unknown
+    ``role``, a non-text ``model``). Found before anything is written or uploaded.
+    """
 
 
 class EvaluationError(InputError):
@@ -259,3 +284,37 @@ class ResultsTooLargeError(ResultsError):
         super().__init__(message)
         self.size = size
         self.max_bytes = max_bytes
+
+
+# -- providers, files and cost (batchframe._providers, batchframe._cost) --------------------
+class ProviderError(BatchframeError, ValueError):
+    """A provider profile or option that cannot work.
+
+    An unknown provider, a ``completion_window`` / expiry / endpoint the provider does
+    not take, or a job resumed with another provider than it was created for.
+    """
+
+
+class CostLimitError(BatchframeError):
+    """The job's estimated or running cost would pass ``max_cost``.
+
+    Raised before anything is uploaded when the whole job's estimate exceeds the cap,
+    and by ``submit``/``wait`` when the cost so far plus the estimate of the next shard
+    would: the job is paused with its state saved; raise the cap with
+    ``job.configure(max_cost=...)`` (or ``bf.run(..., max_cost=...)``) to resume.
+
+    Attributes
+    ----------
+    spent
+        USD of the batches submitted so far (actual usage where known, else estimated).
+    next_cost
+        Estimated USD of what would be submitted next (or of the whole job).
+    max_cost
+        The cap.
+    """
+
+    def __init__(self, message: str, *, spent: float, next_cost: float, max_cost: float) -> None:
+        super().__init__(message)
+        self.spent = spent
+        self.next_cost = next_cost
+        self.max_cost = max_cost

@@ -13,7 +13,8 @@ def make_batch(
     endpoint: str,
     metadata: dict[str, str] | None,
     created: float,
-    window_seconds: float,
+    window_seconds: float | None,
+    completion_window: str = "24h",
 ) -> dict[str, Any]:
     """Return a new batch object in ``validating``, with every field of the API's ``Batch``."""
     return {
@@ -23,13 +24,13 @@ def make_batch(
         "model": None,
         "errors": None,
         "input_file_id": input_file_id,
-        "completion_window": "24h",
+        "completion_window": completion_window,
         "status": "validating",
         "output_file_id": None,
         "error_file_id": None,
         "created_at": int(created),
         "in_progress_at": None,
-        "expires_at": int(created + window_seconds),
+        "expires_at": None if window_seconds is None else int(created + window_seconds),
         "finalizing_at": None,
         "completed_at": None,
         "failed_at": None,

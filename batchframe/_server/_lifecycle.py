@@ -29,6 +29,7 @@ from typing import IO, Any
 import orjson
 
 from batchframe._server._batch_object import add_usage, zero_usage
+from batchframe._server._body_checks import check_body
 from batchframe._server._echo import Executor
 from batchframe._server._errors import (
     BATCH_CANCELLED_MESSAGE,
@@ -38,6 +39,7 @@ from batchframe._server._errors import (
     LineError,
     error_body,
 )
+from batchframe._server._provider import v1_endpoint
 from batchframe._server._store import BatchRecord, Store
 from batchframe._server._validate import FileLimits, ValidFile, validate_input_file
 
@@ -186,7 +188,8 @@ class Lifecycle:
         if record is None:
             return
         wake = self._wake[batch_id]
-        deadline = record.created + cfg.completion_window_seconds
+        window = record.extra.get("window_seconds", cfg.completion_window_seconds)
+        deadline = record.created + (float("inf") if window is None else float(window))
         due = record.created + cfg.validation_seconds
         while self._status(record) == "validating" and time.time() < min(due, deadline):
             if self._stop.is_set():
@@ -292,6 +295,10 @@ class Lifecycle:
             wake.wait(slot - now)
 
     def _answer(self, endpoint: str, custom_id: str, body: Any) -> tuple[int, Any]:
+        # The endpoint's own request validation comes first, whatever the executor.
+        refused = check_body(endpoint, body)
+        if refused is not None:
+            return refused.status, refused.body()
         if self._injected_failure(custom_id):
             return 500, error_body(SERVER_ERROR_MESSAGE, type="server_error")
         try:
@@ -311,7 +318,7 @@ class Lifecycle:
     ) -> None:
         store = self._store
         batch = record.batch
-        batch_id, endpoint = batch["id"], batch["endpoint"]
+        batch_id, endpoint = batch["id"], v1_endpoint(batch["endpoint"])
         out_path = store.work_path(f"{batch_id}.output.jsonl")
         err_path = store.work_path(f"{batch_id}.error.jsonl")
         ran = bytearray(len(order))

@@ -12,12 +12,15 @@ from batchframe._server._echo import Executor, echo
 from batchframe._server._forward import Forwarder
 from batchframe._server._http import Call, Frontend, LoopbackServer
 from batchframe._server._lifecycle import Lifecycle, RunConfig
+from batchframe._server._provider import ServerProfile
 from batchframe._server._routes import App
 from batchframe._server._store import Store, public_file
 from batchframe._server._validate import FileLimits
 
 if TYPE_CHECKING:
     import openai
+
+    from batchframe._providers import Provider
 
 
 def _check_rate(name: str, value: float) -> None:
@@ -82,12 +85,22 @@ class LocalBatchServer:
     max_concurrency
         Parallel requests per batch for ``"forward"`` and callable executors.
     max_requests_per_file, max_file_bytes, max_embedding_inputs
-        Per-batch limits (the API's by default: 50,000 requests, 209,715,200 bytes,
-        50,000 embedding inputs).
+        Per-batch limits (``None``: the provider's; OpenAI's are 50,000 requests,
+        209,715,200 bytes, 50,000 embedding inputs).
     retry_after_seconds
         Delay advertised by injected 429s (``retry-after-ms``; ``retry-after`` is rounded up).
     upstream_timeout
         Seconds per forwarded request before it fails with ``request_timeout``.
+    provider
+        Emulate a provider profile (``"openai"`` default, ``"azure"``,
+        ``"azure-legacy"``, ``"groq"`` or a :class:`~batchframe.Provider`): its
+        per-file limits, ``completion_window`` values (a window of ``n`` days lasts
+        ``n`` times ``completion_window_seconds``), endpoints, line URLs, file cap,
+        Azure's ``/openai/...`` paths and batches that never expire.
+    max_files
+        Files the server holds at most (uploads past it get HTTP 400
+        ``quota_exceeded``); ``None``: the provider's cap (Azure: 500, or 10,000
+        for uploads with ``expires_after``).
 
     Examples
     --------
@@ -124,12 +137,19 @@ class LocalBatchServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_concurrency: int = 8,
-        max_requests_per_file: int = 50_000,
-        max_file_bytes: int = 209_715_200,
-        max_embedding_inputs: int = 50_000,
+        max_requests_per_file: int | None = None,
+        max_file_bytes: int | None = None,
+        max_embedding_inputs: int | None = None,
         retry_after_seconds: float = 0.05,
         upstream_timeout: float = 600.0,
+        provider: str | Provider | None = None,
+        max_files: int | None = None,
     ) -> None:
+        profile = ServerProfile.of(provider, max_files)
+        limits = profile.provider.limits
+        max_requests_per_file = max_requests_per_file or limits.max_requests
+        max_file_bytes = max_file_bytes or limits.max_bytes
+        max_embedding_inputs = max_embedding_inputs or limits.max_embedding_inputs
         run: Executor
         if executor == "echo":
             run, concurrency = echo, 1
@@ -175,7 +195,11 @@ class LocalBatchServer:
         try:
             self._lifecycle = Lifecycle(self._store, config)
             app = App(
-                self._store, self._lifecycle, run, window_seconds=config.completion_window_seconds
+                self._store,
+                self._lifecycle,
+                run,
+                window_seconds=config.completion_window_seconds,
+                profile=profile,
             )
             self._frontend = Frontend(
                 app,

@@ -19,6 +19,7 @@ from batchframe._server._echo import Executor
 from batchframe._server._errors import ApiError, LineError, bad_request, not_found
 from batchframe._server._lifecycle import Lifecycle
 from batchframe._server._multipart import parse_multipart
+from batchframe._server._provider import ServerProfile
 from batchframe._server._store import (
     BATCH_FILE_TTL_SECONDS,
     FILE_PURPOSES,
@@ -123,16 +124,24 @@ class App:
     """Answers API requests."""
 
     def __init__(
-        self, store: Store, lifecycle: Lifecycle, executor: Executor, *, window_seconds: float
+        self,
+        store: Store,
+        lifecycle: Lifecycle,
+        executor: Executor,
+        *,
+        window_seconds: float,
+        profile: ServerProfile | None = None,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
         self.executor = executor
         self.window_seconds = window_seconds
+        self.profile = profile or ServerProfile()
 
     def handle(self, request: Request) -> Reply:
         """Route one request."""
         method, path = request.method, request.path.rstrip("/") or "/"
+        path = self.profile.route(path)
         if path == "/v1/files":
             if method == "POST":
                 return self.upload(request)
@@ -203,6 +212,9 @@ class App:
             }
             expires_at = now + check_expires_after(expires_after, "expires_after")
         filename = file_part.filename or "upload"
+        self.profile.check_file_room(
+            len(self.store.list_files()), expiring=expires_after is not None
+        )
         request.summary = {"purpose": purpose, "filename": filename, "bytes": len(file_part.data)}
         request.summary["expires_after"] = expires_after
         meta = self.store.add_file(
@@ -245,7 +257,10 @@ class App:
 
     def create_batch(self, request: Request) -> Reply:
         """``POST /v1/batches``: check parameters (400/404), then start validating."""
-        params = check_create_batch(parse_json(request))
+        raw = parse_json(request)
+        window, endpoint = self.profile.check_batch_params(raw)
+        params = check_create_batch(self.profile.as_openai(raw))
+        params["endpoint"] = endpoint if endpoint is not None else params["endpoint"]
         file_id = params["input_file_id"]
         meta = self.store.get_file(file_id)
         if meta is None:
@@ -263,13 +278,15 @@ class App:
             endpoint=params["endpoint"],
             metadata=params["metadata"],
             created=created,
-            window_seconds=self.window_seconds,
+            window_seconds=self.profile.window_seconds(window, self.window_seconds),
+            completion_window=window or "24h",
         )
         record = BatchRecord(
             batch=batch,
             seq=self.store.next_seq(),
             created=created,
             output_expires_seconds=params["output_expires_seconds"],
+            extra={"window_seconds": self.profile.window_seconds(window, self.window_seconds)},
         )
         self.store.add_batch(record)
         # Answer with the batch as created (`validating`), as the API does, even if the
