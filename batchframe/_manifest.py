@@ -51,7 +51,8 @@ What one step can add, and why recovery never loses a batch:
   and adopts what it finds;
 * a created batch's id (saved together with the next shard's intent): the previous
   version holds that record as an intent, reconciled the same way;
-* an upload: redone, leaving one unused input file at the provider (no batch);
+* an upload: the orphan file is adopted by its name (see ``batchframe._files``) or the
+  upload is redone; no batch can come of it;
 * a settlement, a child (retry) record or a requeue after ``token_limit_exceeded``:
   redone from the same downloaded files, with the same rows (a child shard is copied
   from its parent verbatim, so it gets the same sha256; a requeue gets the same

@@ -452,7 +452,7 @@ def _rebuild(
     outcome = _from_legacy(storage, r, tag, legacy)
     lost = False
     if outcome is None:
-        gone = _missing_files(storage, r, fetch)
+        gone = _missing_files(storage, manifest, r, fetch)
         if gone:
             outcome = _lost_outcome(storage, manifest, r, gone)
             lost = True
@@ -484,17 +484,25 @@ def _rebuild(
     return _to_mirror(base, r, source + (".lost" if lost else ""), manifest, outcome)
 
 
-def _missing_files(storage: Storage, r: ShardAttempt, fetch: Fetch | None) -> dict[str, str]:
+def _missing_files(
+    storage: Storage, manifest: Manifest, r: ShardAttempt, fetch: Fetch | None
+) -> dict[str, str]:
     """``r``'s output or error files that are gone and could not be downloaded again.
 
     Returns ``{rel: why}``; a file fetched again is not in it.
     """
+    deleted = set(manifest.options.get("deleted_files") or [])
     gone: dict[str, str] = {}
     for rel, file_id in ((r.output_path, r.output_file_id), (r.error_path, r.error_file_id)):
         if rel is None or storage.exists(rel):
             continue
         why = "no client to download it again"
-        if fetch is not None and file_id is not None:
+        if file_id is not None and file_id in deleted:
+            why = (
+                f"provider file {file_id} was deleted once the rows were stored; "
+                "`keep_files=True` (or 'output'/'error') keeps it for a case like this"
+            )
+        elif fetch is not None and file_id is not None:
             try:
                 fetch(file_id, rel)
             except Exception as exc:

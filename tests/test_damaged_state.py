@@ -526,7 +526,7 @@ def test_deleted_output_is_downloaded_again_while_the_provider_has_it(
 ) -> None:
     root = tmp_path / "job"
     with bf.LocalBatchServer() as server:
-        first = _run(server, str(root))
+        first = _run(server, str(root), keep_files="output")  # the provider keeps outputs
         output = root / "outputs" / "00001.a0.jsonl"
         original = output.read_bytes()
         output.unlink()
@@ -545,7 +545,7 @@ def test_deleted_output_without_a_client_says_what_is_lost_and_keeps_the_rest(
 ) -> None:
     root = tmp_path / "job"
     with bf.LocalBatchServer() as server:
-        first = _run(server, str(root))
+        first = _run(server, str(root), keep_files="output")
         (root / "outputs" / "00001.a0.jsonl").unlink()
         (root / "results" / "ok" / "00001.a0.parquet").unlink()
         with caplog.at_level(logging.WARNING, logger="batchframe"):
@@ -568,20 +568,25 @@ def test_deleted_output_without_a_client_says_what_is_lost_and_keeps_the_rest(
             _same(first, job.collect())
 
 
-def test_deleted_output_the_provider_no_longer_has(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["deleted by the job (keep_files=False)", "gone at the provider"])
+def test_deleted_output_the_provider_no_longer_has(tmp_path: Path, how: str) -> None:
     root = tmp_path / "job"
+    keep = how == "gone at the provider"
     with bf.LocalBatchServer() as server:
-        _run(server, str(root))
+        _run(server, str(root), keep_files=keep)
         manifest = orjson.loads((root / MANIFEST_FILE).read_bytes())
         record = next(r for r in manifest["records"] if r["shard"] == 2)
-        server.client().files.delete(record["output_file_id"])
+        if keep:
+            server.client().files.delete(record["output_file_id"])
         (root / "outputs" / "00002.a0.jsonl").unlink()
         (root / "results" / "ok" / "00002.a0.parquet").unlink()
         with bf.BatchJob.open(root, client=server.client()) as job:
             results = job.collect()
     lost = results.failed.filter(pl.col("stage") == "lost")
     assert lost.height == 10
-    assert record["output_file_id"] in lost["error_message"][0]
+    message = lost["error_message"][0]
+    assert record["output_file_id"] in message
+    assert ("keep_files" in message) == (not keep)
     assert results.ok.height + results.failed.height == 30
 
 
