@@ -253,7 +253,9 @@ def test_s3_job_requests_and_resume_in_another_process(
     # them a job like this one made about 780. Issue 11's target, 150, is not met yet:
     # publishing still stages each Parquet file and copies it into place (~60 requests),
     # and shards and outputs are read twice (see benchmarks/README.md).
-    assert total <= 280, (submitted, total)
+    # Issue 13 added the lock checks before every create and save (HEAD + GET lock.json,
+    # ~100 requests) and the manifest's previous version (~24 PUTs): measured 329.
+    assert total <= 345, (submitted, total)
 
 
 def test_manifest_save_skips_unchanged_content(
