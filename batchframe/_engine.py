@@ -476,6 +476,33 @@ class JobEngine:
             embedding_dim=self._m.embedding_dim(r.model),
         )
 
+    def _outcome_or_refetch(self, r: ShardAttempt) -> Outcome | None:
+        """``r``'s rows; ``None`` when a downloaded file of it is gone (downloaded again next).
+
+        An attempt is not settled yet, so the provider still has its files.
+        """
+        try:
+            return self._outcome(r)
+        except FileNotFoundError:
+            gone = [
+                kind
+                for kind in ("output", "error")
+                if getattr(r, f"{kind}_path") is not None
+                and not self._storage.exists(getattr(r, f"{kind}_path"))
+            ]
+            if not gone:
+                raise
+            for kind in gone:
+                _log.warning(
+                    "the downloaded %s file %s of %s is gone; downloading it again",
+                    kind,
+                    self._storage.url(getattr(r, f"{kind}_path")),
+                    r.key,
+                )
+                setattr(r, f"{kind}_path", None)
+                setattr(r, f"{kind}_downloaded", False)
+            return None
+
     def _settle(self) -> None:
         """Settle every attempt whose files are in: retries into a child, rows published.
 
@@ -491,7 +518,11 @@ class JobEngine:
             else:
                 plain.append(r)
         tags: dict[str | None, str] = {}
-        for r, outcome in map_bounded(self._executor, self._outcome, plain, window=SETTLE_WINDOW):
+        steps = map_bounded(self._executor, self._outcome_or_refetch, plain, window=SETTLE_WINDOW)
+        for r, outcome in steps:
+            if outcome is None:  # a downloaded file was deleted: fetched again next round
+                self._save()
+                continue
             child = self._m.record(r.shard, r.attempt + 1)
             retry: set[str] = set()
             plan: tuple[int, float] | None = None

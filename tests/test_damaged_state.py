@@ -660,3 +660,42 @@ def test_temporary_files_of_a_crash_are_removed_never_a_live_writers(tmp_path: P
     # Once its writer is gone, the settled job's next publish check removes it too.
     _same(first, bf.read_results(root))
     assert _temps(root) == {str(recent.relative_to(root))}
+
+
+def test_output_deleted_before_its_attempt_settled_is_downloaded_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed after the downloads, before the settlement; then the outputs are deleted."""
+    from batchframe import _engine
+
+    root = tmp_path / "job"
+    with bf.LocalBatchServer() as server:
+        job = bf.BatchJob.create(
+            _requests(20), root, client=server.client(), limits=bf.BatchLimits(max_requests=10)
+        )
+        original = _engine.record_outcome
+
+        def crash(*args: Any, **kwargs: Any) -> Any:
+            raise KeyboardInterrupt  # as a kill would, right before the first settlement
+
+        _engine.record_outcome = crash  # type: ignore[assignment]
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                job.wait(poll_interval=POLL)
+        finally:
+            _engine.record_outcome = original  # type: ignore[assignment]
+            job.close()
+        outputs = sorted((root / "outputs").iterdir())
+        assert outputs
+        for path in outputs:
+            path.unlink()
+        with (
+            caplog.at_level(logging.WARNING, logger="batchframe"),
+            bf.BatchJob.open(root, client=server.client()) as again,
+        ):
+            again.wait(poll_interval=POLL)
+            results = again.collect()
+        assert "downloading it again" in caplog.text
+        assert len(server.batches_created()) == 2
+    assert results.ok.height == 20 and results.failed.height == 0
+    assert sorted((root / "outputs").iterdir()) == outputs
