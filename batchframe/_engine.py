@@ -450,9 +450,24 @@ class JobEngine:
             try:
                 n = fut.result()
             except Exception as exc:
-                r.last_error = str(exc)
-                error = error or exc
-                continue
+                if not (isinstance(exc, APIError) and exc.status_code == 404):
+                    r.last_error = str(exc)
+                    error = error or exc
+                    continue
+                if not self._storage.exists(rel):
+                    r.last_error = str(exc)
+                    error = error or exc
+                    continue
+                # Deleted at the provider once settled, by a run this manifest does not
+                # remember (recovered from its previous version): the copy is whole.
+                _log.warning(
+                    "the provider no longer has the %s file of %s; using the copy downloaded "
+                    "before, %s",
+                    kind,
+                    r.key,
+                    self._storage.url(rel),
+                )
+                n = self._storage.size(rel)
             setattr(r, f"{kind}_path", rel)
             setattr(r, f"{kind}_downloaded", True)
             _log.debug("downloaded %s file of %s (%d bytes) to %s", kind, r.batch_id, n, rel)

@@ -63,8 +63,8 @@ What one step can add, and why recovery never loses a batch:
 The save that settles the job's last attempt writes both files (one more write per
 job), so that a finished job recovers to its finished state: readers without a client
 (``read_results``) get every row. During a run, the previous version may lack the
-newest settlements; ``wait()`` settles those attempts again from the downloaded files,
-without an API call.
+newest settlements; ``wait()`` settles those attempts again from the downloaded files
+(nothing is created or downloaded again).
 
 Everything else (statuses, request counts, downloads, row counts) is polled, downloaded
 or parsed again. When no readable version is left, :class:`ManifestDamagedError` names

@@ -699,3 +699,27 @@ def test_output_deleted_before_its_attempt_settled_is_downloaded_again(
         assert len(server.batches_created()) == 2
     assert results.ok.height == 20 and results.failed.height == 0
     assert sorted((root / "outputs").iterdir()) == outputs
+
+
+def test_recovered_version_that_lags_downloads_uses_the_files_already_there(
+    tmp_path: Path,
+) -> None:
+    """The previous version predates the downloads and the settlement; meanwhile the job
+    deleted its provider files (``keep_files=False``). The copies under the root are used.
+    """
+    root = tmp_path / "job"
+    with bf.LocalBatchServer() as server:
+        with bf.BatchJob.create(_requests(10), root, client=server.client()) as job:
+            job.submit()
+            submitted = (root / MANIFEST_FILE).read_bytes()  # batch recorded, nothing more
+            job.wait(poll_interval=POLL)
+            first = job.collect()
+        files = {f.id for f in server.client().files.list()}
+        manifest = orjson.loads((root / MANIFEST_FILE).read_bytes())
+        assert manifest["records"][0]["output_file_id"] not in files  # deleted
+        (root / PREVIOUS_MANIFEST_FILE).write_bytes(submitted)
+        (root / MANIFEST_FILE).write_bytes(b"")
+        with bf.BatchJob.open(root, client=server.client()) as job:
+            job.wait(poll_interval=POLL)
+            _same(first, job.collect())
+        assert len(server.batches_created()) == 1
