@@ -723,3 +723,29 @@ def test_recovered_version_that_lags_downloads_uses_the_files_already_there(
             job.wait(poll_interval=POLL)
             _same(first, job.collect())
         assert len(server.batches_created()) == 1
+
+
+def test_run_on_a_lazyframe_that_fails_when_read_leaves_no_job(tmp_path: Path) -> None:
+    """Already an EvaluationError in build_requests (tests/test_stream.py); through bf.run
+    the root must stay free, so the same call works once the input is fixed."""
+    import datetime as dt
+
+    root = tmp_path / "job"
+    words = pl.DataFrame({"id": [1, 2], "text": ["a", "b"]})
+    broken = words.lazy().with_columns(n=pl.col("text").cast(pl.Int64))
+    with bf.LocalBatchServer() as server:
+        kwargs: dict[str, Any] = {
+            "endpoint": "/v1/chat/completions",
+            "custom_id": "id",
+            "client": server.client(),
+            "poll_interval": POLL,
+        }
+        with pytest.raises(bf.EvaluationError) as info:
+            bf.run(broken, root, body=bf.chat_body("m", user=pl.col("n").cast(pl.String)), **kwargs)
+        assert isinstance(info.value.__cause__, pl.exceptions.PolarsError)
+        durations = words.with_columns(d=pl.lit(dt.timedelta(seconds=1)))
+        with pytest.raises(bf.TemplateError, match="Duration"):
+            bf.run(durations, root, body=bf.chat_body("m", user=pl.col("d")), **kwargs)
+        assert not (root / MANIFEST_FILE).exists() and server.batches_created() == []
+        ok = bf.run(words, root, body=bf.chat_body("m", user=pl.col("text")), **kwargs)
+    assert ok.ok.height == 2
