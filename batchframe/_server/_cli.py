@@ -37,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--upstream-api-key", default=None, help="bearer token sent to --upstream")
     parser.add_argument(
+        "--upstream-adapt",
+        choices=("openai", "llama.cpp", "vllm-guided"),
+        default=None,
+        help="rewrite bodies for the upstream: llama.cpp takes structured outputs as "
+        "json_object + schema; vllm-guided as guided_json (default: as is)",
+    )
+    parser.add_argument(
+        "--provider",
+        choices=("openai", "azure", "azure-legacy", "groq"),
+        default=None,
+        help="emulate a provider profile: limits, windows, line URLs, file cap (default: openai)",
+    )
+    parser.add_argument(
         "--max-concurrency",
         type=int,
         default=8,
@@ -94,6 +107,8 @@ def serve_main(argv: list[str] | None = None) -> int:
             args.executor,
             upstream=args.upstream,
             upstream_api_key=args.upstream_api_key,
+            upstream_adapt=args.upstream_adapt,
+            provider=args.provider,
             max_concurrency=args.max_concurrency,
             requests_per_second=args.requests_per_second,
             failure_rate=args.failure_rate,
