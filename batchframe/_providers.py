@@ -362,7 +362,7 @@ def job_setup(
         "max_cost": None if max_cost is None else float(max_cost),
     }
     if requests.streamed and max_cost is None:
-        return prof, limits, options  # costing reads every body: only when a cap asks for it
+        return prof, limits, options  # costing a streamed input reads it: only for a cap
     estimate = estimate_frame(requests, prof, prices)
     check_job_estimate(estimate, max_cost)
     options["cost"] = {

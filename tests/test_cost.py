@@ -246,3 +246,27 @@ def test_prepare_prints_the_expected_cost(
     )  # fmt: skip
     assert code == 2
     assert "max_cost" in capsys.readouterr().err
+
+
+def test_a_streamed_input_is_costed_chunk_by_chunk(constructor: Any) -> None:
+    df = pl.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(30)],
+            "text": [f"text number {i}" for i in range(30)],
+            "model": ["gpt-4o-mini" if i % 3 else "gpt-4.1-nano" for i in range(30)],
+            "n": [i % 7 + 1 for i in range(30)],
+        }
+    )
+    kwargs: dict[str, Any] = {
+        "endpoint": "/v1/chat/completions",
+        "body": bf.chat_body(pl.col("model"), user=pl.col("text"), max_tokens=pl.col("n")),
+        "custom_id": "id",
+        "tokenizer": "estimate",
+    }
+    want = bf.build_requests(df, **kwargs).estimate_cost()
+    req = bf.build_requests(constructor(df), **kwargs)
+    streamed = req.streamed
+    got = req.estimate_cost()
+    assert got.equals(want)
+    assert got["max_output_tokens"].sum() == df["n"].sum()
+    assert req.streamed == streamed  # a streamed input was not read into memory
