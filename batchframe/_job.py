@@ -31,6 +31,7 @@ from batchframe._providers import (
     DEFAULT_EXPIRES_AFTER,
     Provider,
     check_same_provider,
+    job_prices,
     job_setup,
     set_max_cost,
     with_cost,
@@ -619,9 +620,11 @@ class BatchJob(JobEngine):
         ResultsTooLargeError
             The results exceed ``max_bytes``.
         """
-        return collect_results(
+        results = collect_results(
             self._storage, self._m, executor=self._executor, partial=partial, max_bytes=max_bytes
         )
+        results.prices = job_prices(self._m)
+        return results
 
     def to_duckdb(
         self,

@@ -86,6 +86,8 @@ class BatchResults:
         self.failed = failed.select(pl.col(c).cast(t) for c, t in FAILED_SCHEMA.items())
         self.endpoint = endpoint
         self.batches = batches
+        #: Prices of the job's provider, used by :meth:`usage` when none are passed.
+        self.prices: dict[str, dict[str, float]] | None = None
 
     @classmethod
     def from_parts(
@@ -184,7 +186,9 @@ class BatchResults:
         prices
             ``{model: {"input": usd, "cached_input": usd, "output": usd}}`` per 1M tokens,
             merged over :data:`DEFAULT_PRICES` (Batch API prices as of
-            :data:`PRICES_AS_OF`). ``cached_input`` defaults to ``input``.
+            :data:`PRICES_AS_OF`). ``cached_input`` defaults to ``input``. ``None``:
+            the prices of the job's provider (:attr:`prices`) when the results come
+            from a job.
 
         Returns
         -------
@@ -192,7 +196,7 @@ class BatchResults:
             ``model, requests, input_tokens, cached_tokens, output_tokens,
             reasoning_tokens, cost_usd``; ``cost_usd`` is null for unpriced models.
         """
-        return usage_frame(self.ok, self.failed, self.endpoint, prices)
+        return usage_frame(self.ok, self.failed, self.endpoint, prices or self.prices)
 
     # -- sinks -------------------------------------------------------------------------
 

@@ -217,9 +217,14 @@ def test_usage_shows_the_cost_per_model(tmp_path: Path) -> None:
             custom_id="id",
             client=server.client(),
             poll_interval=POLL,
+            prices=OUT_ONLY,
         )
-    usage = results.usage(prices=OUT_ONLY)
-    assert usage["cost_usd"].to_list() == [pytest.approx(0.02)]
+    # The job's own prices by default; others on demand.
+    assert results.usage()["cost_usd"].to_list() == [pytest.approx(0.02)]
+    default = bf.price_table("openai")["gpt-4o-mini"]["output"]
+    assert results.usage(prices=bf.price_table("openai"))["cost_usd"].to_list() == [
+        pytest.approx(20 * default / 1e6)
+    ]
 
 
 def test_prepare_prints_the_expected_cost(
