@@ -149,8 +149,21 @@ def refresh_prices(provider: str = "openai", path: str | os.PathLike[str] | None
 
     Uses the package's bundled data (no network): a model's ``processing: batch``
     price where listed, else half its standard price (the batch discount of OpenAI,
-    Azure and Groq). Writes ``{"as_of", "source", "prices"}`` JSON to ``path`` when
-    given; pass that file as ``prices=``.
+    Azure and Groq).
+
+    Parameters
+    ----------
+    provider
+        ``"openai"``, ``"azure"`` (OpenAI's models), ``"groq"``, or another
+        genai-prices provider id.
+    path
+        Where to write ``{"as_of", "source", "provider", "prices"}`` JSON; pass that
+        file as ``prices=``.
+
+    Returns
+    -------
+    dict
+        ``{model: {"input", "cached_input", "output"}}`` in USD per 1M tokens.
 
     Raises
     ------

@@ -37,6 +37,7 @@ from batchframe._files import (
     expires_after as upload_expiry,
     file_room,
     job_provider,
+    stuck_at_file_cap,
     upload_name,
 )
 from batchframe._manifest import (
@@ -561,7 +562,11 @@ class JobEngine:
     def _upload_room(self, uploads: list[ShardAttempt]) -> list[ShardAttempt]:
         """The uploads the provider's resource file cap admits now."""
         room = file_room(self._m)
-        return uploads if room is None else uploads[:room]
+        if room is None:
+            return uploads
+        if room == 0 and uploads and not self._any_in_flight():
+            stuck_at_file_cap(self._m)
+        return uploads[:room]
 
     def _within_caps(self, chosen: list[ShardAttempt]) -> list[ShardAttempt]:
         """The shard attempts that ``max_cost`` lets the job submit now."""

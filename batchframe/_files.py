@@ -123,6 +123,21 @@ def file_room(m: Manifest) -> int | None:
     return max(0, (cap - live_files(m)) // 3)
 
 
+def stuck_at_file_cap(m: Manifest) -> None:
+    """Raise when the resource file cap blocks every upload and nothing will free a file."""
+    if not all(r.is_settled or r.status == "pending" for r in m.records):
+        return  # a batch is still to be created, running, or to be settled: files free up
+    prof = job_provider(m)
+    cap = prof.file_cap(expiring=expires_after(m) is not None)
+    msg = (
+        f"job {m.job_id} holds {live_files(m)} file(s) on provider {prof.name!r}, whose "
+        f"resource takes at most {cap}, and keeps them (keep_files={m.options.get('keep_files')}); "
+        "no shard can be uploaded. Run `batchframe cleanup ROOT` (or delete files), or "
+        "create the job with keep_files=False, then wait again"
+    )
+    raise ProviderError(msg)
+
+
 def delete_settled(api: BatchAPI, m: Manifest, save: Callable[[], None]) -> int:
     """Delete the provider files of settled shard attempts (unless kept); return how many.
 
@@ -165,7 +180,11 @@ def adopt_orphans(api: BatchAPI, m: Manifest, save: Callable[[], None]) -> tuple
     file) and of the record's size becomes that record's input file; any other
     unrecorded file of the job is deleted. Returns ``(adopted, deleted)``.
     """
-    files = api.list_files(purpose="batch")
+    try:
+        files = api.list_files(purpose="batch")
+    except Exception as exc:  # a provider without files.list: nothing to adopt from
+        _log.warning("could not list files to find uploads a crash left: %s", exc)
+        return 0, 0
     return _settle_orphans(api, m, files, save)
 
 
