@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import typing as _typing
+
 from batchframe import exceptions
 from batchframe._bodies import (
     ENDPOINTS,
@@ -34,7 +36,7 @@ from batchframe._read import read_results, results_to_duckdb, scan_results
 from batchframe._requests import Requests
 from batchframe._results import BatchResults
 from batchframe._run import run
-from batchframe._server import LocalBatchServer
+from batchframe._schedule import RetryBackoff
 from batchframe.exceptions import (
     APIError,
     BatchframeError,
@@ -46,14 +48,17 @@ from batchframe.exceptions import (
     EndpointError,
     EvaluationError,
     InputError,
+    InvalidBodyError,
     InvalidTransitionError,
     JobError,
     JobExistsError,
     JobLockedError,
     JobNotFoundError,
     JobNotSettledError,
+    JobRootError,
     JobTimeoutError,
     LimitError,
+    ManifestDamagedError,
     ManifestVersionError,
     NullValueError,
     ProviderError,
@@ -63,6 +68,9 @@ from batchframe.exceptions import (
     StreamingNotSupportedError,
     TemplateError,
 )
+
+if _typing.TYPE_CHECKING:
+    from batchframe._server import LocalBatchServer
 
 __version__ = "0.1.0"
 
@@ -81,15 +89,18 @@ __all__ = [
     "EndpointError",
     "EvaluationError",
     "InputError",
+    "InvalidBodyError",
     "InvalidTransitionError",
     "JobError",
     "JobExistsError",
     "JobLockedError",
     "JobNotFoundError",
     "JobNotSettledError",
+    "JobRootError",
     "JobTimeoutError",
     "LimitError",
     "LocalBatchServer",
+    "ManifestDamagedError",
     "ManifestVersionError",
     "NullValueError",
     "Provider",
@@ -98,6 +109,7 @@ __all__ = [
     "Requests",
     "ResultsError",
     "ResultsTooLargeError",
+    "RetryBackoff",
     "StreamingNotSupportedError",
     "TemplateError",
     "__version__",
@@ -118,3 +130,19 @@ __all__ = [
     "run",
     "scan_results",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # The local server (http.server and friends) loads when first asked for, so that
+    # `import batchframe` and the CLI start fast.
+    if name == "LocalBatchServer":
+        from batchframe._server import LocalBatchServer
+
+        globals()[name] = LocalBatchServer
+        return LocalBatchServer
+    msg = f"module 'batchframe' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"LocalBatchServer"})

@@ -66,6 +66,21 @@ def strict_json_schema(model: Any) -> dict[str, Any]:
     return to_strict_json_schema(model)
 
 
+def strict_raw_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of a raw JSON schema in the strict form, by the openai package's rules.
+
+    The same walk as for pydantic models (``to_strict_json_schema``): every object
+    closed, every property required, ``$ref`` siblings unravelled. It knows the JSON
+    Schema keywords, so a *property* named ``properties`` or ``type`` stays a property.
+    """
+    import copy
+
+    from openai.lib._pydantic import _ensure_strict_json_schema
+
+    out = copy.deepcopy(schema)
+    return _ensure_strict_json_schema(out, path=(), root=out)
+
+
 # ======================================================================================
 # Batch/Files adapter used by BatchJob (owned by the job module's author).
 #

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -15,6 +15,7 @@ import polars as pl
 from batchframe import _calibrate, _tokens
 from batchframe._bodies import check_endpoint
 from batchframe._calibrate import Ratios, block_range, blocks_before, leaf_ratios, scale
+from batchframe._checks import LeafCheck, check_template, name_custom_ids
 from batchframe._config import BatchLimits
 from batchframe._encode import (
     Encoded,
@@ -33,6 +34,7 @@ from batchframe.exceptions import (
     ColumnNotFoundError,
     CustomIdError,
     EvaluationError,
+    InputError,
     StreamingNotSupportedError,
     TemplateError,
 )
@@ -92,6 +94,7 @@ def _encode_chunk(
     const_tokens: int,
     escape_ids: bool,
     ratios: Ratios,
+    checks: Mapping[str, LeafCheck],
 ) -> pl.DataFrame:
     """Encode one slice of rows: each row's JSONL line (or, without ids, its body)."""
     n = chunk.height
@@ -100,6 +103,9 @@ def _encode_chunk(
     tokens = pl.repeat(const_tokens, n, dtype=pl.Int64, eager=True)
     for i, leaf in enumerate(template.leaves):
         s = chunk[f"__leaf{i}"]
+        check = checks.get(leaf.path)
+        if check is not None:
+            check(s, offset)  # what the endpoint's schema refuses, per row
         evaluated[leaf.path] = s
         if leaf.path == "stream" and s.dtype == pl.Boolean and s.any():
             rows = first_rows(s.fill_null(False), offset)
@@ -122,6 +128,8 @@ def _encode_chunk(
     parts = _body_parts(template, encoded)
     if "model" in evaluated:
         models = evaluated["model"]
+        if models.dtype == pl.Categorical or isinstance(models.dtype, pl.Enum):
+            models = models.cast(pl.String)
         if models.dtype != pl.String:
             msg = f"`model` must be text, got {models.dtype}"
             raise TemplateError(msg, column="model")
@@ -200,7 +208,10 @@ def build_requests(
         object with ``__arrow_c_stream__`` (pandas, narwhals, DuckDB) is *streamed*: read
         in chunks, never whole, by each pass that needs it (``write``, ``plan``,
         ``BatchJob.create``; see :attr:`Requests.streamed`). Every kind gives the same
-        requests, shards and fingerprint for the same rows.
+        requests, shards and fingerprint for the same rows. A ``ray.data.Dataset`` or
+        ``dask.dataframe.DataFrame`` is built and written by the engine's workers,
+        partition by partition (the job root must be storage they share; ``custom_id``
+        is required).
     endpoint
         One of the Batch API endpoints, e.g. ``"/v1/chat/completions"``.
     body
@@ -249,11 +260,10 @@ def build_requests(
     if body_dict.get("stream") is True:
         msg = '`"stream": true` is not allowed: the Batch API cannot stream; drop `stream`'
         raise StreamingNotSupportedError(msg, column="stream")
-    model = body_dict.get("model")
-    if model is None or (isinstance(model, str) and not model):
-        msg = f"the body template needs a `model` (a name or an expression) for {endpoint}"
-        raise TemplateError(msg, column="model")
     template = compile_template(body_dict)
+    # The endpoint's request schema: constants checked now, expression leaves per row.
+    checks = check_template(endpoint, body_dict)
+    model = body_dict.get("model")
     source = to_source(frame)
     names = source.schema_names()
     id_expr: pl.Expr | None
@@ -290,6 +300,7 @@ def build_requests(
         counter=counter,
         const_tokens=const_tokens,
         calibrate_with=_tokens.exact_counter(model_name) if calibrate else None,
+        checks=checks,
     )
     label = "exact" if tokenizer == "exact" else "estimate"
     options: dict[str, Any] = {
@@ -297,7 +308,13 @@ def build_requests(
         "json_schema": json_schema,
         "response_model": response_model,
         "tokenizer": "calibrated" if calibrate else label,
+        "custom_id_column": custom_id if isinstance(custom_id, str) else None,
     }
+    if source.engine is not None:
+        from batchframe._cluster import DistributedInput, require_ids
+
+        require_ids(builder, source.kind)
+        return Requests(**options, stream=DistributedInput(builder, source, source.engine))
     if source.streamed:
         from batchframe._stream import StreamedInput
 
@@ -305,7 +322,11 @@ def build_requests(
     lines, meta = builder.build_all(source.as_lazy())
     requests = Requests(**options, lines=lines, meta=meta)
     # Refuse lines that could never be uploaded, even before a plan is asked for.
-    check_rows(meta, BatchLimits(), embeddings=False)
+    try:
+        check_rows(meta, BatchLimits(), embeddings=False)
+    except InputError as exc:
+        name_custom_ids(exc, meta["custom_id"], 0)
+        raise
     return requests
 
 
@@ -321,6 +342,8 @@ class Builder:
     const_tokens: int
     #: Counts samples exactly to scale ``counter`` by (``"auto"``; see _calibrate).
     calibrate_with: _tokens.Counter | None = None
+    #: Per-row checks of expression leaves, by template path (see _checks).
+    checks: Mapping[str, LeafCheck] = field(default_factory=dict)
 
     def ratios_for(self, sample: pl.DataFrame) -> tuple[float | None, ...]:
         """Per leaf: exact / estimated tokens over ``sample`` (evaluated rows)."""
@@ -360,23 +383,30 @@ class Builder:
         ``ratios`` (``"auto"``) scale the token estimate of the blocks the chunk spans.
         """
         escape = False
+        ids: pl.Series | None = None
         if "__cid" in chunk.columns:
             raw = chunk["__cid"]
             ids = chunk_ids(raw, offset)
             # Integers as text never need escaping; other ids are checked once, here.
             escape = not raw.dtype.is_integer() and _ids_need_escaping(ids)
             chunk = chunk.with_columns(ids.alias("__cid"))
-        return _encode_chunk(
-            chunk,
-            offset,
-            self.template,
-            self.body,
-            self.endpoint,
-            self.counter,
-            self.const_tokens,
-            escape,
-            ratios or {},
-        )
+        try:
+            return _encode_chunk(
+                chunk,
+                offset,
+                self.template,
+                self.body,
+                self.endpoint,
+                self.counter,
+                self.const_tokens,
+                escape,
+                ratios or {},
+                self.checks,
+            )
+        except InputError as exc:
+            # Rows are named by position; their ids are what a user can search for.
+            name_custom_ids(exc, ids, offset)
+            raise
 
     def with_content_ids(self, out: pl.DataFrame, content: ContentIds) -> pl.DataFrame:
         """Give bodies built without ids their content-derived ids and lines."""

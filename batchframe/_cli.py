@@ -38,10 +38,11 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS = {
     "prepare": "build requests from a table and write the shard files (no network)",
     "submit": "create a job at ROOT and submit its batches",
-    "status": "show a job's shards and batches (no API key, no network)",
+    "status": "show a job's shards and batches, polling batches in flight (--offline: none)",
     "wait": "drive a job until every row is settled (polls, retries, downloads)",
     "collect": "write a settled job's results to Parquet and/or DuckDB",
     "cancel": "cancel a job's batches in flight and submit nothing more",
+    "retry": "run a job's failed rows again (default: retryable or cancelled ones)",
     "cleanup": "delete every file a job left on the provider",
     "serve": "run the local OpenAI Files + Batches API server",
     "demo": "run the whole flow on the local server (no API key needed)",
@@ -57,6 +58,14 @@ exit codes:
   3  not settled yet: --timeout passed (wait, cancel), or collect without --partial
   4  settled, but some rows failed (only with --fail-on-failed)
   130  interrupted (Ctrl-C); the job state is saved, run `batchframe wait ROOT`"""
+
+
+def _quote(path: str) -> str:
+    """``path`` as a shell word (quoted only when it needs to be)."""
+    import shlex
+
+    return shlex.quote(path)
+
 
 TEMPLATE_HELP = """\
 body template (--body FILE.json, or inline JSON starting with "{"):
@@ -90,9 +99,7 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def _api() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("API")
+def _client_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--base-url",
         metavar="URL",
@@ -105,6 +112,12 @@ def _api() -> argparse.ArgumentParser:
         help="environment variable holding the API key (default: OPENAI_API_KEY); "
         "the key is never taken from the command line and never written anywhere",
     )
+
+
+def _api() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("API")
+    _client_options(g)
     g.add_argument(
         "--break-lock",
         action="store_true",
@@ -233,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("status", [common])
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
+    g = p.add_argument_group("API (batches in flight are polled when a client is configured)")
+    _client_options(g)
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not poll: show the numbers as the job last saved them",
+    )
     p.add_argument(
         "--as",
         dest="as_",
@@ -264,6 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
     p.add_argument("--no-wait", action="store_true", help="return once cancelling was requested")
 
+    p = add("retry", [schedule, api, wait_for, common])
+    p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
+    g = p.add_argument_group(
+        "which failed rows (default: every retryable or cancelled row; given together, "
+        "a row matching any of them)"
+    )
+    g.add_argument("--cancelled", action="store_true", help="rows failed with stage `cancelled`")
+    g.add_argument(
+        "--error-code",
+        action="append",
+        metavar="CODE",
+        help="rows failed with this error code, e.g. server_error (repeatable)",
+    )
+    g.add_argument(
+        "--reset-attempts",
+        action="store_true",
+        help="give the rows --max-attempts tries again (default: the new try counts in them)",
+    )
+    p.add_argument("--wait", action="store_true", help="then wait as `batchframe wait` does")
+    _fail_on_failed(p)
     p = add("cleanup", [api, common])
     p.add_argument("root", metavar="ROOT", help="job root: a directory or fsspec URL")
 
@@ -282,6 +322,7 @@ def _handlers() -> dict[str, Callable[[argparse.Namespace], int]]:
         "wait": c.wait,
         "collect": c.collect,
         "cancel": c.cancel,
+        "retry": c.retry,
         "cleanup": cleanup,
     }
 
@@ -318,11 +359,18 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return _handlers()[command](args)
     except KeyboardInterrupt:
-        sys.stderr.write(
-            f"batchframe {command}: interrupted; the job state is saved "
-            "(`batchframe wait ROOT` resumes it)\n"
-        )
+        root = getattr(args, "root", None)
+        advice = f" (`batchframe wait {_quote(root)}` resumes it)" if root else ""
+        sys.stderr.write(f"batchframe {command}: interrupted; the job state is saved{advice}\n")
         return EXIT_INTERRUPTED
+    except JobNotFoundError as exc:
+        root = str(getattr(args, "root", "ROOT"))
+        sys.stderr.write(
+            f"batchframe {command}: error: no batchframe job at {root}: start one with "
+            f"`batchframe submit INPUT {_quote(root)} --body TEMPLATE` (or check the path "
+            "and --storage-option)\n"
+        )
+        return _exit_code(exc)
     except (CliError, BatchframeError, TimeoutError, OSError) as exc:
         sys.stderr.write(f"batchframe {command}: error: {exc}\n")
         return _exit_code(exc)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 import polars as pl
@@ -17,6 +18,7 @@ from batchframe._cli_io import (
     EXIT_OK,
     CliError,
     cli_client,
+    client_configured,
     load_template,
     normalize_endpoint,
     parse_custom_id,
@@ -29,7 +31,7 @@ from batchframe._cli_io import (
 from batchframe._cli_job import STATUS_COLUMNS, ProgressMode, read_job, watch
 from batchframe._cli_providers import cost_lines, create_options, resume_options
 from batchframe._config import BatchLimits
-from batchframe._manifest import MANIFEST_FILE
+from batchframe._manifest import Manifest
 from batchframe._storage import Storage
 from batchframe.exceptions import JobExistsError
 
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from batchframe._job import BatchJob
     from batchframe._requests import Requests
 
-__all__ = ["cancel", "collect", "prepare", "status", "submit", "wait"]
+__all__ = ["cancel", "collect", "prepare", "retry", "status", "submit", "wait"]
 
 
 def _out() -> TextIO:
@@ -104,10 +106,45 @@ def _evaluating(args: argparse.Namespace) -> Iterator[None]:
 
 
 def _describe(requests: Requests) -> str:
+    tokens = (
+        f"{requests.est_tokens:,} input tokens (exact count)"
+        if requests.tokenizer == "exact"
+        else f"~{requests.est_tokens:,} input tokens (estimate)"
+    )
     return (
         f"{len(requests):,} {requests.endpoint} requests, {requests.n_bytes / 1e6:,.2f} MB, "
-        f"~{requests.est_tokens:,} input tokens ({requests.tokenizer} count)"
+        + tokens
     )
+
+
+_LIMIT_OPTIONS = {
+    "max_requests": "--max-requests",
+    "max_bytes": "--max-bytes",
+    "max_embedding_inputs": "--max-embedding-inputs",
+    "max_tokens": "--max-tokens",
+}
+
+
+def _check_same_limits(args: argparse.Namespace, job: BatchJob) -> None:
+    """Refuse shard limits on a resumed job that differ from the ones its shards were cut by."""
+    saved = job._m.limits
+    differ = [
+        f"{flag} {getattr(args, name):,} (the job's: {_fmt_limit(saved.get(name))})"
+        for name, flag in _LIMIT_OPTIONS.items()
+        if getattr(args, name, None) is not None and getattr(args, name) != saved.get(name)
+    ]
+    if differ:
+        msg = (
+            f"the job at {args.root} was cut into shards with other limits: "
+            + ", ".join(differ)
+            + "; its shard files are written and some may be submitted, so limits cannot "
+            "change. Drop these options to resume it, or choose another ROOT for a new job"
+        )
+        raise CliError(msg)
+
+
+def _fmt_limit(value: Any) -> str:
+    return "none" if value is None else f"{value:,}"
 
 
 # -- prepare ---------------------------------------------------------------------------
@@ -158,7 +195,7 @@ def submit(args: argparse.Namespace) -> int:
     options = _storage_options(args)
     client = _client(args)
     scheduling = _job_options(args)
-    if Storage(args.root, options).exists(MANIFEST_FILE):
+    if Manifest.exists(Storage(args.root, options)):
         job = BatchJob.open(
             args.root, client=client, storage_options=options, break_lock=args.break_lock
         )
@@ -168,13 +205,25 @@ def submit(args: argparse.Namespace) -> int:
             job.close()
             msg = (
                 f"the job at {args.root} was made from other requests (another table, template "
-                "or endpoint); choose another ROOT, or `batchframe wait ROOT` to drive it"
+                f"or endpoint); choose another ROOT, or `batchframe wait {args.root}` to drive it"
             )
             raise JobExistsError(msg)
+        try:
+            _check_same_limits(args, job)
+        except CliError:
+            job.close()
+            raise
+        changed = {k: v for k, v in scheduling.items() if v is not None}
         job.configure(**scheduling)
         resume_options(job, args)
         _say(f"built {_describe(requests)} from {args.input}")
         _say(f"resuming job {job.job_id} at {job.root} (made from the same requests)")
+        if changed:
+            _say(
+                "scheduling options updated for what is still to submit: "
+                + ", ".join(f"{k}={v}" for k, v in changed.items())
+            )
+        resumed = True
     else:
         with _evaluating(args):
             job = BatchJob.create(
@@ -186,21 +235,21 @@ def submit(args: argparse.Namespace) -> int:
                 metadata=parse_pairs(args.metadata, "--metadata", typed=False) or None,
                 queue_token_limit=scheduling["queue_token_limit"],
                 max_in_flight=scheduling["max_in_flight"],
-                max_attempts=scheduling["max_attempts"] or 3,
+                max_attempts=scheduling["max_attempts"],
                 break_lock=args.break_lock,
                 **create_options(args),
             )
         _say(f"built {_describe(requests)} from {args.input}")  # known from the write
         _say(f"created job {job.job_id} at {job.root}")
+        resumed = False
     del requests  # the shards are written; `--wait` need not hold their text
     with job:
+        before = _batch_ids(job)
         job.submit()
-        statuses = job.status()["status"]
-        waiting = int(statuses.is_in(["pending", "uploaded"]).sum())
-        _say(
-            f"{statuses.len() - waiting} batch(es) submitted"
-            + (f", {waiting} waiting for room in the queue" if waiting else "")
-        )
+        _say(_submit_outcome(job, before, resumed=resumed))
+        if job.is_settled:
+            _say(f"collect it with `batchframe collect {job.root} --parquet results.parquet`")
+            return _wait_and_report(job, args) if args.wait else EXIT_OK
         if not args.wait:
             _say(
                 f"follow it with `batchframe status {job.root}` (no API key needed) and finish "
@@ -208,6 +257,28 @@ def submit(args: argparse.Namespace) -> int:
             )
             return EXIT_OK
         return _wait_and_report(job, args)
+
+
+def _batch_ids(job: BatchJob) -> set[str]:
+    return {r.batch_id for r in job._m.records if r.batch_id is not None}
+
+
+def _submit_outcome(job: BatchJob, before: set[str], *, resumed: bool) -> str:
+    """What one ``submit`` did: new batches, batches from earlier runs, shards waiting."""
+    records = job._m.records
+    new = len(_batch_ids(job) - before)
+    earlier = len(before)
+    waiting = sum(1 for r in records if r.status in ("pending", "uploaded"))
+    queue = f"; {waiting} shard(s) waiting for room in the queue" if waiting else ""
+    if job.is_cancelled:
+        return f"nothing submitted: the job was cancelled ({earlier} batch(es) ran before)"
+    if job.is_settled:
+        return f"nothing to do: the job is settled ({earlier} batch(es) ran)"
+    if not resumed:
+        return f"submitted {new} batch(es){queue}"
+    if new:
+        return f"submitted {new} new batch(es); {earlier} were submitted earlier{queue}"
+    return f"nothing new to submit: {earlier} batch(es) were submitted earlier{queue}"
 
 
 # -- wait, cancel ----------------------------------------------------------------------
@@ -270,12 +341,53 @@ def cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def retry(args: argparse.Namespace) -> int:
+    """``batchframe retry ROOT``: failed rows as new shard attempts, submitted."""
+    where: pl.Expr | None = None
+    if args.cancelled or args.error_code:
+        chosen = []
+        if args.cancelled:
+            chosen.append(pl.col("stage") == "cancelled")
+        if args.error_code:
+            chosen.append(pl.col("error_code").is_in(args.error_code))
+        where = pl.any_horizontal(chosen)
+    with _open(args) as job:
+        scheduling = _job_options(args)
+        if any(v is not None for v in scheduling.values()):
+            job.configure(**scheduling)
+        new = job.retry(where, reset_attempts=args.reset_attempts)
+        if not new.height:
+            _say(f"job {job.job_id}: no failed row matches; nothing to retry")
+            return EXIT_OK
+        _say(
+            f"job {job.job_id}: retrying {int(new['n_requests'].sum()):,} row(s) in "
+            f"{new.height} new shard attempt(s):",
+            text_table(new),
+        )
+        if not args.wait:
+            _say(f"finish it with `batchframe wait {job.root}`")
+            return EXIT_OK
+        return _wait_and_report(job, args)
+
+
 # -- status, collect -------------------------------------------------------------------
 
 
 def status(args: argparse.Namespace) -> int:
-    """``batchframe status ROOT``: the job and its shard attempts, from storage only."""
+    """``batchframe status ROOT``: the job and its shard attempts, polled when possible.
+
+    Reads the job from storage without its lock; batches in flight are then polled
+    (read-only, nothing saved) when a client is configured and ``--offline`` is not given.
+    """
     snap = read_job(args.root, _storage_options(args))
+    missing = "--offline" if args.offline else client_configured(args.base_url, args.api_key_env)
+    if missing is None and not snap.is_settled:
+        from batchframe._api import BatchAPI, RetryPolicy
+
+        api = BatchAPI(_client(args), retry=RetryPolicy(max_tries=2, backoff=0.2))
+        snap = snap.poll(api)
+    elif missing is not None:
+        snap = replace(snap, not_polled=missing)
     frame = snap.status()
     if args.as_ == "csv":
         _out().write(frame.write_csv())

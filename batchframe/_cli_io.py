@@ -28,6 +28,7 @@ __all__ = [
     "FORMATS",
     "CliError",
     "cli_client",
+    "client_configured",
     "infer_format",
     "load_template",
     "normalize_endpoint",
@@ -307,6 +308,13 @@ def cli_client(base_url: str | None, api_key_env: str) -> openai.OpenAI:
             raise CliError(msg)
         key = "no-key"
     return make_client(base_url, api_key=key)
+
+
+def client_configured(base_url: str | None, api_key_env: str) -> str | None:
+    """Why no client can be built from the options and environment, or ``None`` if one can."""
+    if base_url or os.environ.get("OPENAI_BASE_URL") or os.environ.get(api_key_env):
+        return None
+    return f"no API key ({api_key_env} is unset) and no --base-url"
 
 
 # -- text output -----------------------------------------------------------------------

@@ -12,22 +12,30 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
 import polars as pl
 
-from batchframe._manifest import LOCK_FILE, STATUSES, Manifest, ShardAttempt, row_counts
+from batchframe._manifest import (
+    LOCK_FILE,
+    REMOTE_LIVE,
+    STATUSES,
+    Manifest,
+    ShardAttempt,
+    row_counts,
+)
 from batchframe._progress import Progress
 from batchframe._publish import READ_WINDOW, Published, ok_frame_schema, publish
-from batchframe._report import status_frame
+from batchframe._report import STATUS_COLUMNS, format_seconds, job_facts, status_frame
 from batchframe._schedule import Deadline, PollBackoff
 from batchframe._storage import Storage
 from batchframe.exceptions import JobNotSettledError
 
 if TYPE_CHECKING:
+    from batchframe._api import BatchAPI
     from batchframe._job import BatchJob
 
 __all__ = [
@@ -38,20 +46,6 @@ __all__ = [
     "watch",
 ]
 
-#: Columns of the ``status`` table (``--wide`` shows every column of ``BatchJob.status``).
-STATUS_COLUMNS = (
-    "shard",
-    "attempt",
-    "model",
-    "status",
-    "batch_id",
-    "n_requests",
-    "completed",
-    "failed",
-    "submitted_at",
-    "settled_at",
-    "last_error",
-)
 _ORDER = {s: i for i, s in enumerate(STATUSES)}
 
 ProgressMode = Literal["bar", "lines", "none"]
@@ -70,6 +64,28 @@ class JobSnapshot:
     storage: Storage
     manifest: Manifest
     lock: Mapping[str, Any] | None
+    #: When the numbers were last refreshed from the provider (``None``: never, here).
+    polled_at: float | None = None
+    #: Why the numbers were not polled (``--offline``, no client, an API error).
+    not_polled: str | None = None
+
+    def poll(self, api: BatchAPI) -> JobSnapshot:
+        """The snapshot with every batch in flight refreshed from the provider.
+
+        Read-only: the records are updated in memory and nothing is saved (the process
+        driving the job, if any, saves its own view; ``batchframe wait`` downloads).
+        An API error leaves the saved numbers, with the reason in ``not_polled``.
+        """
+        from batchframe.exceptions import APIError
+
+        live = [r for r in self.records if r.batch_id is not None and r.status in REMOTE_LIVE]
+        try:
+            for r in live:
+                assert r.batch_id is not None
+                r.apply(api.retrieve_batch(r.batch_id))
+        except (APIError, OSError) as exc:
+            return replace(self, not_polled=f"polling failed ({exc})")
+        return replace(self, polled_at=time.time(), not_polled=None)
 
     @property
     def records(self) -> list[ShardAttempt]:
@@ -88,20 +104,24 @@ class JobSnapshot:
     def summary(self) -> list[str]:
         """Lines describing the job: id, endpoint, rows, state, lock holder."""
         m = self.manifest
-        ok, failed, retried = row_counts(self.records)
         shards = len({r.shard for r in self.records})
-        state = "settled" if self.is_settled else "running"
-        if m.cancel_requested:
-            state = f"cancelled ({state})"
         created = datetime.fromtimestamp(m.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        facts = job_facts(m, self.records, time.time())
         lines = [
             f"job {m.job_id} at {self.storage.root_url} (created {created} UTC)",
             f"{m.endpoint}: {m.n_requests:,} rows in {shards} shard(s), "
             f"{len(self.records)} shard attempt(s)",
-            f"{state}: {ok:,} ok, {failed:,} failed, "
-            f"{max(0, m.n_requests - ok - failed):,} pending"
-            + (f"; {retried:,} row(s) retried" if retried else ""),
+            *facts.lines(),
         ]
+        lines.append(self.freshness())
+        dups = [d for r in self.records for d in r.duplicates]
+        if dups:
+            ran = sum(1 for d in dups if d.get("completed"))
+            lines.append(
+                f"{len(dups)} duplicate batch(es) found for shard attempts that had one "
+                f"already ({ran} had run requests); kept the recorded batch of each, "
+                "cancelled the rest where they had not run: see `--wide` (duplicate_batch_ids)"
+            )
         if self.lock is not None:
             since = datetime.fromtimestamp(float(self.lock.get("started", 0)), UTC)
             lines.append(
@@ -109,6 +129,20 @@ class JobSnapshot:
                 f"since {since:%Y-%m-%d %H:%M:%S} UTC"
             )
         return lines
+
+    def freshness(self) -> str:
+        """When the numbers shown were last refreshed, and from where."""
+        if self.polled_at is not None:
+            at = datetime.fromtimestamp(self.polled_at, UTC)
+            return f"numbers polled from the provider at {at:%Y-%m-%d %H:%M:%S} UTC"
+        saved = datetime.fromtimestamp(self.manifest.updated_at, UTC)
+        ago = format_seconds(time.time() - self.manifest.updated_at)
+        live = any(r.batch_id is not None and r.status in REMOTE_LIVE for r in self.records)
+        if live:
+            why = f"; not polled: {self.not_polled}" if self.not_polled else ""
+        else:
+            why = "; final" if self.is_settled else "; no batch in flight to poll"
+        return f"numbers as the job saved them at {saved:%Y-%m-%d %H:%M:%S} UTC ({ago} ago){why}"
 
     def require_settled(self, *, partial: bool) -> None:
         """Raise ``JobNotSettledError`` (with the CLI's advice) unless settled or partial."""

@@ -269,6 +269,7 @@ def _upsert_all(
         # Attempts that never became a batch have no id to key them by.
         frame = batches.filter(pl.col("batch_id").is_not_null())
         parts.append((batches_t, Part.of(frame, ["batch_id"])))
+        _rename_old_columns(con, batches_t)
     for name, part in parts:
         _ensure_table(con, name, part.schema, part.key)
     stage = {name: f"__bf_new_{name}" for name, _ in parts}
@@ -313,6 +314,25 @@ def _upsert_all(
         con.execute(f"ALTER TABLE {_q(stage[name])} RENAME TO {_q(name)}")
         for (sql,) in indexes:
             con.execute(sql)
+
+
+#: Columns of ``{table}_batches`` renamed to the names ``BatchJob.status()`` uses.
+_RENAMED = {"request_total": "total", "request_completed": "completed", "request_failed": "failed"}
+
+
+def _rename_old_columns(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Bring a ``{table}_batches`` written by batchframe 0.1 to today's column names."""
+    have = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ? "
+            "AND schema_name = current_schema() AND database_name = current_database()",
+            [name],
+        ).fetchall()
+    }
+    for old, new in _RENAMED.items():
+        if old in have and new not in have:
+            con.execute(f"ALTER TABLE {_q(name)} RENAME COLUMN {_q(old)} TO {_q(new)}")
 
 
 def _check_unique(con: duckdb.DuckDBPyConnection, name: str, src: str, key: list[str]) -> None:

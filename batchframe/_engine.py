@@ -31,6 +31,7 @@ import polars as pl
 
 from batchframe._api import BatchAPI, RemoteBatch
 from batchframe._cost import cost_gate
+from batchframe._fence import Fence
 from batchframe._files import (
     adopt_orphans,
     delete_settled,
@@ -47,7 +48,6 @@ from batchframe._manifest import (
     ShardAttempt,
     batch_tags,
     find_tagged,
-    release_lock,
     row_counts,
 )
 from batchframe._publish import (
@@ -65,7 +65,14 @@ from batchframe._retry import (
     shard_ids,
     write_child,
 )
-from batchframe._schedule import QueueBounds, admissible, in_flight_tokens
+from batchframe._retry_rows import tries_used
+from batchframe._schedule import (
+    QueueBounds,
+    RetryBackoff,
+    admissible,
+    in_flight_tokens,
+    retry_after_hint,
+)
 from batchframe._storage import Storage
 from batchframe.exceptions import APIError, CostLimitError
 
@@ -85,6 +92,9 @@ _LIST_POLL_THRESHOLD = 20
 SETTLE_WINDOW = 1
 #: Waiting shard files uploaded ahead of their turn in the queue.
 _UPLOAD_AHEAD = 2
+#: Seconds between scans of ``batches.list`` for duplicate batches (the backstop of the
+#: lock's fence); a scan also runs when a job is resumed and when it settles.
+_DUPLICATE_SCAN_INTERVAL = 60.0
 
 
 def api_factory(client: Any) -> Callable[[], BatchAPI]:
@@ -110,13 +120,13 @@ class JobEngine:
         storage: Storage,
         manifest: Manifest,
         api: Callable[[], BatchAPI],
-        lock: LockInfo,
+        lock: LockInfo | Fence,
         executor: Executor | None,
     ) -> None:
         self._storage = storage
         self._m = manifest
         self._api_factory = api
-        self._lock = lock
+        self._fence = lock if isinstance(lock, Fence) else Fence(storage, lock)
         self._own_executor = executor is None
         self._executor: Executor = executor or ThreadPoolExecutor(
             max_workers=min(8, (os.cpu_count() or 2) * 2), thread_name_prefix="batchframe"
@@ -124,18 +134,25 @@ class JobEngine:
         self._reconciled = False
         self._closed = False
         self._sleep: Callable[[float], None] = time.sleep
+        #: The clock of retry delays (``not_before``); a test may compress it with _sleep.
+        self._clock: Callable[[], float] = time.time
+        self._last_scan: float | None = None
+        self._settled_scan = False
         self._learned: dict[str | None, QueueBounds] = {
             (k or None): QueueBounds(v.get("lower"), v.get("upper"))
             for k, v in manifest.queue.items()
         }
-        self._finalizer = weakref.finalize(self, release_lock, storage, lock)
+        self._finalizer = weakref.finalize(self, self._fence.release)
 
     @property
     def _api(self) -> BatchAPI:
         return self._api_factory()
 
     def _save(self) -> None:
+        """Save the manifest, first making sure this process still holds the lock."""
         self._m.queue = {(k or ""): v.to_dict() for k, v in self._learned.items()}
+        if self._m._content() != self._m._stored:
+            self._fence.check()  # raises JobLockedError once another driver took over
         self._m.save(self._storage)
 
     def _bounds(self, model: str | None) -> QueueBounds:
@@ -162,6 +179,7 @@ class JobEngine:
         self._reconciled = True
 
     def _reconcile(self, intents: list[ShardAttempt]) -> None:
+        self._last_scan = time.monotonic()
         found = self._list_job_batches()
         unmatched = [r for r in intents if not find_tagged(found, r)]
         if unmatched:
@@ -179,6 +197,8 @@ class JobEngine:
             if tags is None:
                 continue
             r = self._m.record(tags[0], tags[1])
+            if r is not None and self._known_duplicate(r, b):
+                continue
             if r is None or b.id == r.batch_id or b.id in r.previous_batch_ids:
                 if r is None:
                     _log.warning(
@@ -200,14 +220,49 @@ class JobEngine:
                 r.apply(b)
                 self._save()
                 continue
-            _log.warning(
-                "batch %s duplicates shard attempt %s (recorded: %s); cancelling it",
-                b.id,
-                r.key,
-                r.batch_id,
-            )
-            if not b.is_terminal:
-                self._api.cancel_batch(b.id)
+            self._duplicate(r, b)
+
+    def _known_duplicate(self, r: ShardAttempt, b: RemoteBatch) -> bool:
+        """Refresh the entry of ``b`` if it is a known duplicate of ``r``; say whether it is."""
+        for entry in r.duplicates:
+            if entry["batch_id"] == b.id:
+                if entry["status"] != b.status:
+                    entry["status"] = b.status
+                    entry["completed"] = b.request_counts.completed if b.request_counts else 0
+                    self._save()
+                return True
+        return False
+
+    def _duplicate(self, r: ShardAttempt, b: RemoteBatch) -> None:
+        """A second batch for shard attempt ``r``: keep the recorded one, cancel this one."""
+        action = "none (already finished)"
+        status = b.status
+        if not b.is_terminal:
+            try:
+                status = self._api.cancel_batch(b.id).status
+                action = "cancelled"
+            except APIError as exc:
+                action = f"cancel failed: {exc}"
+        completed = b.request_counts.completed if b.request_counts else 0
+        _log.warning(
+            "batch %s duplicates shard attempt %s (kept: %s; it was %s with %d request(s) "
+            "completed); action: %s",
+            b.id,
+            r.key,
+            r.batch_id,
+            b.status,
+            completed,
+            action,
+        )
+        r.duplicates.append(
+            {"batch_id": b.id, "status": status, "completed": completed, "action": action}
+        )
+        self._save()
+
+    def _scan_duplicates(self) -> None:
+        """Look for batches of this job that no record owns (the fence's backstop)."""
+        self._last_scan = time.monotonic()
+        self._adopt(self._list_job_batches())
 
     # -- submitting ---------------------------------------------------------------------
     def _tags_for(self, r: ShardAttempt) -> dict[str, str]:
@@ -231,7 +286,7 @@ class JobEngine:
             queue_token_limit=self._m.options.get("queue_token_limit"),
             learned=self._learned,
             max_in_flight=self._m.options.get("max_in_flight"),
-            now=time.time(),
+            now=self._clock(),
         )
         chosen = self._within_caps(chosen)
         # Upload the next waiting files too, so that when the queue frees up only the
@@ -338,7 +393,7 @@ class JobEngine:
         if others == 0:
             # Nothing of ours holds the queue: someone else does. Back off in time.
             tries = len(r.previous_batch_ids) + 1
-            r.not_before = time.time() + min(300.0, 2.0 * 2 ** min(tries, 8))
+            r.not_before = self._clock() + min(300.0, 2.0 * 2 ** min(tries, 8))
         else:
             r.not_before = None
 
@@ -352,7 +407,10 @@ class JobEngine:
             return
         remote: dict[str, RemoteBatch] = {}
         if len(live) > _LIST_POLL_THRESHOLD:
-            remote = {b.id: b for b in self._list_job_batches()}
+            listed = self._list_job_batches()
+            remote = {b.id: b for b in listed}
+            self._adopt(listed)  # duplicates show up in the same list, for free
+            self._last_scan = time.monotonic()
         missing = [r for r in live if r.batch_id not in remote]
         for r, fut in self._map(lambda r: self._api.retrieve_batch(r.batch_id), missing):
             remote[r.batch_id] = fut.result()
@@ -433,18 +491,22 @@ class JobEngine:
                 self._requeue(r)
             else:
                 plain.append(r)
-        max_attempts = int(self._m.options.get("max_attempts", 3))
         tags: dict[str | None, str] = {}
         for r, outcome in map_bounded(self._executor, self._outcome, plain, window=SETTLE_WINDOW):
-            retry: set[str] = set()
-            if not self._m.cancel_requested and r.attempt + 1 < max_attempts:
-                retry = set(outcome.failed.filter(pl.col("retryable"))["custom_id"].to_list())
             child = self._m.record(r.shard, r.attempt + 1)
+            retry: set[str] = set()
+            plan: tuple[int, float] | None = None
+            if child is None and not self._m.cancel_requested:
+                retryable = outcome.failed.filter(pl.col("retryable"))
+                plan = self._retry_plan(r, retryable)
+                if plan is not None:
+                    retry = set(retryable["custom_id"].to_list())
             if child is not None:
                 retried: set[str] = set(shard_ids(self._storage, child.path))
             elif retry:
+                assert plan is not None
                 retried = retry
-                self._write_child(r, retry)
+                self._write_child(r, retry, step=plan[0], delay=plan[1])
             else:
                 retried = set()
             final = finalize_outcome(outcome, retried, endpoint=self._m.endpoint)
@@ -474,8 +536,40 @@ class JobEngine:
                 _log.warning("could not check the published results: %s", exc)
         self._delete_settled_files()
 
-    def _write_child(self, r: ShardAttempt, retry: set[str]) -> None:
-        """Write the retryable rows of ``r`` as attempt ``r.attempt + 1`` and record it."""
+    def _backoff(self) -> RetryBackoff:
+        return RetryBackoff.from_option(self._m.options.get("retry_backoff"))
+
+    def _retry_plan(self, r: ShardAttempt, retryable: pl.DataFrame) -> tuple[int, float] | None:
+        """``(backoff step, delay)`` of a retry of ``r``'s retryable rows; ``None``: no retry.
+
+        Rows are retried while the row has had fewer than ``max_attempts`` tries. When
+        most rows of the attempt failed (an outage, see :class:`RetryBackoff`), the retry
+        waits an exponential backoff, and with the default ``max_attempts`` it is made
+        even past three tries, until the backoff budget is spent.
+        """
+        if not retryable.height:
+            return None
+        policy = self._backoff()
+        option = self._m.options.get("max_attempts")
+        max_attempts = int(option) if option is not None else 3
+        outage = retryable.height >= policy.outage_share * max(r.n_requests, 1)
+        step = r.backoff_step + 1 if outage else 0
+        hint = retry_after_hint(retryable["error_message"].to_list())
+        delay = policy.delay(step, retry_after=hint)
+        if tries_used(self._m.options, r) < max_attempts:
+            return step, delay
+        if option is None and outage and r.backoff_spent + delay <= policy.budget:
+            return step, delay
+        return None
+
+    def _write_child(
+        self, r: ShardAttempt, retry: set[str], *, step: int = 0, delay: float = 0.0
+    ) -> None:
+        """Write the retryable rows of ``r`` as attempt ``r.attempt + 1`` and record it.
+
+        The child is not submitted before ``delay`` seconds from now (``not_before``, in
+        the manifest: a restarted driver waits out the same backoff).
+        """
         written = write_child(self._storage, r.path, child_path(r.shard, r.attempt + 1), retry)
         share = written.n_bytes / max(r.n_bytes, 1)
         child = ShardAttempt(
@@ -489,9 +583,24 @@ class JobEngine:
             est_tokens=math.ceil(r.est_tokens * share),
             n_inputs=math.ceil(r.n_inputs * share),
             model=r.model,
+            backoff_step=step,
+            backoff_spent=r.backoff_spent + delay,
+            not_before=self._clock() + delay if delay > 0 else None,
         )
         self._m.records.append(child)
-        _log.info("retrying %d row(s) of %s as attempt %d", len(retry), r.key, r.attempt + 1)
+        if delay > 0:
+            _log.info(
+                "retrying %d row(s) of %s as attempt %d in %.1f s (backoff: %d outage-like "
+                "failure(s) in a row, %.0f s of backoff spent)",
+                len(retry),
+                r.key,
+                r.attempt + 1,
+                delay,
+                step,
+                child.backoff_spent,
+            )
+        else:
+            _log.info("retrying %d row(s) of %s as attempt %d", len(retry), r.key, r.attempt + 1)
 
     def _learn_embedding_dim(self, r: ShardAttempt, outcome: Outcome) -> bool:
         """Remember the first vector width seen, so every later part is typed alike."""
@@ -519,6 +628,7 @@ class JobEngine:
         r.output_downloaded = r.error_downloaded = False
         r.terminal_at = None
         r.batch_ended_at = None
+        r.batch_timestamps = {}
         r.total = r.completed = r.failed = 0
         r.last_error = "; ".join(str(e.get("message") or e.get("code")) for e in r.batch_errors)
         r.batch_errors = []
@@ -533,6 +643,28 @@ class JobEngine:
         counts = row_counts(self._m.records)
         return counts.ok, counts.failed
 
+    def _next_due(self) -> float | None:
+        """Seconds until the earliest waiting retry may be submitted, if one waits."""
+        due = [
+            r.not_before
+            for r in self._m.records
+            if r.not_before is not None and r.status in ("pending", "uploaded")
+        ]
+        return max(0.0, min(due) - self._clock()) if due else None
+
+    def _maybe_scan(self) -> None:
+        """Scan for duplicate batches now and then, and once when the job settles."""
+        if not any(r.intent_at is not None for r in self._m.records):
+            return
+        settled = all(r.is_settled for r in self._m.records)
+        due = (
+            self._last_scan is None
+            or time.monotonic() - self._last_scan >= _DUPLICATE_SCAN_INTERVAL
+        )
+        if due or (settled and not self._settled_scan):
+            self._scan_duplicates()
+            self._settled_scan = settled
+
     def _step(self) -> bool:
         """One round of :meth:`BatchJob.wait`; return whether batches were submitted."""
         self._ensure_reconciled()
@@ -541,9 +673,10 @@ class JobEngine:
         submitted = self._submit_admissible()
         self._download()
         self._settle()
-        more = self._submit_admissible()
+        submitted = bool(self._submit_admissible() or submitted)
+        self._maybe_scan()
         self._check_paused()
-        return bool(more or submitted)
+        return submitted
 
     # -- provider files and cost (batchframe._files, batchframe._cost) ---------------------
     def _adopt_orphan_files(self) -> None:

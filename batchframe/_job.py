@@ -16,14 +16,13 @@ import polars as pl
 
 from batchframe._config import BatchLimits
 from batchframe._engine import JobEngine, api_factory
+from batchframe._fence import Fence
 from batchframe._files import rewrite_line_urls
 from batchframe._manifest import (
-    MANIFEST_FILE,
     REMOTE_LIVE,
     Manifest,
     RowCounts,
     acquire_lock,
-    release_lock,
     row_counts,
 )
 from batchframe._progress import Progress, progress_enabled
@@ -38,7 +37,7 @@ from batchframe._providers import (
 )
 from batchframe._read import COLLECT_MAX_BYTES, collect_results, write_results_duckdb
 from batchframe._report import job_html, status_frame
-from batchframe._schedule import Deadline, PollBackoff, check_options
+from batchframe._schedule import Deadline, PollBackoff, RetryBackoff, check_options
 from batchframe._storage import Storage
 from batchframe._timeline import Timeline
 from batchframe.exceptions import JobExistsError
@@ -98,7 +97,8 @@ class BatchJob(JobEngine):
         metadata: Mapping[str, str] | None = None,
         queue_token_limit: int | Mapping[str, int] | None = None,
         max_in_flight: int | None = None,
-        max_attempts: int = 3,
+        max_attempts: int | None = None,
+        retry_backoff: RetryBackoff | None = None,
         executor: Executor | None = None,
         break_lock: bool = False,
         provider: str | Provider | None = None,
@@ -142,7 +142,12 @@ class BatchJob(JobEngine):
             Most batches queued or running at once (``None``: no cap).
         max_attempts
             Tries per row: retryable failures are resubmitted in child shards until a
-            row has been tried this many times.
+            row has been tried this many times. ``None`` (the default): 3 tries, and
+            more during an outage until ``retry_backoff``'s budget is spent.
+        retry_backoff
+            When failed rows are retried: at once for isolated failures, after an
+            exponential backoff with jitter during an outage (see
+            :class:`RetryBackoff`; default ``RetryBackoff()``).
         executor
             Runs per-shard work (writes, uploads, downloads, parsing). Default: a small
             thread pool owned by the job. Shard writes are plain data; uploads and
@@ -188,7 +193,9 @@ class BatchJob(JobEngine):
         CostLimitError
             The estimate exceeds ``max_cost``.
         """
-        check_options(metadata, queue_token_limit, max_in_flight, max_attempts)
+        check_options(
+            metadata, queue_token_limit, max_in_flight, 1 if max_attempts is None else max_attempts
+        )
         prof, limits, provider_options = job_setup(
             requests,
             provider=provider,
@@ -201,15 +208,15 @@ class BatchJob(JobEngine):
             prices=prices,
         )
         storage = Storage(os.fspath(root), storage_options)
-        if storage.exists(MANIFEST_FILE):
+        if Manifest.exists(storage):
             msg = (
                 f"a job already exists at `{storage.root_url}`; resume it with "
                 "`BatchJob.open(root)` (or `bf.run(...)`), or choose another root"
             )
             raise JobExistsError(msg)
-        lock = acquire_lock(storage, break_lock=break_lock)
+        lock = Fence(storage, acquire_lock(storage, break_lock=break_lock))
         try:
-            if storage.exists(MANIFEST_FILE):
+            if Manifest.exists(storage):
                 msg = f"a job was created at `{storage.root_url}` meanwhile; open it instead"
                 raise JobExistsError(msg)
             written, facts = requests._write(
@@ -227,13 +234,16 @@ class BatchJob(JobEngine):
                     if isinstance(queue_token_limit, Mapping)
                     else queue_token_limit,
                     "max_in_flight": max_in_flight,
+                    "retry_backoff": (retry_backoff or RetryBackoff()).to_dict(),
                     "metadata": dict(metadata or {}),
+                    "custom_id_column": requests.custom_id_column,
                     **provider_options,
                 },
             )
+            lock.check()
             manifest.save(storage)
         except BaseException:
-            release_lock(storage, lock)
+            lock.release()
             raise
         _log.info(
             "created job %s at %s: %d requests in %d shards",
@@ -305,11 +315,11 @@ class BatchJob(JobEngine):
         storage = Storage(os.fspath(root), storage_options)
         manifest = Manifest.load(storage)
         check_same_provider(manifest, provider, storage.root_url)
-        lock = acquire_lock(storage, break_lock=break_lock)
+        lock = Fence(storage, acquire_lock(storage, break_lock=break_lock))
         try:
             manifest = Manifest.load(storage)  # re-read under the lock
         except BaseException:
-            release_lock(storage, lock)
+            lock.release()
             raise
         return cls(
             storage=storage,
@@ -389,12 +399,13 @@ class BatchJob(JobEngine):
         max_in_flight: int | None = None,
         max_attempts: int | None = None,
         max_cost: float | None = None,
+        retry_backoff: RetryBackoff | None = None,
     ) -> None:
         """Change scheduling options of the job; ``None`` keeps the current value.
 
         Parameters
         ----------
-        queue_token_limit, max_in_flight, max_attempts
+        queue_token_limit, max_in_flight, max_attempts, retry_backoff
             As in :meth:`create`.
         max_cost
             A new USD cap (``math.inf`` lifts it); a job paused by the old one goes on
@@ -415,6 +426,8 @@ class BatchJob(JobEngine):
             options["max_in_flight"] = max_in_flight
         if max_attempts is not None:
             options["max_attempts"] = max_attempts
+        if retry_backoff is not None:
+            options["retry_backoff"] = retry_backoff.to_dict()
         self._save()
 
     def submit(self) -> None:
@@ -492,7 +505,11 @@ class BatchJob(JobEngine):
                     f"job {self._m.job_id} is not settled after {timeout} s; its state "
                     "is saved: call `wait()` again to continue"
                 )
-                self._sleep(deadline.clamp(backoff.next(), msg))
+                delay = backoff.next()
+                due = self._next_due()  # a retry waiting out its backoff
+                if due is not None:
+                    delay = min(delay, max(due, 0.01))
+                self._sleep(deadline.clamp(delay, msg))
         finally:
             bar.close()
 
@@ -534,6 +551,74 @@ class BatchJob(JobEngine):
         if wait:
             self.wait(poll_interval=poll_interval, timeout=timeout, progress=False)
 
+    def retry(
+        self,
+        where: pl.Expr | None = None,
+        *,
+        reset_attempts: bool = False,
+        submit: bool = True,
+    ) -> pl.DataFrame:
+        """Run failed rows again, as new attempts of their shards; then :meth:`wait`.
+
+        Chosen rows leave ``failed`` (for now) and are resubmitted with every guarantee
+        of the job's own retries: crash-safe, never submitted twice, each row in exactly
+        one of ``ok`` / ``failed`` once settled. Calling it again before the retried
+        rows finish finds nothing new to retry. A cancelled job is resumed for them.
+
+        Parameters
+        ----------
+        where
+            A Polars expression over the columns of ``results.failed`` (``stage``,
+            ``error_code``, ``status_code``, ``retryable``, ``attempts``, ...) choosing
+            the rows. Default: every retryable or cancelled row,
+            ``pl.col("retryable") | (pl.col("stage") == "cancelled")``. Rows of shards
+            still running are left for a later call.
+        reset_attempts
+            Give the retried rows ``max_attempts`` tries again (automatic retries of
+            retryable failures included). By default the new attempt counts in
+            ``max_attempts``: a row that used its tries runs once more, no further.
+        submit
+            Submit what the queue admits now (as :meth:`submit`); ``False`` only
+            writes and records the new attempts (:meth:`wait` submits them).
+
+        Returns
+        -------
+        pl.DataFrame
+            One row per new shard attempt: ``shard``, ``attempt``, ``n_requests``,
+            ``path``; empty when no failed row matched.
+
+        Raises
+        ------
+        ColumnNotFoundError
+            ``where`` names a column failed rows do not have.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import batchframe as bf
+        >>> req = bf.build_requests(
+        ...     pl.DataFrame({"id": [1, 2, 3]}),
+        ...     endpoint="/v1/chat/completions",
+        ...     body=bf.chat_body("gpt-4o-mini", user="hello"),
+        ...     custom_id="id",
+        ... )
+        >>> with bf.LocalBatchServer() as server:
+        ...     with bf.BatchJob.create(req, "memory://doc-retry", client=server.client()) as job:
+        ...         job.cancel()  # before anything ran: every row is failed, "cancelled"
+        ...         job.retry()["n_requests"].to_list()
+        ...         job.wait(poll_interval=0.05)
+        ...         job.counts().ok
+        [3]
+        3
+        """
+        from batchframe._retry_rows import retry_rows
+
+        self._ensure_reconciled()
+        new = retry_rows(self, where, reset_attempts=reset_attempts)
+        if submit and new.height:
+            self._submit_admissible()
+        return new
+
     # -- reporting ----------------------------------------------------------------------
     def counts(self) -> RowCounts:
         """Rows settled so far, without a network call.
@@ -557,7 +642,10 @@ class BatchJob(JobEngine):
             ``settled``, ``n_requests``, ``total``, ``completed``, ``failed``,
             ``est_tokens``, ``input_file_id``, ``output_file_id``, ``error_file_id``,
             ``created_at``, ``submitted_at``, ``terminal_at``, ``settled_at`` (UTC),
-            ``last_error``, and ``cost_usd``: the batch's cost so far (its actual
+            ``last_error``, ``not_before`` (UTC: a retry waiting out its backoff),
+            ``duplicate_batch_ids`` (comma-separated): other batches found for the same shard
+            attempt (made by a second driver), each cancelled before it ran where possible,
+            and ``cost_usd``: the batch's cost so far (its actual
             usage once it reports one, else its worst-case estimate; null before it
             is created or for unpriced models).
         """
@@ -570,21 +658,14 @@ class BatchJob(JobEngine):
         -------
         Timeline
             One bar per shard attempt: queued until submitted, then its batch's
-            status. ``timeline().to_svg()`` gives the SVG text to save or embed.
+            phases as the batch object reports them (validating, in progress,
+            finalizing), then its final status until settled. ``timeline().to_svg()``
+            gives the SVG text to save or embed.
         """
-        return Timeline(self.status())
+        return Timeline.of(self._m.records)
 
     def _repr_html_(self) -> str:
-        ok, failed = self._counts()
-        return job_html(
-            self._m.job_id,
-            self.root,
-            self._m.endpoint,
-            self._m.n_requests,
-            ok,
-            failed,
-            self.status(),
-        )
+        return job_html(self._m, self.root)
 
     # -- results ------------------------------------------------------------------------
     def collect(
@@ -621,10 +702,25 @@ class BatchJob(JobEngine):
             The results exceed ``max_bytes``.
         """
         results = collect_results(
-            self._storage, self._m, executor=self._executor, partial=partial, max_bytes=max_bytes
+            self._storage,
+            self._m,
+            executor=self._executor,
+            partial=partial,
+            max_bytes=max_bytes,
+            fetch=self._fetch,
         )
         results.prices = job_prices(self._m)
         return results
+
+    def _fetch(self, file_id: str, rel: str) -> None:
+        """Download a provider file again (a deleted output file; see ``_publish``)."""
+        if file_id in (self._m.options.get("deleted_files") or ()):
+            msg = (
+                f"provider file {file_id} was deleted once its results were stored "
+                "(keep_files=False; keep_files='output' keeps a copy on the provider)"
+            )
+            raise FileNotFoundError(msg)
+        self._api.download(file_id, self._storage, rel)
 
     def to_duckdb(
         self,
@@ -660,5 +756,11 @@ class BatchJob(JobEngine):
             A table exists with other columns or types, or a key repeats.
         """
         write_results_duckdb(
-            self._storage, self._m, database, table=table, executor=self._executor, partial=partial
+            self._storage,
+            self._m,
+            database,
+            table=table,
+            executor=self._executor,
+            partial=partial,
+            fetch=self._fetch,
         )

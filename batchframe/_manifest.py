@@ -3,6 +3,7 @@
 A job root holds::
 
     manifest.json        this module's Manifest, rewritten atomically after every outside action
+    manifest.prev.json   the version before it (see "Damaged or missing state" below)
     lock.json            who drives the job right now (host, pid, process start time)
     shards/00003.jsonl   attempt 0 of shard 3, as written by ``Requests.write``
     shards/00003.a1.jsonl  attempt 1 (retryable rows of attempt 0, lines copied verbatim)
@@ -25,6 +26,48 @@ called, and a record found in that state on resume is reconciled against
 ``batches.list`` by its metadata tags (job, shard, attempt, submission) before anything
 is created again. A record is *settled* (``settled_at`` set) once it is terminal, its
 files are downloaded and the retries of its rows, if any, exist as child records.
+
+Damaged or missing state
+------------------------
+A truncated or unreadable ``manifest.json`` (a torn write on a local disk after a power
+loss, an editor, a sync tool) is recovered from ``manifest.prev.json``, with a warning.
+The previous version is written only when it matters, so that on object stores (where
+every save is a request) it costs about one PUT per upload and per batch created, not
+one per save: ``save`` writes the outgoing version to ``manifest.prev.json`` first when
+its *skeleton* differs from what ``manifest.prev.json`` already holds. The skeleton is
+what recovery cannot learn again from the provider by itself: the records that exist
+(shard, attempt), each one's ``submission``, ``input_file_id`` and ``batch_id``, and
+``cancel_requested``. So the previous version always has the skeleton of the version
+just before the current one, and recovery loses at most one step's skeleton.
+
+What one step can add, and why recovery never loses a batch:
+
+* an intent (``uploaded`` -> ``submitting``) and then, maybe, a created batch: the
+  previous version holds the record ``uploaded`` with its input file (the upload was
+  its own save). On recovery every ``uploaded`` record without a batch id is turned
+  back into an intent (``submitting``, ``intent_at`` now), so the engine lists the
+  job's batches by their metadata tags (job, shard, attempt, submission) before
+  creating anything, waits the usual grace for a create sent just before the crash,
+  and adopts what it finds;
+* a created batch's id (saved together with the next shard's intent): the previous
+  version holds that record as an intent, reconciled the same way;
+* an upload: redone, leaving one unused input file at the provider (no batch);
+* a settlement, a child (retry) record or a requeue after ``token_limit_exceeded``:
+  redone from the same downloaded files, with the same rows (a child shard is copied
+  from its parent verbatim, so it gets the same sha256; a requeue gets the same
+  submission number). The child's or the requeued batch cannot exist yet: creating it
+  takes an upload and an intent, two more steps;
+* ``cancel_requested``: part of the skeleton, so it is never lost.
+
+The save that settles the job's last attempt writes both files (one more write per
+job), so that a finished job recovers to its finished state: readers without a client
+(``read_results``) get every row. During a run, the previous version may lack the
+newest settlements; ``wait()`` settles those attempts again from the downloaded files,
+without an API call.
+
+Everything else (statuses, request counts, downloads, row counts) is polled, downloaded
+or parsed again. When no readable version is left, :class:`ManifestDamagedError` names
+the file, the job id when it can still be read from the damaged bytes, and what to do.
 """
 
 from __future__ import annotations
@@ -45,6 +88,7 @@ from batchframe.exceptions import (
     JobError,
     JobLockedError,
     JobNotFoundError,
+    ManifestDamagedError,
     ManifestVersionError,
 )
 
@@ -60,7 +104,9 @@ __all__ = [
     "FORMAT_VERSION",
     "IN_FLIGHT",
     "LOCK_FILE",
+    "LOCK_TTL",
     "MANIFEST_FILE",
+    "PREVIOUS_MANIFEST_FILE",
     "REMOTE_TERMINAL",
     "TRANSITIONS",
     "LockInfo",
@@ -69,15 +115,23 @@ __all__ = [
     "ShardAttempt",
     "acquire_lock",
     "batch_tags",
+    "check_lock",
     "find_tagged",
     "release_lock",
+    "renew_lock",
 ]
 
 _log = logging.getLogger("batchframe")
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+#: The version of the manifest before the current one, as far as recovery needs it.
+PREVIOUS_MANIFEST_FILE = "manifest.prev.json"
 LOCK_FILE = "lock.json"
+#: Seconds after which a lock whose holder cannot be checked from here (another host,
+#: container or boot) and has not renewed its heartbeat may be taken over. Holders
+#: renew every ``LOCK_TTL / 4`` seconds while their job is open.
+LOCK_TTL = 120.0
 
 RecordStatus = Literal[
     "pending",
@@ -160,6 +214,13 @@ class ShardAttempt:
     n_retried: int | None = None
     inflight_tokens_at_submit: int | None = None
     not_before: float | None = None
+    #: Seconds of retry backoff spent on the rows of this attempt's line so far.
+    backoff_spent: float = 0.0
+    #: Outage-like failures in a row along this attempt's line (0: the last was not).
+    backoff_step: int = 0
+    #: Other batches found tagged for this shard attempt (a second driver, or a create
+    #: re-sent blindly): ``{"batch_id", "status", "completed", "action"}`` each.
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
     created_at: float = field(default_factory=_now)
     uploaded_at: float | None = None
     intent_at: float | None = None
@@ -167,6 +228,8 @@ class ShardAttempt:
     batch_created_at: int | None = None
     batch_ended_at: int | None = None
     terminal_at: float | None = None
+    #: The batch's own phase timestamps (``in_progress_at``, ``finalizing_at``, ...).
+    batch_timestamps: dict[str, int] = field(default_factory=dict)
     settled_at: float | None = None
     updated_at: float = field(default_factory=_now)
     last_error: str | None = None
@@ -229,6 +292,8 @@ class ShardAttempt:
             for e in b.errors
         ]
         self.usage = b.usage
+        if b.timestamps:
+            self.batch_timestamps = {**self.batch_timestamps, **b.timestamps}
         if self.is_terminal:
             self.batch_ended_at = b.timestamps.get(f"{self.status}_at") or self.batch_ended_at
         if self.is_terminal and self.terminal_at is None:
@@ -280,6 +345,13 @@ class Manifest:
     #: The content last written or read (without ``updated_at``): a save of the same
     #: content is skipped, so that polls that changed nothing cost no request.
     _stored: bytes | None = field(default=None, repr=False, compare=False)
+    #: The exact bytes of ``manifest.json`` as last written or read, and their skeleton.
+    _stored_bytes: bytes | None = field(default=None, repr=False, compare=False)
+    _stored_skeleton: bytes | None = field(default=None, repr=False, compare=False)
+    #: Skeleton of what ``manifest.prev.json`` holds (``None``: unknown or absent).
+    _previous_skeleton: bytes | None = field(default=None, repr=False, compare=False)
+    #: Why the manifest was recovered from ``manifest.prev.json`` (``None``: it was not).
+    recovered: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def start(
@@ -302,7 +374,7 @@ class Manifest:
             ShardAttempt(
                 shard=int(row["shard"]),
                 attempt=0,
-                path=shard_path(int(row["shard"])),
+                path=row.get("rel") or shard_path(int(row["shard"])),
                 sha256=str(row["sha256"]),
                 n_requests=int(row["n_requests"]),
                 n_bytes=int(row["n_bytes"]),
@@ -398,41 +470,192 @@ class Manifest:
         del data["updated_at"]
         return orjson.dumps(data)
 
+    def _skeleton(self) -> bytes:
+        """What recovery cannot learn again by itself (see the module docstring)."""
+        return orjson.dumps(
+            [
+                self.job_id,
+                self.cancel_requested,
+                [
+                    (r.shard, r.attempt, r.submission, r.input_file_id, r.batch_id)
+                    for r in self.records
+                ],
+                self._settled(),
+            ]
+        )
+
+    def _remember(self, data: bytes) -> None:
+        self._stored = self._content()
+        self._stored_bytes = data
+        self._stored_skeleton = self._skeleton()
+
     def save(self, storage: Storage) -> None:
         """Write ``manifest.json`` atomically, unless it already holds this content.
 
         The write is skipped when the content (all but ``updated_at``) equals what this
         object last wrote or read, so a save that records nothing new costs no request.
+        Before it is replaced, the current version is copied to ``manifest.prev.json``
+        when recovery would need it (its skeleton differs from the copy already there),
+        from memory: one more write, no read.
         """
         content = self._content()
         if content == self._stored:
             return
         self.updated_at = _now()
-        storage.write_bytes(MANIFEST_FILE, orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2))
-        self._stored = content
+        data = orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2)
+        outgoing = self._stored_bytes
+        if outgoing is not None and self._stored_skeleton != self._previous_skeleton:
+            storage.write_bytes(PREVIOUS_MANIFEST_FILE, outgoing)
+            self._previous_skeleton = self._stored_skeleton
+        storage.write_bytes(MANIFEST_FILE, data)
+        self._remember(data)
+        if self._stored_skeleton != self._previous_skeleton and self._settled():
+            # The job just settled: its final version is kept twice, so that readers of a
+            # finished job never fall back to a version with rows still open.
+            storage.write_bytes(PREVIOUS_MANIFEST_FILE, data)
+            self._previous_skeleton = self._stored_skeleton
+
+    def _settled(self) -> bool:
+        return bool(self.records) and all(r.is_settled for r in self.records)
+
+    @classmethod
+    def exists(cls, storage: Storage) -> bool:
+        """Whether a job lives at ``storage``: a manifest, or only its previous version."""
+        return storage.is_file(MANIFEST_FILE) or storage.is_file(PREVIOUS_MANIFEST_FILE)
+
+    @classmethod
+    def _parse(cls, data: bytes) -> Manifest:
+        parsed = orjson.loads(data)
+        if not isinstance(parsed, dict):
+            msg = f"it holds a JSON {type(parsed).__name__}, not an object"
+            raise JobError(msg)
+        manifest = cls.from_dict(parsed)
+        if parsed.get("format_version") == FORMAT_VERSION:
+            manifest._remember(data)  # an upgraded manifest is rewritten
+        return manifest
 
     @classmethod
     def load(cls, storage: Storage) -> Manifest:
-        """Read ``manifest.json`` from ``storage``.
+        """Read ``manifest.json`` from ``storage``, or recover its previous version.
+
+        When ``manifest.json`` is missing or cannot be read (truncated, not JSON, not a
+        manifest) and ``manifest.prev.json`` can, the job is resumed from that, with a
+        warning on the ``batchframe`` logger; its records that may have been submitted
+        since are reconciled with the provider before anything is created (see the
+        module docstring). The next save writes ``manifest.json`` whole again.
 
         Raises
         ------
         JobNotFoundError
             No manifest at the root.
+        ManifestDamagedError
+            ``manifest.json`` cannot be read and no readable previous version is left.
         ManifestVersionError
             The manifest was written by a newer batchframe.
         """
-        if not storage.exists(MANIFEST_FILE):
+        raw = _read_or_none(storage, MANIFEST_FILE)
+        problem: str
+        cause: BaseException | None = None
+        if raw is None:
+            problem = "is missing"
+        else:
+            try:
+                return cls._parse(raw)
+            except ManifestVersionError:
+                raise
+            except (ValueError, KeyError, TypeError, AttributeError, JobError) as exc:
+                problem = f"cannot be read ({_describe(exc, raw)})"
+                cause = exc
+        previous = _read_or_none(storage, PREVIOUS_MANIFEST_FILE)
+        if raw is None and previous is None:
             msg = (
                 f"no batchframe job at `{storage.root_url}` (no {MANIFEST_FILE}); "
                 "create one with `BatchJob.create(requests, root)` or `bf.run(...)`"
             )
             raise JobNotFoundError(msg)
-        data = orjson.loads(storage.read_bytes(MANIFEST_FILE))
-        manifest = cls.from_dict(data)
-        if data.get("format_version") == FORMAT_VERSION:
-            manifest._stored = manifest._content()  # an upgraded manifest is rewritten
-        return manifest
+        if previous is not None:
+            try:
+                manifest = cls._parse(previous)
+            except ManifestVersionError:
+                raise
+            except (ValueError, KeyError, TypeError, AttributeError, JobError) as exc:
+                problem += (
+                    f", and its previous version `{storage.url(PREVIOUS_MANIFEST_FILE)}` "
+                    f"cannot be read either ({_describe(exc, previous)})"
+                )
+                cause = exc
+            else:
+                manifest._recover(storage, problem)
+                return manifest
+        else:
+            problem += f", and there is no previous version ({PREVIOUS_MANIFEST_FILE})"
+        job = _salvage_job_id(raw or b"") or _salvage_job_id(previous or b"")
+        tags = (
+            f"the batches it created carry the metadata tag `batchframe_job={job}`"
+            if job
+            else "the batches it created carry a `batchframe_job` metadata tag"
+        )
+        msg = (
+            f"the job manifest `{storage.url(MANIFEST_FILE)}` {problem}. Restore it from a "
+            f"backup if you have one. Otherwise do not start the job again blindly: {tags}; "
+            "check them at the provider (running ones keep running and are billed), cancel "
+            "or download them, then rerun the rows that need it under a new root"
+        )
+        raise ManifestDamagedError(msg) from cause
+
+    def _recover(self, storage: Storage, problem: str) -> None:
+        """Turn a version read from ``manifest.prev.json`` into one safe to resume from."""
+        assert self._stored_bytes is not None
+        self._previous_skeleton = self._stored_skeleton  # that file holds exactly it
+        self._stored = None  # the next save rewrites manifest.json, whatever it holds
+        now = _now()
+        suspects = []
+        for r in self.records:
+            # Its intent, and a batch, may be in the version that was lost: reconcile
+            # it by its tags before anything is created (`submitting` means just that).
+            if r.batch_id is None and r.status in ("uploaded", "submitting"):
+                if r.status == "uploaded":
+                    r.move("submitting")
+                r.intent_at = now
+                suspects.append(r.key)
+        saved = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(self.updated_at))
+        self.recovered = problem
+        _log.warning(
+            "the job manifest %s %s; resuming job %s from its previous version %s (saved "
+            "%s). At most one step is redone: batches created since are found again by "
+            "their metadata tags before anything is submitted (%d shard attempt(s) to "
+            "check)",
+            storage.url(MANIFEST_FILE),
+            problem,
+            self.job_id,
+            storage.url(PREVIOUS_MANIFEST_FILE),
+            saved,
+            len(suspects),
+        )
+
+
+def _read_or_none(storage: Storage, rel: str) -> bytes | None:
+    try:
+        return storage.read_bytes(rel)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _describe(exc: BaseException, raw: bytes) -> str:
+    if not raw.strip():
+        return "it is empty"
+    if isinstance(exc, orjson.JSONDecodeError):
+        return f"not valid JSON, {len(raw):,} bytes: {exc}"
+    if isinstance(exc, KeyError):
+        return f"the field {exc} is missing"
+    return str(exc) or type(exc).__name__
+
+
+def _salvage_job_id(raw: bytes) -> str | None:
+    import re
+
+    m = re.search(rb'"job_id"\s*:\s*"(bfj_[0-9a-f]+)"', raw)
+    return m.group(1).decode() if m else None
 
 
 # Numbered upgrades: _MIGRATIONS[i] turns format_version i + 1 into i + 2.
@@ -469,6 +692,12 @@ class LockInfo:
     boot and the pid namespace) tell whether ``pid`` can be checked from here at all,
     and whether the process running under it now is the holder: two containers may
     share a host name, and pids are reused.
+
+    ``epoch`` is the fencing token: every taker writes a number above its predecessor's
+    (and above the time in milliseconds), so a later holder always has the larger one.
+    ``heartbeat`` is when the holder last renewed the lock (it does every
+    ``LOCK_TTL / 4`` seconds while the job is open); a holder that cannot be checked
+    from here and has not renewed for :data:`LOCK_TTL` seconds is taken over.
     """
 
     host: str
@@ -478,6 +707,8 @@ class LockInfo:
     proc_start: str | None = None
     boot_id: str | None = None
     pid_ns: str | None = None
+    epoch: int = 0
+    heartbeat: float | None = None
 
     def describe(self) -> str:
         """Human-readable holder, for error messages."""
@@ -493,18 +724,33 @@ class LockInfo:
             for a, b in ((self.boot_id, other.boot_id), (self.pid_ns, other.pid_ns))
         )
 
+    def is_stale(self, now: float | None = None) -> bool:
+        """Whether the holder renews a heartbeat and has not for :data:`LOCK_TTL` seconds."""
+        if self.heartbeat is None:
+            return False  # written by a batchframe without heartbeats: never stale
+        return (now if now is not None else _now()) - self.heartbeat > LOCK_TTL
+
+    def payload(self, *, heartbeat: float | None = None) -> bytes:
+        """The bytes of ``lock.json`` for this holder, with a fresh heartbeat."""
+        data = asdict(self)
+        data["heartbeat"] = heartbeat if heartbeat is not None else _now()
+        return orjson.dumps(data)
+
     @classmethod
-    def mine(cls) -> LockInfo:
+    def mine(cls, epoch: int = 0) -> LockInfo:
         """Return a new lock description for this process."""
         pid = os.getpid()
+        now = _now()
         return cls(
             host=socket.gethostname(),
             pid=pid,
-            started=_now(),
+            started=now,
             token=uuid.uuid4().hex,
             proc_start=_proc_start(pid),
             boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
             pid_ns=_pid_namespace(),
+            epoch=max(epoch, int(now * 1000)),
+            heartbeat=now,
         )
 
 
@@ -581,6 +827,8 @@ def _read_lock(storage: Storage) -> LockInfo | None:
             proc_start=data.get("proc_start"),
             boot_id=data.get("boot_id"),
             pid_ns=data.get("pid_ns"),
+            epoch=int(data.get("epoch") or 0),
+            heartbeat=None if data.get("heartbeat") is None else float(data["heartbeat"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return LockInfo(host="?", pid=-1, started=0.0, token=str(data)[:100])
@@ -595,18 +843,23 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
     is gone (its pid is dead, a zombie, or now belongs to a process with another start
     time): that is what lets a job resume after a crash or a kill. A holder that cannot
     be checked from here (another host, another container's pid namespace, or before a
-    reboot) is taken over only with ``break_lock=True``; a live holder on this host
-    only with ``break_lock=True`` too.
+    reboot) is taken over when its heartbeat is older than :data:`LOCK_TTL` seconds,
+    and otherwise only with ``break_lock=True``; a live holder on this host only with
+    ``break_lock=True`` too.
+
+    The new lock's ``epoch`` (fencing token) is above the previous holder's. A holder
+    that was taken over notices it before its next batch creation or manifest save
+    (:func:`check_lock`) and stops.
 
     Raises
     ------
     JobLockedError
         Another process holds the lock; the message names it and says what to do.
     """
-    mine = LockInfo.mine()
-    payload = orjson.dumps(asdict(mine))
+    previous = 0
     for _ in range(5):
-        if storage.create_exclusive(LOCK_FILE, payload):
+        mine = LockInfo.mine(previous + 1)
+        if storage.create_exclusive(LOCK_FILE, mine.payload(heartbeat=mine.heartbeat)):
             held = _read_lock(storage)
             if held is not None and held.token == mine.token:
                 return mine
@@ -614,9 +867,11 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
         holder = _read_lock(storage)
         if holder is None:
             continue  # released meanwhile
+        previous = max(previous, holder.epoch)
         same_process = holder.pid == mine.pid and holder.same_pid_space(mine)
         alive = None if same_process else _holder_alive(holder, mine)
-        if not (same_process or alive is False or break_lock):
+        stale = alive is None and holder.pid >= 0 and holder.is_stale()
+        if not (same_process or alive is False or stale or break_lock):
             if holder.pid < 0:
                 msg = (
                     f"the job at `{storage.root_url}` has an unreadable `{LOCK_FILE}` (a "
@@ -629,6 +884,11 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
                     "which cannot be checked from here (another host, container or boot); "
                     "if that process is gone, pass `break_lock=True` to take the job over"
                 )
+                if holder.heartbeat is not None:
+                    msg += (
+                        f" (or wait: its heartbeat is {_now() - holder.heartbeat:.0f} s old, "
+                        f"and a lock not renewed for {LOCK_TTL:.0f} s is taken over)"
+                    )
             else:
                 msg = (
                     f"the job at `{storage.root_url}` is being driven by {holder.describe()}; "
@@ -637,11 +897,16 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
                 )
             raise JobLockedError(msg)
         if not same_process:
-            why = (
-                "which is no longer running"
-                if alive is False
-                else "because `break_lock=True` was passed"
-            )
+            if alive is False:
+                why = "which is no longer running"
+            elif stale:
+                assert holder.heartbeat is not None
+                why = (
+                    f"whose heartbeat is {_now() - holder.heartbeat:.0f} s old "
+                    f"(more than {LOCK_TTL:.0f} s)"
+                )
+            else:
+                why = "because `break_lock=True` was passed"
             _log.warning(
                 "taking over the lock of the job at %s from %s, %s",
                 storage.root_url,
@@ -655,6 +920,46 @@ def acquire_lock(storage: Storage, *, break_lock: bool = False) -> LockInfo:
             storage.delete(LOCK_FILE)
     msg = f"could not take the lock of the job at `{storage.root_url}`; try again"
     raise JobLockedError(msg)
+
+
+def check_lock(storage: Storage, info: LockInfo) -> None:
+    """Make sure ``info`` still holds the lock (the fence before a create or a save).
+
+    A lock file found missing (deleted by hand, or lost) is taken back by an exclusive
+    create, so that no other process can take it meanwhile.
+
+    Raises
+    ------
+    JobLockedError
+        Another process took the job over; this one must not create a batch or save
+        the manifest any more.
+    """
+    held = _read_lock(storage)
+    if held is None and storage.create_exclusive(LOCK_FILE, info.payload()):
+        _log.warning(
+            "the lock file of the job at %s had disappeared; taken back by this process",
+            storage.root_url,
+        )
+        held = _read_lock(storage)
+    if held is not None and held.token == info.token:
+        return
+    other = "an unknown process" if held is None else held.describe()
+    epoch = "" if held is None else f" (lock epoch {held.epoch} > ours, {info.epoch})"
+    msg = (
+        f"the job at `{storage.root_url}` was taken over by {other}{epoch}; this process "
+        "stopped before creating another batch or saving the manifest. Let the new holder "
+        "drive the job (or open it again here once that one is gone)"
+    )
+    raise JobLockedError(msg)
+
+
+def renew_lock(storage: Storage, info: LockInfo) -> bool:
+    """Refresh the heartbeat of ``info``'s lock; ``False`` when it is not ours any more."""
+    held = _read_lock(storage)
+    if held is None or held.token != info.token:
+        return False
+    storage.write_bytes(LOCK_FILE, info.payload())
+    return True
 
 
 def release_lock(storage: Storage, info: LockInfo) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 import polars as pl
 
-from batchframe._duckdb_json import read_lines
 from batchframe._lines import as_bytes, diagnose, embeddings_are_base64
 from batchframe._schemas import (
     FAILED_SCHEMA,
@@ -162,6 +161,8 @@ def parse_errors(
 
 
 def _read(data: bytes, *, endpoint: str, typed: bool, base64: bool) -> pl.DataFrame:
+    from batchframe._duckdb_json import read_lines  # duckdb loads on first parse
+
     try:
         rows = read_lines(data, endpoint=endpoint, typed=typed, base64=base64)
     except ResultsError as exc:

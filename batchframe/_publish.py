@@ -36,6 +36,7 @@ published from those caches on first read.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -54,20 +55,24 @@ import polars as pl
 from batchframe._manifest import Manifest, ShardAttempt
 from batchframe._retry import Outcome, record_outcome, shard_ids
 from batchframe._storage import Storage
-from batchframe.exceptions import JobNotSettledError
+from batchframe.exceptions import JobNotSettledError, ResultsError
 
 __all__ = [
     "PARTS",
     "RESULTS_DIR",
+    "Fetch",
     "PartFile",
     "cache_tag",
     "finalize_outcome",
+    "later_attempts",
     "legacy_names",
     "map_bounded",
     "ok_frame_schema",
     "part_path",
     "publish",
     "publish_outcome",
+    "read_part",
+    "repair_part",
     "settled_records",
     "source_of",
 ]
@@ -138,10 +143,29 @@ def cache_tag(manifest: Manifest, model: str | None) -> str:
     return hashlib.sha256(repr(schemas).encode()).hexdigest()[:10]
 
 
+def later_attempts(manifest: Manifest, r: ShardAttempt) -> list[ShardAttempt]:
+    """The attempts of ``r``'s shard after ``r``: they hold the rows ``r`` does not keep.
+
+    A row ends with the latest attempt of its shard that holds it. The engine's retries
+    form a chain (attempt ``n + 1`` holds some rows of attempt ``n``); ``BatchJob.retry``
+    adds attempts holding rows of any earlier attempt.
+    """
+    return sorted(
+        (x for x in manifest.records if x.shard == r.shard and x.attempt > r.attempt),
+        key=lambda x: x.attempt,
+    )
+
+
 def source_of(manifest: Manifest, r: ShardAttempt, tag: str) -> str:
-    """What a published file of ``r`` was made from: settlement, schemas, retry child."""
-    child = manifest.record(r.shard, r.attempt + 1)
-    return f"{_stamp(r)}.{tag}.{child.sha256[:16] if child is not None else '-'}"
+    """What a published file of ``r`` was made from: settlement, schemas, later attempts."""
+    later = later_attempts(manifest, r)
+    if not later:
+        digest = "-"
+    elif len(later) == 1:
+        digest = later[0].sha256[:16]
+    else:
+        digest = hashlib.sha256(" ".join(x.sha256 for x in later).encode()).hexdigest()[:16]
+    return f"{_stamp(r)}.{tag}.{digest}"
 
 
 def _part_schema(manifest: Manifest, model: str | None, part: str) -> pl.Schema:
@@ -175,8 +199,7 @@ def settled_outcome(storage: Storage, manifest: Manifest, r: ShardAttempt) -> Ou
         json_schema=manifest.json_schema,
         embedding_dim=manifest.embedding_dim(r.model),
     )
-    child = manifest.record(r.shard, r.attempt + 1)
-    retried = shard_ids(storage, child.path) if child is not None else []
+    retried = {i for x in later_attempts(manifest, r) for i in shard_ids(storage, x.path)}
     return finalize_outcome(outcome, retried, endpoint=manifest.endpoint)
 
 
@@ -319,6 +342,7 @@ def publish(
     partial: bool,
     write: bool = True,
     mirror: Callable[[str], Path] = mirror_dir,
+    fetch: Fetch | None = None,
 ) -> Published:
     """Make sure every settled attempt's files are published; return them in order.
 
@@ -327,6 +351,11 @@ def publish(
     error files; attempts are rebuilt ``READ_WINDOW`` at a time. On a root that cannot
     be written (or with ``write=False``), rebuilt files go to a local mirror directory
     instead. Files of a settled job that belong to no attempt are deleted.
+
+    An output or error file needed for a rebuild that was deleted is downloaded again
+    with ``fetch`` (``fetch(file_id, rel)``, given when the caller has a client) while
+    the provider still has it; else the rows it held are reported lost (see
+    :func:`_lost_outcome`) and the rest stays readable.
     """
     settled = settled_records(manifest, partial=partial)
     local = is_local(storage)
@@ -368,30 +397,10 @@ def publish(
         return out
 
     def rebuild(r: ShardAttempt) -> dict[str, PartFile | None]:
-        tag = tags[r.model]
-        outcome = _from_legacy(storage, r, tag, legacy) or settled_outcome(storage, manifest, r)
-        if write:
-            try:
-                publish_outcome(storage, manifest, r, outcome, tag=tag)
-                return {
-                    part: PartFile(
-                        part_path(part, r.key),
-                        storage.path(part_path(part, r.key)) if local else None,
-                        frame.height,
-                    )
-                    if frame.height
-                    else None
-                    for part, frame in (("ok", outcome.ok), ("failed", outcome.failed))
-                }
-            except Exception:
-                _log.info(
-                    "could not publish the results of %s under %s; keeping them in %s",
-                    r.key,
-                    storage.url(RESULTS_DIR),
-                    base,
-                    exc_info=True,
-                )
-        return _to_mirror(base, r, sources[r.key], manifest, outcome)
+        return _rebuild(
+            storage, manifest, r, tag=tags[r.model], write=write, base=base, legacy=legacy,
+            fetch=fetch,
+        )  # fmt: skip
 
     def ensure(r: ShardAttempt) -> dict[str, PartFile | None]:
         return fresh(r) or mirrored(r) or rebuild(r)
@@ -406,6 +415,231 @@ def publish(
     if write and not partial:
         _remove_strays(storage, listing, settled)
     return Published(oks, fails)
+
+
+#: ``fetch(file_id, rel)``: download a provider file into ``rel`` under the root again.
+Fetch = Callable[[str, str], object]
+#: Why a row is in ``failed`` when the file that held its answer is gone for good.
+LOST_CODE = "output_file_lost"
+
+
+def _rebuild(
+    storage: Storage,
+    manifest: Manifest,
+    r: ShardAttempt,
+    *,
+    tag: str,
+    write: bool,
+    base: Path,
+    legacy: set[str],
+    fetch: Fetch | None,
+) -> dict[str, PartFile | None]:
+    """Publish ``r``'s rows again from the 0.1 cache or its output and error files."""
+    source = source_of(manifest, r, tag)
+    outcome = _from_legacy(storage, r, tag, legacy)
+    lost = False
+    if outcome is None:
+        gone = _missing_files(storage, r, fetch)
+        if gone:
+            outcome = _lost_outcome(storage, manifest, r, gone)
+            lost = True
+        else:
+            outcome = settled_outcome(storage, manifest, r)
+    if write and not lost:
+        try:
+            publish_outcome(storage, manifest, r, outcome, tag=tag)
+            return {
+                part: PartFile(
+                    part_path(part, r.key),
+                    storage.path(part_path(part, r.key)) if is_local(storage) else None,
+                    frame.height,
+                )
+                if frame.height
+                else None
+                for part, frame in (("ok", outcome.ok), ("failed", outcome.failed))
+            }
+        except Exception:
+            _log.info(
+                "could not publish the results of %s under %s; keeping them in %s",
+                r.key,
+                storage.url(RESULTS_DIR),
+                base,
+                exc_info=True,
+            )
+    # Rows of a lost file are never published: if the file comes back (downloaded again
+    # by a job with a client), the next read publishes the real rows.
+    return _to_mirror(base, r, source + (".lost" if lost else ""), manifest, outcome)
+
+
+def _missing_files(storage: Storage, r: ShardAttempt, fetch: Fetch | None) -> dict[str, str]:
+    """``r``'s output or error files that are gone and could not be downloaded again.
+
+    Returns ``{rel: why}``; a file fetched again is not in it.
+    """
+    gone: dict[str, str] = {}
+    for rel, file_id in ((r.output_path, r.output_file_id), (r.error_path, r.error_file_id)):
+        if rel is None or storage.exists(rel):
+            continue
+        why = "no client to download it again"
+        if fetch is not None and file_id is not None:
+            try:
+                fetch(file_id, rel)
+            except Exception as exc:
+                why = f"downloading provider file {file_id} again failed: {exc}"
+            else:
+                _log.warning(
+                    "%s (shard %d, attempt %d) was missing; downloaded it again from file %s",
+                    storage.url(rel),
+                    r.shard,
+                    r.attempt,
+                    file_id,
+                )
+                continue
+        elif file_id is None:
+            why = "its provider file id is unknown"
+        gone[rel] = why
+    return gone
+
+
+def _lost_outcome(
+    storage: Storage, manifest: Manifest, r: ShardAttempt, gone: dict[str, str]
+) -> Outcome:
+    """``r``'s rows when some of its downloaded files are gone for good.
+
+    The rows of the files that are left are parsed as usual; the other rows of the
+    attempt (from its shard file, minus those retried in a child attempt) are failed
+    with stage ``"lost"`` and error code ``output_file_lost``, saying which file is
+    gone and why. A warning names the shard, the attempt and how many rows are lost.
+    """
+    from batchframe._retry import _failed_rows
+
+    partial = dataclasses.replace(
+        r,
+        output_path=r.output_path if r.output_path not in gone else None,
+        error_path=r.error_path if r.error_path not in gone else None,
+    )
+    child = manifest.record(r.shard, r.attempt + 1)
+    try:
+        outcome = record_outcome(
+            storage,
+            partial,
+            endpoint=manifest.endpoint,
+            json_schema=manifest.json_schema,
+            embedding_dim=manifest.embedding_dim(r.model),
+        )
+        retried = shard_ids(storage, child.path) if child is not None else []
+    except FileNotFoundError as exc:
+        msg = (
+            f"shard {r.shard} attempt {r.attempt} of job {manifest.job_id}: "
+            f"{', '.join(storage.url(g) for g in gone)} and its input `{r.path}` are gone "
+            f"({exc}); its {r.n_requests:,} rows cannot be read back. Restore the files "
+            "from a backup, or rerun those rows under a new root"
+        )
+        raise ResultsError(msg) from exc
+    files = ", ".join(f"`{storage.url(g)}` ({why})" for g, why in gone.items())
+    # The rows the files that are left do not account for: the attempt's "missing"
+    # rows, which in truth had their answer in a file that is gone.
+    found = outcome.failed.filter(pl.col("stage") != "missing")
+    lost_ids = outcome.failed.filter(pl.col("stage") == "missing")["custom_id"]
+    ids = pl.Series(retried, dtype=pl.String)
+    lost_ids = lost_ids.filter(~lost_ids.is_in(ids.implode()))
+    message = (
+        f"the result of this request was in {files}, which was deleted and cannot be "
+        "downloaded again; rerun the row to get it"
+    )
+    lost = _failed_rows(
+        lost_ids.to_list(),
+        stage="lost",
+        error_code=LOST_CODE,
+        error_message=message,
+        retryable=False,
+        attempts=r.attempt + 1,
+        batch_id=r.batch_id,
+    )
+    expected_ok = r.n_ok if r.n_ok is not None else "?"
+    _log.warning(
+        "shard %d attempt %d of job %s: %d row(s) lost (%s ok row(s) were recorded): %s. "
+        "They are in `failed` with stage 'lost'; the other rows are kept",
+        r.shard,
+        r.attempt,
+        manifest.job_id,
+        lost.height,
+        expected_ok,
+        files,
+    )
+    failed = pl.concat([found, lost], how="vertical_relaxed") if lost.height else found
+    return finalize_outcome(Outcome(outcome.ok, failed), retried, endpoint=manifest.endpoint)
+
+
+def repair_part(
+    storage: Storage,
+    manifest: Manifest,
+    f: PartFile,
+    exc: BaseException,
+    *,
+    mirror: Callable[[str], Path] = mirror_dir,
+    fetch: Fetch | None = None,
+) -> PartFile | None:
+    """Rebuild the damaged published (or mirrored) file ``f`` from its attempt's files.
+
+    Returns the file that replaces it (``None``: the part holds no rows).
+
+    Raises
+    ------
+    ResultsError
+        ``f`` belongs to no settled attempt of the job (``exc`` chained).
+    """
+    _, part, name = f.rel.split("/")
+    key = name[: -len(".parquet")]
+    record = next((r for r in manifest.records if r.key == key and r.is_settled), None)
+    where = f.local or storage.url(f.rel)
+    if record is None or part not in PARTS:
+        msg = f"the results file `{where}` cannot be read ({exc}) and belongs to no attempt"
+        raise ResultsError(msg) from exc
+    _log.warning(
+        "the results file %s cannot be read (%s: %s); rebuilding it from the output files "
+        "of shard %d attempt %d",
+        where,
+        type(exc).__name__,
+        str(exc).splitlines()[0] if str(exc) else "",
+        record.shard,
+        record.attempt,
+    )
+    if f.local is not None and f.local != storage.path(f.rel):
+        Path(f.local).unlink(missing_ok=True)  # a mirrored copy
+    else:
+        storage.delete(f.rel)
+    files = _rebuild(
+        storage,
+        manifest,
+        record,
+        tag=cache_tag(manifest, record.model),
+        write=True,
+        base=mirror(manifest.job_id),
+        legacy=set(),
+        fetch=fetch,
+    )
+    return files[part]
+
+
+def read_part(
+    storage: Storage,
+    manifest: Manifest,
+    f: PartFile,
+    *,
+    mirror: Callable[[str], Path] = mirror_dir,
+    fetch: Fetch | None = None,
+) -> pl.DataFrame:
+    """The rows of published file ``f``; a damaged file is rebuilt first (with a warning)."""
+    try:
+        return f.read(storage)
+    except Exception as exc:  # polars ComputeError, pyarrow ArrowInvalid, OSError...
+        again = repair_part(storage, manifest, f, exc, mirror=mirror, fetch=fetch)
+    if again is None:  # rebuilt, and the part holds no rows after all
+        _, part, name = f.rel.split("/")
+        r = next(r for r in manifest.records if r.key == name[: -len(".parquet")])
+        return pl.DataFrame(schema=_part_schema(manifest, r.model, part))
+    return again.read(storage)
 
 
 def _remove_strays(storage: Storage, listing: set[str], settled: list[ShardAttempt]) -> None:
@@ -430,8 +664,12 @@ def _from_legacy(storage: Storage, r: ShardAttempt, tag: str, legacy: set[str]) 
     frames: dict[str, pl.DataFrame] = {}
     for part in PARTS:
         if names[part] in legacy:
-            with storage.open_read(names[part]) as f:
-                frames[part] = pl.read_parquet(f)
+            try:
+                with storage.open_read(names[part]) as f:
+                    frames[part] = pl.read_parquet(f)
+            except Exception:  # damaged or gone: parse the output files instead
+                _log.warning("the cache file %s cannot be read; ignoring it", names[part])
+                return None
         elif _count(r, part) == 0:
             frames[part] = pl.DataFrame()
         else:

@@ -20,6 +20,8 @@ import polars as pl
 from batchframe._manifest import Manifest, ShardAttempt
 from batchframe._publish import (
     READ_WINDOW,
+    Fetch,
+    PartFile,
     Published,
     is_local,
     local_copy,
@@ -27,6 +29,8 @@ from batchframe._publish import (
     mirror_dir,
     ok_frame_schema,
     publish,
+    read_part,
+    repair_part,
     settled_records,
 )
 from batchframe._report import batches_frame
@@ -36,7 +40,6 @@ from batchframe.exceptions import ResultsTooLargeError
 if TYPE_CHECKING:
     import duckdb
 
-    from batchframe._publish import PartFile
     from batchframe._results import BatchResults
 
 __all__ = [
@@ -76,9 +79,16 @@ def _mirror_dir(job_id: str) -> Any:
 
 
 def _publish(
-    storage: Storage, manifest: Manifest, *, executor: Executor, partial: bool
+    storage: Storage,
+    manifest: Manifest,
+    *,
+    executor: Executor,
+    partial: bool,
+    fetch: Fetch | None = None,
 ) -> Published:
-    return publish(storage, manifest, executor=executor, partial=partial, mirror=_mirror_dir)
+    return publish(
+        storage, manifest, executor=executor, partial=partial, mirror=_mirror_dir, fetch=fetch
+    )
 
 
 def estimated_bytes(storage: Storage, records: list[ShardAttempt]) -> int:
@@ -117,11 +127,22 @@ def _check_size(
         raise ResultsTooLargeError(msg, size=size, max_bytes=max_bytes)
 
 
-def _read_all(storage: Storage, files: list[PartFile], executor: Executor) -> list[pl.DataFrame]:
-    return [
-        frame
-        for _, frame in map_bounded(executor, lambda f: f.read(storage), files, window=READ_WINDOW)
-    ]
+def _reader(
+    storage: Storage, manifest: Manifest, fetch: Fetch | None
+) -> Callable[[PartFile], pl.DataFrame]:
+    """Read a published file; a damaged one is rebuilt from its attempt's files first."""
+    return lambda f: read_part(storage, manifest, f, mirror=_mirror_dir, fetch=fetch)
+
+
+def _read_all(
+    storage: Storage,
+    manifest: Manifest,
+    files: list[PartFile],
+    executor: Executor,
+    fetch: Fetch | None,
+) -> list[pl.DataFrame]:
+    read = _reader(storage, manifest, fetch)
+    return [frame for _, frame in map_bounded(executor, read, files, window=READ_WINDOW)]
 
 
 def collect_results(
@@ -131,22 +152,30 @@ def collect_results(
     executor: Executor,
     partial: bool,
     max_bytes: int | None = COLLECT_MAX_BYTES,
+    fetch: Fetch | None = None,
 ) -> BatchResults:
     """Every settled row as ok or failed: the published dataset, in one frame per part.
 
     The published files of different attempts hold disjoint rows, so they are
     concatenated as they are (no global de-duplication): ``collect()`` equals
-    ``read_parquet('<root>/results/ok/*.parquet')``, row for row.
+    ``read_parquet('<root>/results/ok/*.parquet')``, row for row. ``fetch`` downloads a
+    deleted output file again (a job with a client; see :func:`publish`).
     """
     from batchframe._results import BatchResults
 
     _check_size(storage, manifest, partial=partial, max_bytes=max_bytes)
-    published = _publish(storage, manifest, executor=executor, partial=partial)
-    oks = _read_all(storage, published.ok, executor)
-    fails = _read_all(storage, published.failed, executor)
+    published = _publish(storage, manifest, executor=executor, partial=partial, fetch=fetch)
+    oks = _read_all(storage, manifest, published.ok, executor, fetch)
+    fails = _read_all(storage, manifest, published.failed, executor, fetch)
     ok = pl.concat(oks, how="vertical_relaxed") if oks else _empty_ok(manifest)
     failed = pl.concat(fails, how="vertical_relaxed") if fails else _empty_failed()
-    results = BatchResults(ok, failed, manifest.endpoint, batches=batches_frame(manifest))
+    results = BatchResults(
+        ok,
+        failed,
+        manifest.endpoint,
+        batches=batches_frame(manifest),
+        custom_id_column=manifest.options.get("custom_id_column"),
+    )
     if not partial:
         n = results.ok["custom_id"].n_unique() + results.failed.height
         if n != manifest.n_requests:
@@ -168,12 +197,69 @@ def write_results_duckdb(
     table: str,
     executor: Executor,
     partial: bool,
+    fetch: Fetch | None = None,
 ) -> None:
-    """Upsert the published dataset into DuckDB, one shard attempt's file at a time."""
+    """Upsert the published dataset into DuckDB, one shard attempt's file at a time.
+
+    DuckDB reads the files itself: when it fails, every file is read through once, the
+    damaged ones are rebuilt from their attempts' files, and the upsert (one
+    transaction, idempotent) runs again.
+    """
+    published = _publish(storage, manifest, executor=executor, partial=partial, fetch=fetch)
+    try:
+        _upsert(storage, manifest, database, table=table, published=published)
+    except Exception as exc:
+        repaired = _repair_damaged(storage, manifest, published, exc, executor, fetch)
+        if repaired is None:
+            raise
+        _upsert(storage, manifest, database, table=table, published=repaired)
+
+
+def _repair_damaged(
+    storage: Storage,
+    manifest: Manifest,
+    published: Published,
+    exc: BaseException,
+    executor: Executor,
+    fetch: Fetch | None,
+) -> Published | None:
+    """``published`` with its unreadable files rebuilt; ``None`` when all read fine."""
+
+    def check(f: PartFile) -> PartFile | bool | None:
+        try:
+            f.read(storage)
+        except Exception as damage:
+            return repair_part(storage, manifest, f, damage, mirror=_mirror_dir, fetch=fetch)
+        return True
+
+    out: dict[str, list[PartFile]] = {}
+    changed = False
+    for part in ("ok", "failed"):
+        out[part] = []
+        for f, result in map_bounded(executor, check, published.files(part), window=READ_WINDOW):
+            if result is True:
+                out[part].append(f)
+                continue
+            changed = True
+            if isinstance(result, PartFile):
+                out[part].append(result)
+    if not changed:
+        return None
+    _log.info("rebuilt damaged results files after a DuckDB error: %s", exc)
+    return Published(out["ok"], out["failed"])
+
+
+def _upsert(
+    storage: Storage,
+    manifest: Manifest,
+    database: str | os.PathLike[str] | duckdb.DuckDBPyConnection,
+    *,
+    table: str,
+    published: Published,
+) -> None:
     from batchframe._duckdb import Part, upsert_parts
     from batchframe._schemas import FAILED_SCHEMA, ok_key
 
-    published = _publish(storage, manifest, executor=executor, partial=partial)
     model = next(iter(manifest.embedding_dims), None)
 
     local = is_local(storage)
@@ -203,6 +289,7 @@ def write_results_parquet(
     storage_options: Mapping[str, Any] | None,
     executor: Executor,
     partial: bool,
+    fetch: Fetch | None = None,
 ) -> dict[str, str]:
     """``BatchResults.write_parquet`` of the published dataset, one file read at a time.
 
@@ -213,7 +300,8 @@ def write_results_parquet(
 
     from batchframe._results import _parquet_names
 
-    published = _publish(storage, manifest, executor=executor, partial=partial)
+    published = _publish(storage, manifest, executor=executor, partial=partial, fetch=fetch)
+    read = _reader(storage, manifest, fetch)
     out, names = _parquet_names(path, storage_options)
     empty = {"ok": _empty_ok(manifest), "failed": _empty_failed()}
     meta = {"batchframe.endpoint": manifest.endpoint}
@@ -221,9 +309,7 @@ def write_results_parquet(
     for part in ("ok", "failed"):
         schema = empty[part].to_arrow().schema.with_metadata(meta)
         with out.open_write(names[part]) as f, pq.ParquetWriter(f, schema) as writer:
-            for _, frame in map_bounded(
-                executor, lambda pf: pf.read(storage), published.files(part), window=READ_WINDOW
-            ):
+            for _, frame in map_bounded(executor, read, published.files(part), window=READ_WINDOW):
                 writer.write_table(frame.to_arrow().cast(schema))
         written[part] = out.url(names[part])
     with out.open_write(names["batches"]) as f:

@@ -6,7 +6,10 @@ still gives typed, empty columns, and DuckDB tables made from them are typed too
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +20,31 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BATCHES_SCHEMA",
+    "STATUS_COLUMNS",
     "STATUS_SCHEMA",
+    "JobFacts",
     "batches_frame",
+    "format_seconds",
+    "job_facts",
     "job_html",
     "status_frame",
 ]
+
+#: The columns people read (the CLI's ``status`` table and the notebook view);
+#: ``BatchJob.status()`` has them all.
+STATUS_COLUMNS = (
+    "shard",
+    "attempt",
+    "model",
+    "status",
+    "batch_id",
+    "n_requests",
+    "completed",
+    "failed",
+    "submitted_at",
+    "settled_at",
+    "last_error",
+)
 
 _TS = pl.Datetime("us", "UTC")
 _STATUS: dict[str, pl.DataType] = {
@@ -45,6 +68,8 @@ _STATUS: dict[str, pl.DataType] = {
     "terminal_at": _TS,
     "settled_at": _TS,
     "last_error": pl.String(),
+    "not_before": _TS,
+    "duplicate_batch_ids": pl.String(),
 }
 STATUS_SCHEMA = pl.Schema(_STATUS)
 #: ``BatchResults.batches``: one row per batch that ran.
@@ -64,9 +89,9 @@ BATCHES_SCHEMA = pl.Schema(
         "completed_at": _TS,
         "n_requests": pl.Int64(),
         "est_tokens": pl.Int64(),
-        "request_total": pl.Int64(),
-        "request_completed": pl.Int64(),
-        "request_failed": pl.Int64(),
+        "total": pl.Int64(),
+        "completed": pl.Int64(),
+        "failed": pl.Int64(),
         "input_tokens": pl.Int64(),
         "cached_tokens": pl.Int64(),
         "output_tokens": pl.Int64(),
@@ -108,6 +133,8 @@ def status_frame(records: Sequence[ShardAttempt]) -> pl.DataFrame:
             _us(r.terminal_at),
             _us(r.settled_at),
             r.last_error,
+            _us(r.not_before),
+            ",".join(d["batch_id"] for d in r.duplicates) or None,
         )
         for r in _ordered(records)
     ]
@@ -149,9 +176,9 @@ def batches_frame(manifest: Manifest) -> pl.DataFrame:
                 "completed_at": (
                     _us(r.terminal_at) if r.batch_ended_at is None else r.batch_ended_at * 1_000_000
                 ),
-                "request_total": r.total,
-                "request_completed": r.completed,
-                "request_failed": r.failed,
+                "total": r.total,
+                "completed": r.completed,
+                "failed": r.failed,
                 "input_tokens": _usage(u, "input_tokens"),
                 "cached_tokens": _usage(u, "input_tokens_details", "cached_tokens"),
                 "output_tokens": _usage(u, "output_tokens"),
@@ -167,21 +194,140 @@ def batches_frame(manifest: Manifest) -> pl.DataFrame:
     return df.with_columns(pl.col(k).cast(v) for k, v in BATCHES_SCHEMA.items() if v == _TS)
 
 
-def job_html(
-    job_id: str,
-    root: str,
-    endpoint: str,
-    n_requests: int,
-    ok: int,
-    failed: int,
-    status: pl.DataFrame,
-) -> str:
-    """HTML summary and status table for notebooks."""
-    counts = status.group_by("status").len().sort("status")
-    summary = ", ".join(f"{s}: {n}" for s, n in counts.iter_rows())
-    head = (
-        f"<p><b>BatchJob</b> <code>{escape(job_id)}</code> at <code>{escape(root)}</code> "
-        f"&mdash; {escape(endpoint)}, {n_requests:,} rows ({ok:,} ok, {failed:,} failed); "
-        f"batches: {escape(summary)}</p>"
+@dataclass(frozen=True, slots=True)
+class JobFacts:
+    """What a person reads about a job: state, rows, progress, cost so far, ETA."""
+
+    state: str
+    n_requests: int
+    ok: int
+    failed: int
+    retried: int
+    batches: str
+    cost_usd: float | None
+    priced_batches: int
+    eta_seconds: float | None
+
+    @property
+    def pending(self) -> int:
+        """Rows not settled yet."""
+        return max(0, self.n_requests - self.ok - self.failed)
+
+    @property
+    def progress(self) -> float:
+        """Share of rows settled (0 to 1)."""
+        return (self.ok + self.failed) / self.n_requests if self.n_requests else 1.0
+
+    def lines(self) -> list[str]:
+        """The facts as text lines (the CLI's ``status`` summary)."""
+        out = [
+            f"{self.state}: {self.ok:,} ok, {self.failed:,} failed, {self.pending:,} pending"
+            + (f"; {self.retried:,} row(s) retried" if self.retried else "")
+        ]
+        extra = [f"progress {self.progress:.0%}"]
+        if self.cost_usd is not None:
+            extra.append(f"cost so far ${self.cost_usd:,.4f} ({self.priced_batches} batch(es))")
+        if self.eta_seconds is not None:
+            extra.append(f"ETA {format_seconds(self.eta_seconds)}")
+        out.append(", ".join(extra))
+        return out
+
+
+def format_seconds(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"3.5 h"``, ``"2 days"``."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _batch_cost(r: ShardAttempt) -> float | None:
+    from batchframe._schemas import DEFAULT_PRICES, price_for
+
+    u = r.usage
+    inp, out = _usage(u, "input_tokens"), _usage(u, "output_tokens")
+    price = price_for(r.model, DEFAULT_PRICES)
+    if inp is None or out is None or price is None:
+        return None
+    cached = _usage(u, "input_tokens_details", "cached_tokens") or 0
+    p_in = price.get("input", 0.0)
+    p_cached = price.get("cached_input", p_in)
+    return ((inp - cached) * p_in + cached * p_cached + out * price.get("output", 0.0)) / 1e6
+
+
+def job_facts(manifest: Manifest, records: Sequence[ShardAttempt], now: float) -> JobFacts:
+    """The :class:`JobFacts` of a job, from its manifest alone (no network, no reading)."""
+    from batchframe._manifest import STATUSES, row_counts
+
+    ok, failed, retried = row_counts(records)
+    settled = all(r.is_settled for r in records)
+    state = "settled" if settled else "running"
+    if manifest.cancel_requested:
+        state = f"cancelled ({state})"
+    order = {s: i for i, s in enumerate(STATUSES)}
+    counts = Counter(r.status for r in records)
+    batches = " ".join(
+        f"{s}={n}" for s, n in sorted(counts.items(), key=lambda kv: order.get(kv[0], 99))
     )
-    return head + status._repr_html_()
+    costs = [c for c in (_batch_cost(r) for r in records) if c is not None]
+    done = ok + failed
+    starts = [r.submitted_at for r in records if r.submitted_at is not None]
+    eta: float | None = None
+    if not settled and starts and 0 < done < manifest.n_requests:
+        elapsed = now - min(starts)
+        eta = elapsed * (manifest.n_requests - done) / done
+    return JobFacts(
+        state=state,
+        n_requests=manifest.n_requests,
+        ok=ok,
+        failed=failed,
+        retried=retried,
+        batches=batches,
+        cost_usd=sum(costs) if costs else None,
+        priced_batches=len(costs),
+        eta_seconds=eta,
+    )
+
+
+def job_html(manifest: Manifest, root: str, *, now: float | None = None) -> str:
+    """The notebook view of a job: what a person reads, then the shard table.
+
+    State, rows ok / failed / pending with a progress bar, cost so far and ETA, then
+    one row per shard attempt with the CLI's ``status`` columns.
+    """
+    now = time.time() if now is None else now
+    facts = job_facts(manifest, manifest.records, now)
+    pct = f"{facts.progress:.0%}"
+    cost = "-" if facts.cost_usd is None else f"${facts.cost_usd:,.4f}"
+    eta = "-" if facts.eta_seconds is None else format_seconds(facts.eta_seconds)
+    cells = [
+        ("status", escape(facts.state)),
+        (
+            "rows",
+            f"{facts.ok:,} ok, {facts.failed:,} failed, {facts.pending:,} pending "
+            f"of {facts.n_requests:,}" + (f" ({facts.retried:,} retried)" if facts.retried else ""),
+        ),
+        (
+            "progress",
+            f'<progress value="{facts.ok + facts.failed}" max="{max(facts.n_requests, 1)}">'
+            f"</progress> {pct}",
+        ),
+        ("batches", escape(facts.batches)),
+        ("cost so far", cost),
+        ("ETA", eta),
+    ]
+    head = (
+        f"<p><b>BatchJob</b> <code>{escape(manifest.job_id)}</code> at "
+        f"<code>{escape(root)}</code> &mdash; {escape(manifest.endpoint)}</p>"
+    )
+    facts_table = (
+        '<table style="text-align:left">'
+        + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in cells)
+        + "</table>"
+    )
+    shards = status_frame(manifest.records).select(STATUS_COLUMNS)
+    return head + facts_table + shards._repr_html_()

@@ -71,6 +71,7 @@ class Requests:
         json_schema: dict[str, Any] | None = None,
         response_model: Any = None,
         tokenizer: str = "estimate",
+        custom_id_column: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._stream = stream
@@ -79,6 +80,8 @@ class Requests:
         self.json_schema = json_schema
         self.response_model = response_model
         self.tokenizer = tokenizer
+        #: The input column the custom_ids came from, when ``custom_id`` named one.
+        self.custom_id_column = custom_id_column
         self._frame: pl.DataFrame | None = None
         self._fingerprint: str | None = None
 
@@ -194,18 +197,18 @@ class Requests:
 
         Two tables with the same rows and the same template give the same fingerprint,
         whether read in memory or streamed, so a job can tell whether it is being
-        resumed with the requests it was made from.
+        resumed with the requests it was made from. Requests from a Ray or Dask input,
+        whose partitions are built apart, have an order-free form instead (``"set:"``
+        and the SHA-256 of the sum of every line's SHA-256, with the count): it does not
+        change when the input is partitioned differently, and :meth:`matches` accepts
+        either form from the same rows.
         """
         if self._fingerprint is None:
             if self._totals(fingerprint=True) is not None:
                 assert self._stream is not None and self._stream.fingerprint is not None
                 self._fingerprint = self._stream.fingerprint
             else:
-                h = hashlib.sha256(FINGERPRINT_PREFIX)
-                for piece in jsonl_pieces(self._lines):
-                    h.update(piece)
-                h.update(len(self).to_bytes(8, "little"))
-                self._fingerprint = h.hexdigest()
+                self._fingerprint = self._v3_fingerprint()
         return self._fingerprint
 
     def matches(self, fingerprint: str) -> bool:
@@ -218,7 +221,26 @@ class Requests:
         """
         if fingerprint == self.fingerprint:
             return True
-        return fingerprint in (self._v2_fingerprint(), self._columns_fingerprint())
+        mine_set = self.fingerprint.startswith(SET_FINGERPRINT_TAG)
+        if fingerprint.startswith(SET_FINGERPRINT_TAG):  # the job came from Ray or Dask
+            return not mine_set and fingerprint == self._set_fingerprint()
+        older = (self._v2_fingerprint(), self._columns_fingerprint())
+        if mine_set:  # these requests come from Ray or Dask: read them through the driver
+            return fingerprint == self._v3_fingerprint() or fingerprint in older
+        return fingerprint in older
+
+    def _set_fingerprint(self) -> str:
+        total = 0
+        for start in range(0, len(self._lines), 100_000):
+            total += line_set_hash(self._lines.slice(start, 100_000))
+        return set_fingerprint(total, len(self._lines))
+
+    def _v3_fingerprint(self) -> str:
+        h = hashlib.sha256(FINGERPRINT_PREFIX)
+        for piece in jsonl_pieces(self._lines):
+            h.update(piece)
+        h.update(len(self._lines).to_bytes(8, "little"))
+        return h.hexdigest()
 
     def _v2_fingerprint(self) -> str:
         h = hashlib.sha256(b"batchframe-requests-v2\n")
@@ -345,7 +367,7 @@ class Requests:
             ``shard``, ``path``, ``n_requests``, ``n_bytes`` (bytes written),
             ``sha256``, ``model``, ``n_inputs``, ``est_tokens``.
         """
-        return self._write(root, limits, storage_options, executor)[0]
+        return self._write(root, limits, storage_options, executor)[0].drop("rel")
 
     def _write(
         self,
@@ -370,6 +392,7 @@ class Requests:
             done = self._stream.run(limits, storage=storage, fingerprint=fingerprint)
             shards = self._stream.plan(limits)
             results = [done[s.index] for s in shards]
+            rels = [self._stream.rels.get(s.index, shard_path(s.index)) for s in shards]
         else:
             segments, shards = plan_whole(
                 self._meta, limits, embeddings=self.endpoint == "/v1/embeddings"
@@ -387,13 +410,23 @@ class Requests:
             finally:
                 if own:
                     pool.shutdown()
+            rels = [shard_path(s.index) for s in shards]
         out = plan_frame(shards).with_columns(
-            pl.Series("path", [storage.url(shard_path(s.index)) for s in shards], pl.String),
+            pl.Series("path", [storage.url(r) for r in rels], pl.String),
+            pl.Series("rel", rels, pl.String),
             pl.Series("n_bytes", [n for n, _ in results], pl.Int64),
             pl.Series("sha256", [h for _, h in results], pl.String),
         )
         written = out.select(
-            "shard", "path", "n_requests", "n_bytes", "sha256", "model", "n_inputs", "est_tokens"
+            "shard",
+            "path",
+            "n_requests",
+            "n_bytes",
+            "sha256",
+            "model",
+            "n_inputs",
+            "est_tokens",
+            "rel",
         )
         facts = JobFacts(
             n_requests=len(self),
@@ -431,6 +464,26 @@ LINE_TAIL = "}\n"
 def line_affixes(endpoint: str) -> tuple[str, str, str]:
     """The constant text of a line: before the id, between id and body, after the body."""
     return LINE_HEAD, f',"method":"POST","url":"{endpoint}","body":', LINE_TAIL
+
+
+#: Starts the order-free fingerprint of requests from a Ray or Dask input.
+SET_FINGERPRINT_TAG = "set:"
+
+
+def line_set_hash(lines: pl.Series) -> int:
+    """The sum of the SHA-256 of each line (an integer; add them up modulo 2**256)."""
+    total = 0
+    for line in lines.to_list():
+        total += int.from_bytes(hashlib.sha256(line.encode()).digest(), "big")
+    return total
+
+
+def set_fingerprint(total: int, n: int) -> str:
+    """The order-free fingerprint of ``n`` lines whose :func:`line_set_hash` sum to ``total``."""
+    h = hashlib.sha256(b"batchframe-requests-set-v1\n")
+    h.update((total % (1 << 256)).to_bytes(32, "big"))
+    h.update(n.to_bytes(8, "little"))
+    return SET_FINGERPRINT_TAG + h.hexdigest()
 
 
 #: Starts the fingerprint; the lines follow, then their count (so it can be computed

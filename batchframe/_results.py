@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, overload
 
 import polars as pl
 
-from batchframe._duckdb import write_duckdb
 from batchframe._parse import parse_errors, parse_output
 from batchframe._schemas import FAILED_SCHEMA, ok_key, ok_schema
 from batchframe._usage import usage_frame
@@ -78,6 +77,7 @@ class BatchResults:
         endpoint: str,
         *,
         batches: pl.DataFrame | None = None,
+        custom_id_column: str | None = None,
     ) -> None:
         if batches is not None and "batch_id" not in batches.columns:
             msg = f"`batches` needs a `batch_id` column; it has {batches.columns}"
@@ -86,6 +86,8 @@ class BatchResults:
         self.failed = failed.select(pl.col(c).cast(t) for c, t in FAILED_SCHEMA.items())
         self.endpoint = endpoint
         self.batches = batches
+        #: The input column the custom_ids came from (``join``'s default ``on``), if known.
+        self.custom_id_column = custom_id_column
         #: Prices of the job's provider, used by :meth:`usage` when none are passed.
         self.prices: dict[str, dict[str, float]] | None = None
 
@@ -123,11 +125,11 @@ class BatchResults:
     # -- views -------------------------------------------------------------------------
 
     @overload
-    def join(self, frame: pl.LazyFrame, *, on: str = ...) -> pl.LazyFrame: ...
+    def join(self, frame: pl.LazyFrame, *, on: str | None = ...) -> pl.LazyFrame: ...
     @overload
-    def join(self, frame: pl.DataFrame | pa.Table, *, on: str = ...) -> pl.DataFrame: ...
+    def join(self, frame: pl.DataFrame | pa.Table, *, on: str | None = ...) -> pl.DataFrame: ...
     def join(
-        self, frame: pl.DataFrame | pl.LazyFrame | pa.Table, *, on: str = "custom_id"
+        self, frame: pl.DataFrame | pl.LazyFrame | pa.Table, *, on: str | None = None
     ) -> pl.DataFrame | pl.LazyFrame:
         """The input frame with the result columns, left-joined on ``custom_id``.
 
@@ -143,6 +145,8 @@ class BatchResults:
             else a ``pl.DataFrame``).
         on
             The input column holding the custom_id (cast to string to match).
+            Default: the column ``custom_id=`` named when the requests were built (a
+            job's results know it), else ``"custom_id"``.
 
         Raises
         ------
@@ -159,6 +163,8 @@ class BatchResults:
 
             lf = to_source(frame).as_lazy()  # pyarrow, pandas, DuckDB, any Arrow stream
         names = lf.collect_schema().names()
+        if on is None:
+            on = self.custom_id_column or "custom_id"
         if on not in names:
             msg = f"column {on!r} not found in the input frame\n\nHint: available columns are {names}; pass `on=` naming the custom_id column"
             raise ColumnNotFoundError(msg, column=on)
@@ -235,7 +241,37 @@ class BatchResults:
         ``custom_id`` (``(custom_id, index)`` for embeddings), idempotent, and a later
         success removes the row from ``{table}_failed``.
         """
+        from batchframe._duckdb import write_duckdb  # duckdb loads when first used
+
         write_duckdb(self, database, table=table)
+
+    # -- Arrow ---------------------------------------------------------------------------
+
+    def to_arrow(self, part: str = "ok") -> pa.Table:
+        """One part as a ``pyarrow.Table``, sharing the frame's buffers (no copy of numbers).
+
+        ``ok`` and ``failed`` are Polars frames, which hand Arrow to any consumer
+        themselves too (``frame.to_arrow()``, ``__arrow_c_stream__``): ``pa.table(results.ok)``,
+        ``duckdb.sql("FROM results_ok")``, pandas, narwhals. Strings come as ``large_string``.
+
+        Parameters
+        ----------
+        part
+            ``"ok"`` (default), ``"failed"`` or ``"batches"``.
+        """
+        frames = {"ok": self.ok, "failed": self.failed, "batches": self.batches}
+        if part not in frames:
+            msg = f"part must be one of {sorted(frames)}, got {part!r}"
+            raise ValueError(msg)
+        frame = frames[part]
+        if frame is None:
+            msg = "these results have no `batches` frame (results of a job have one)"
+            raise ResultsError(msg)
+        return frame.to_arrow()
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
+        """The ok rows as an Arrow C stream (``pa.table(results)``, ``pl.DataFrame(results)``)."""
+        return self.ok.__arrow_c_stream__(requested_schema)
 
     # -- display -----------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
 from batchframe._job import BatchJob
-from batchframe._manifest import MANIFEST_FILE
+from batchframe._manifest import Manifest
 from batchframe._providers import DEFAULT_EXPIRES_AFTER, Provider
-from batchframe._schedule import check_options
+from batchframe._schedule import RetryBackoff, check_options
 from batchframe._storage import Storage
 from batchframe.exceptions import JobExistsError
 
@@ -42,6 +42,7 @@ def run(
     queue_token_limit: int | Mapping[str, int] | None = None,
     max_in_flight: int | None = None,
     max_attempts: int | None = None,
+    retry_backoff: RetryBackoff | None = None,
     executor: Executor | None = None,
     poll_interval: float | None = None,
     timeout: float | None = None,
@@ -72,11 +73,13 @@ def run(
         As in :func:`build_requests`.
     root
         The job's directory or fsspec URL.
-    limits, client, storage_options, metadata, queue_token_limit, max_in_flight, max_attempts, executor, break_lock
-        As in :meth:`BatchJob.create` (``max_attempts`` defaults to 3). On resume the
+    limits, client, storage_options, metadata, queue_token_limit, max_in_flight, max_attempts, retry_backoff, executor, break_lock
+        As in :meth:`BatchJob.create` (``max_attempts`` defaults to 3 tries, more
+        during an outage). On resume the
         existing job keeps its ``limits`` and ``metadata`` (its shards are written
         already; other values are logged as ignored); ``queue_token_limit``,
-        ``max_in_flight`` and ``max_attempts`` replace the job's when given.
+        ``max_in_flight``, ``max_attempts`` and ``retry_backoff`` replace the job's when
+        given.
     poll_interval, timeout, progress
         As in :meth:`BatchJob.wait`.
     provider, completion_window, expires_after, output_expires_after, keep_files, max_cost, prices
@@ -131,7 +134,7 @@ def run(
         frame, endpoint=endpoint, body=body, custom_id=custom_id, tokenizer=tokenizer
     )
     storage = Storage(os.fspath(root), storage_options)
-    if storage.exists(MANIFEST_FILE):
+    if Manifest.exists(storage):
         check_options(
             None, queue_token_limit, max_in_flight, 1 if max_attempts is None else max_attempts
         )
@@ -158,6 +161,7 @@ def run(
             max_in_flight=max_in_flight,
             max_attempts=max_attempts,
             max_cost=max_cost,
+            retry_backoff=retry_backoff,
         )
         _log.info("resuming job %s at %s", job.job_id, job.root)
     else:
@@ -170,7 +174,8 @@ def run(
             metadata=metadata,
             queue_token_limit=queue_token_limit,
             max_in_flight=max_in_flight,
-            max_attempts=3 if max_attempts is None else max_attempts,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
             executor=executor,
             break_lock=break_lock,
             provider=provider,

@@ -12,9 +12,12 @@ in-flight tokens stay under the upper bound.
 
 from __future__ import annotations
 
+import math
+import random
+import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from batchframe._manifest import IN_FLIGHT, ShardAttempt
@@ -23,10 +26,12 @@ from batchframe.exceptions import InputError, JobTimeoutError, LimitError
 __all__ = [
     "PollBackoff",
     "QueueBounds",
+    "RetryBackoff",
     "admissible",
     "check_options",
     "in_flight_tokens",
     "limit_for",
+    "retry_after_hint",
 ]
 
 _TAG_PREFIX = "batchframe_"
@@ -213,3 +218,118 @@ class Deadline:
         if left <= 0:
             raise JobTimeoutError(message)
         return min(delay, left)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBackoff:
+    """When rows that failed in a retryable way are submitted again.
+
+    A retryable failure (a line answered 429 or 5xx, a timeout, a row that never ran, a
+    batch that expired or failed for a passing reason) is retried in a new batch of the
+    failed rows. Isolated failures are retried at once. When at least ``outage_share``
+    of an attempt's rows failed that way, the API or the model behind it looks down (an
+    *outage*): the retry then waits ``initial * factor ** (n - 1)`` seconds (capped at
+    ``max_delay``, minus up to ``jitter`` of it at random), where ``n`` counts the
+    outage-like attempts in a row, or longer when the errors say how long to wait
+    ("try again in 20s"). With the default ``max_attempts`` such retries go on past
+    three tries until ``budget`` seconds of backoff are spent, so an outage shorter than
+    about ``budget`` ends with every row ok; an explicit ``max_attempts`` always caps the
+    tries. The time a retry may start is saved in the manifest (``not_before``), so a
+    driver restarted meanwhile waits out the same backoff, and other shards are polled
+    and submitted meanwhile.
+
+    Parameters
+    ----------
+    initial
+        Seconds before the first retry after an outage-like failure.
+    factor
+        Growth of the delay with each outage-like failure in a row.
+    max_delay
+        Longest single delay, in seconds (a "try again in" hint is honoured up to it).
+    jitter
+        Share of each delay taken off at random (0: none), so that many jobs hit by the
+        same outage do not all come back at once.
+    budget
+        Seconds of backoff after which outage-like failures stop being retried past
+        ``max_attempts`` tries (at the defaults: 1 + 2 + 4 + ... + 120 s, ten or more
+        retries, covering an outage of about 20 minutes).
+    outage_share
+        Share of an attempt's rows that must fail retryably for the failure to count as
+        an outage.
+
+    Examples
+    --------
+    >>> from batchframe import RetryBackoff
+    >>> b = RetryBackoff(jitter=0.0)
+    >>> [b.delay(n) for n in range(5)]
+    [0.0, 1.0, 2.0, 4.0, 8.0]
+    """
+
+    initial: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 120.0
+    jitter: float = 0.25
+    budget: float = 1200.0
+    outage_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("initial", self.initial, 0.0, math.inf),
+            ("factor", self.factor, 1.0, math.inf),
+            ("max_delay", self.max_delay, 0.0, math.inf),
+            ("jitter", self.jitter, 0.0, 1.0),
+            ("budget", self.budget, 0.0, math.inf),
+            ("outage_share", self.outage_share, 0.0, 1.0),
+        )
+        for name, value, low, high in checks:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                msg = f"RetryBackoff.{name} must be a number, got {value!r}"
+                raise LimitError(msg)
+            if not low <= value <= high or math.isnan(value):
+                msg = f"RetryBackoff.{name} must be between {low} and {high}, got {value!r}"
+                raise LimitError(msg)
+
+    def delay(
+        self, step: int, *, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float:
+        """Seconds before a retry after ``step`` outage-like failures in a row (0: none)."""
+        if step <= 0:
+            return 0.0
+        base = min(self.max_delay, self.initial * self.factor ** (step - 1))
+        base *= 1.0 - self.jitter * (rng or random).random()
+        if retry_after is not None:
+            base = max(base, min(retry_after, self.max_delay))
+        return base
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain-dict form, for the manifest's options."""
+        return asdict(self)
+
+    @classmethod
+    def from_option(cls, value: Any) -> RetryBackoff:
+        """The policy saved in a manifest's options (``None``: the defaults)."""
+        if isinstance(value, RetryBackoff):
+            return value
+        if not isinstance(value, Mapping):
+            return cls()
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: float(v) for k, v in value.items() if k in names})
+
+
+_HINT = re.compile(r"(?:try again|retry) in (\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)\b", re.I)
+
+
+def retry_after_hint(messages: Iterable[str | None]) -> float | None:
+    """The longest "try again in 1.5s" / "retry in 200ms" wait named in error messages.
+
+    Rate-limit errors of the API say how long to wait in their message (a line in an
+    error file has no ``Retry-After`` header); ``None`` when no message says.
+    """
+    best: float | None = None
+    for message in messages:
+        if not message:
+            continue
+        for number, unit in _HINT.findall(message):
+            seconds = float(number) / (1000.0 if unit.lower() == "ms" else 1.0)
+            best = seconds if best is None else max(best, seconds)
+    return best

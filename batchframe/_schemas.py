@@ -73,8 +73,9 @@ ENDPOINT_KEYS = (
 #: Why a row failed. ``request``: the API answered the request with an error;
 #: ``batch``: the whole batch failed validation; ``expired`` / ``cancelled``: the batch
 #: ended before the request ran; ``missing``: in neither file after the batch ended;
-#: ``parse``: a paid answer that does not fit the typed columns or the JSON schema.
-STAGES = ("request", "batch", "expired", "cancelled", "missing", "parse")
+#: ``parse``: a paid answer that does not fit the typed columns or the JSON schema;
+#: ``lost``: the downloaded file that held the answer was deleted and cannot be fetched again.
+STAGES = ("request", "batch", "expired", "cancelled", "missing", "parse", "lost")
 
 #: Category names of ``omni-moderation-latest`` (text-moderation models leave the
 #: ``illicit`` ones null).

@@ -7,7 +7,9 @@ from as they are. Everything else is read in chunks and never collected whole:
 * ``pa.RecordBatchReader``: read once (a second pass over it is refused, naming it);
 * any object with ``__arrow_c_stream__`` (pandas >= 2.2, narwhals, a DuckDB relation,
   polars): a fresh stream is asked for at each pass.
-* ``pl.LazyFrame`` (``pl.scan_parquet("s3://...")``, ...): see below.
+* ``pl.LazyFrame`` (``pl.scan_parquet("s3://...")``, ...): see below;
+* a ``ray.data.Dataset`` or ``dask.dataframe.DataFrame``: passes run on the engine's
+  workers (see ``_cluster``); only ``Requests.frame`` reads it through the driver.
 
 The template's expressions are evaluated by Polars, so they mean what they mean on the
 whole table. Polars' streaming engine reads ahead of a slow consumer without limit
@@ -102,6 +104,9 @@ class Source:
     passes: int = 0
     #: Set for Arrow inputs: holds their Python source back while the pass catches up.
     gate: _Gate | None = None
+    #: A Ray or Dask input: its engine adapter (``_ray.RayEngine``, ``_dask.DaskEngine``).
+    #: Passes run on the engine's workers; ``lazy`` reads it through the driver.
+    engine: Any = None
 
     @property
     def streamed(self) -> bool:
@@ -198,6 +203,11 @@ def to_source(frame: Any) -> Source:
     if isinstance(frame, pl.LazyFrame):
         return Source(lazy=frame, kind="polars.LazyFrame")
     mod = type(frame).__module__
+    engine = _engine(frame, mod)
+    if engine is not None:
+        src = _arrow_stream(engine.arrow_schema(), engine.batches, kind=engine.kind)
+        src.engine = engine
+        return src
     if mod.startswith("pyarrow"):
         import pyarrow as pa
         import pyarrow.dataset as ds
@@ -245,6 +255,19 @@ def to_source(frame: Any) -> Source:
         f">= 2.2, narwhals, a DuckDB relation); got {_kind(frame)}"
     )
     raise InputError(msg)
+
+
+def _engine(frame: Any, mod: str) -> Any:
+    """The engine adapter of a ``ray.data.Dataset`` or ``dask.dataframe.DataFrame``."""
+    if mod.startswith("ray.data") and hasattr(frame, "map_batches"):
+        from batchframe._ray import RayEngine
+
+        return RayEngine(frame)
+    if mod.startswith("dask") and hasattr(frame, "map_partitions") and hasattr(frame, "columns"):
+        from batchframe._dask import DaskEngine
+
+        return DaskEngine(frame)
+    return None
 
 
 def _local_parquet(dataset: Any) -> pl.LazyFrame | None:

@@ -68,6 +68,21 @@ class Storage:
         """Whether ``rel`` exists."""
         return bool(self.fs.exists(self.path(rel)))
 
+    def is_file(self, rel: str) -> bool:
+        """Whether ``rel`` exists, with one request on object stores (a one-byte GET).
+
+        ``exists`` costs a HEAD and, for a missing key, a LIST there.
+        """
+        if not self.direct_writes:
+            return self.exists(rel)
+        try:
+            self.fs.cat_file(self.path(rel), start=0, end=1)
+        except FileNotFoundError:
+            return False
+        except Exception:  # e.g. an empty object refuses the range: it exists
+            return True
+        return True
+
     def read_bytes(self, rel: str) -> bytes:
         """The whole content of ``rel``."""
         data: bytes = self.fs.cat_file(self.path(rel))
@@ -102,16 +117,67 @@ class Storage:
 
         On object stores there are no directories: only the bucket is made, if missing,
         once per :class:`Storage` (as fsspec's ``makedirs`` does).
+
+        Raises
+        ------
+        JobRootError
+            The root is a regular file, or cannot be created or written.
         """
         if self.direct_writes:
             self._make_root()
             return
-        self.fs.makedirs(self.path(rel), exist_ok=True)
+        with self._root_errors():
+            self.fs.makedirs(self.path(rel), exist_ok=True)
 
     def _make_root(self) -> None:
         if not self._root_made:
-            self.fs.makedirs(self.root, exist_ok=True)
+            with self._root_errors():
+                self.fs.makedirs(self.root, exist_ok=True)
             self._root_made = True
+
+    @contextmanager
+    def _root_errors(self) -> Iterator[None]:
+        """Turn the ``OSError`` of a write that the root itself refuses into a JobRootError."""
+        from batchframe.exceptions import JobRootError
+
+        try:
+            yield
+        except (FileExistsError, NotADirectoryError, FileNotFoundError, PermissionError) as exc:
+            problem = self._root_problem(exc)
+            if problem is None:
+                raise
+            msg = f"the job root `{self.root_url}` {problem}"
+            raise JobRootError(msg) from exc
+
+    def _root_problem(self, exc: OSError) -> str | None:
+        """What is wrong with the root, if that is why ``exc`` was raised."""
+        import os
+
+        hint = "choose another root (a directory path or fsspec URL)"
+        if not self._is_local:
+            if isinstance(exc, PermissionError):
+                return f"cannot be written: permission denied ({exc}); {hint} or fix the access"
+            return None
+        path = self.root
+        if os.path.lexists(path) and not os.path.isdir(path):
+            return f"is a regular file, not a directory; {hint}, or move that file away"
+        parent = path
+        while parent and not os.path.lexists(parent):
+            up = os.path.dirname(parent)
+            if up == parent:
+                break
+            parent = up
+        if parent and os.path.lexists(parent) and not os.path.isdir(parent):
+            return f"cannot be created: `{parent}` is a regular file; {hint}"
+        target = path if os.path.isdir(path) else parent
+        if isinstance(exc, PermissionError) or (target and not os.access(target, os.W_OK)):
+            return (
+                f"cannot be {'written' if target == path else 'created'}: permission denied "
+                f"on `{target}`; {hint}, or fix the permissions"
+            )
+        if not os.path.isdir(path):
+            return f"cannot be created ({exc.strerror or exc}); {hint}"
+        return None
 
     def write_bytes(self, rel: str, data: bytes | bytearray | memoryview) -> None:
         """Atomically write ``data`` to ``rel``.
@@ -120,7 +186,8 @@ class Storage:
         """
         if self.direct_writes:
             self._make_root()
-            self.fs.pipe_file(self.path(rel), bytes(data))
+            with self._root_errors():
+                self.fs.pipe_file(self.path(rel), bytes(data))
             return
         with self.open_write(rel) as f:
             f.write(data)
@@ -141,11 +208,13 @@ class Storage:
                 yield f
             return
         parent = posixpath.dirname(target)
-        if parent:
-            self.fs.makedirs(parent, exist_ok=True)
         tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(target)}")
+        with self._root_errors():
+            if parent:
+                self.fs.makedirs(parent, exist_ok=True)
+            f = self.fs.open(tmp, "wb")
         try:
-            with self.fs.open(tmp, "wb") as f:
+            with f:
                 yield f
             self.fs.mv(tmp, target)
         except BaseException:
@@ -188,12 +257,14 @@ class Storage:
         if self.direct_writes:
             self._make_root()
         elif parent:
-            self.fs.makedirs(parent, exist_ok=True)
+            with self._root_errors():
+                self.fs.makedirs(parent, exist_ok=True)
         if self._is_local:
             import os
 
             try:
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with self._root_errors():
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 return False
             with os.fdopen(fd, "wb") as f:

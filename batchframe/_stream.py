@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -103,14 +103,15 @@ class _Facts:
 class _ShardFiles:
     """Shard files being written by a pass: one open file per model's open shard."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, name: Callable[[int], str] = shard_path) -> None:
         self._storage = storage
+        self._name = name
         self._open: dict[int, tuple[AbstractContextManager[IO[bytes]], IO[bytes], Any, int]] = {}
         self.done: dict[int, tuple[int, str]] = {}
 
     def append(self, shard: int, lines: pl.Series) -> None:
         if shard not in self._open:
-            opener: AbstractContextManager[IO[bytes]] = self._storage.open_write(shard_path(shard))
+            opener: AbstractContextManager[IO[bytes]] = self._storage.open_write(self._name(shard))
             self._open[shard] = (opener, opener.__enter__(), hashlib.sha256(), 0)
         cm, f, digest, size = self._open[shard]
         for piece in jsonl_pieces(lines):
@@ -150,7 +151,7 @@ class _ShardFiles:
         self._open.clear()
         for shard in self.done:
             try:
-                self._storage.delete(shard_path(shard))
+                self._storage.delete(self._name(shard))
             except Exception:
                 _log.debug("could not remove shard %d", shard, exc_info=True)
         self.done.clear()
@@ -174,6 +175,8 @@ class StreamedInput:
         self.totals: Totals | None = None
         self.fingerprint: str | None = None
         self._plans: dict[tuple[Any, ...], list[Shard]] = {}
+        #: Files of the last pass's shards when not ``shard_path(index)`` (engine passes).
+        self.rels: dict[int, str] = {}
 
     @property
     def kind(self) -> str:

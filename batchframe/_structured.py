@@ -6,11 +6,10 @@ can be parsed into typed columns.
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
-from batchframe._api import strict_json_schema
+from batchframe._api import strict_json_schema, strict_raw_json_schema
 from batchframe.exceptions import TemplateError
 
 
@@ -26,25 +25,13 @@ def _name(raw: object) -> str:
 def strictify(schema: dict[str, Any]) -> dict[str, Any]:
     """Copy of a JSON schema with every object closed and every property required.
 
-    This is what the API's strict mode demands; pydantic models get the same treatment
-    from the openai package's own converter.
+    This is what the API's strict mode demands. The openai package's own converter does
+    it, as for pydantic models: it walks schema keywords, so a property *named*
+    ``properties`` (or ``type``, ``items``, ...) is left alone.
     """
-    out = copy.deepcopy(schema)
-
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "object" or "properties" in node:
-                props = node.get("properties") or {}
-                node.setdefault("additionalProperties", False)
-                node["required"] = list(props)
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for item in node:
-                visit(item)
-
-    visit(out)
-    return out
+    if "properties" in schema and "type" not in schema:  # an object, by its shape
+        schema = {"type": "object", **schema}
+    return strict_raw_json_schema(schema)
 
 
 def _schema_of(fmt: Any, where: str) -> tuple[str, dict[str, Any]]:

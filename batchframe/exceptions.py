@@ -9,6 +9,8 @@ before anything is written or uploaded; they also inherit :class:`ValueError` (o
     │   ├── ColumnNotFoundError(KeyError)   a template or custom_id names a missing column
     │   ├── EndpointError                   endpoint is not one the Batch API serves
     │   ├── TemplateError                   the body template is not valid JSON material
+    │   │   └── InvalidBodyError            a body the endpoint refuses (missing or foreign
+    │   │                                   key, wrong type, empty list, unknown role, ...)
     │   ├── CustomIdError                   null, empty or too long custom_id
     │   │   └── DuplicateCustomIdError      the same custom_id on several rows
     │   ├── NullValueError                  a template leaf is null on some rows
@@ -21,6 +23,8 @@ before anything is written or uploaded; they also inherit :class:`ValueError` (o
     │   ├── JobExistsError                  a different job already lives at that root
     │   ├── JobLockedError                  another live process (or another host) holds the root
     │   ├── ManifestVersionError            the manifest was written by a newer batchframe
+    │   ├── ManifestDamagedError            the manifest and its previous version are unreadable
+    │   ├── JobRootError(OSError)           the job root is a file, or cannot be made or written
     │   ├── InvalidTransitionError(RuntimeError)
     │   │                                   a shard attempt asked for an illegal state move
     │   └── JobNotSettledError              results asked for before every row is settled
@@ -53,14 +57,17 @@ __all__ = [
     "EncodingError",
     "EndpointError",
     "InputError",
+    "InvalidBodyError",
     "InvalidTransitionError",
     "JobError",
     "JobExistsError",
     "JobLockedError",
     "JobNotFoundError",
     "JobNotSettledError",
+    "JobRootError",
     "JobTimeoutError",
     "LimitError",
+    "ManifestDamagedError",
     "ManifestVersionError",
     "NullValueError",
     "ProviderError",
@@ -87,14 +94,23 @@ class InputError(BatchframeError, ValueError):
         Positions (0-based, in input order) of the first offending rows, if any.
     column
         The offending column or template path, if one can be named.
+    custom_ids
+        The ``custom_id`` of each row in ``rows``, when the ids were known (empty for
+        ids derived from content, or when the id itself is what is wrong).
     """
 
     def __init__(
-        self, message: str, *, rows: Sequence[int] = (), column: str | None = None
+        self,
+        message: str,
+        *,
+        rows: Sequence[int] = (),
+        column: str | None = None,
+        custom_ids: Sequence[str] = (),
     ) -> None:
         super().__init__(message)
         self.rows = list(rows)
         self.column = column
+        self.custom_ids = list(custom_ids)
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
@@ -110,6 +126,17 @@ class EndpointError(InputError):
 
 class TemplateError(InputError):
     """The body template holds something that is not JSON (a set, NaN, a non-string key...)."""
+
+
+class InvalidBodyError(TemplateError):
+    """A request body the endpoint refuses, line by line, once the batch runs.
+
+    A required key is missing (``messages``, ``input``, ...), a key belongs to another
+    endpoint, or a value has a type or value the request schema does not allow (an
+    empty ``messages`` list, an empty embeddings ``input``, more than 2,048 inputs in
+    one embeddings request, a struct where ``content`` must be text, an unknown
+    ``role``, a non-text ``model``). Found before anything is written or uploaded.
+    """
 
 
 class EvaluationError(InputError):
@@ -162,6 +189,25 @@ class JobLockedError(JobError):
 
 class ManifestVersionError(JobError):
     """The manifest was written by a newer batchframe than this one."""
+
+
+class ManifestDamagedError(JobError):
+    """``manifest.json`` cannot be read and no readable previous version is left.
+
+    The message names the file, the job id when it can be read from the damaged bytes,
+    and what to do. (A damaged manifest with a readable ``manifest.prev.json`` is
+    recovered with a warning instead.)
+    """
+
+
+class JobRootError(JobError, OSError):
+    """The job root cannot be used: it is a regular file, or it cannot be created or written.
+
+    The ``OSError`` that said so is ``__cause__``.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class InvalidTransitionError(JobError, RuntimeError):

@@ -96,9 +96,27 @@ def api(server: bf.LocalBatchServer) -> list[str]:
 def test_help_lists_every_command_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for name in ("prepare", "submit", "status", "wait", "collect", "cancel", "serve", "demo"):
+    for name in (
+        "prepare",
+        "submit",
+        "status",
+        "wait",
+        "collect",
+        "cancel",
+        "retry",
+        "serve",
+        "demo",
+    ):
         assert name in out
-    assert set(COMMANDS) == {"prepare", "submit", "status", "wait", "collect", "cancel"} | {
+    assert set(COMMANDS) == {
+        "prepare",
+        "submit",
+        "status",
+        "wait",
+        "collect",
+        "cancel",
+        "retry",
+    } | {
         "serve",
         "demo",
         "cleanup",
@@ -300,7 +318,8 @@ def test_submit_status_wait_collect(
     common = ["--body", "chat.json", "--custom-id", "id", "--max-requests", "10", *api(server)]
     code, out, err = run(capsys, "submit", "in.parquet", "jobs/a", *common)
     assert code == 0, err
-    assert "created job bfj_" in out and "3 batch(es) submitted" in out
+    assert "created job bfj_" in out and "submitted 3 batch(es)" in out
+    assert "input tokens (estimate)" in out
 
     # status: no API key, no base URL, no network; a table of shards.
     code, out, _ = run(capsys, "status", "jobs/a")
@@ -308,11 +327,20 @@ def test_submit_status_wait_collect(
     assert "24 rows in 3 shard(s)" in out
     assert "| shard | attempt |" in out and "batch_" in out
 
-    # Submitting the same requests again resumes the job: no second batch for any shard.
+    # Submitting the same requests again resumes the job: no second batch for any shard,
+    # and the output says so.
     before = len(server.batches_created())
     code, out, _ = run(capsys, "submit", "in.parquet", "jobs/a", *common)
     assert code == 0 and "resuming job" in out
+    assert "nothing new to submit: 3 batch(es) were submitted earlier" in out
+    assert "submitted 3" not in out
     assert len(server.batches_created()) == before
+    # Other shard limits on a resumed job are refused: its shards are already cut.
+    code, _, err = run(capsys, "submit", "in.parquet", "jobs/a", *common, "--max-requests", "5")
+    assert code == 2 and "--max-requests 5 (the job's: 10)" in err and "another ROOT" in err
+    # Scheduling options apply to what is still to submit, and the output says so.
+    code, out, _ = run(capsys, "submit", "in.parquet", "jobs/a", *common, "--max-in-flight", "2")
+    assert code == 0 and "scheduling options updated" in out and "max_in_flight=2" in out
     # Other requests at the same root are refused.
     code, _, err = run(capsys, "submit", "in.parquet", "jobs/a", *common, "--limit", "3")
     assert code == 2 and "other requests" in err
@@ -348,6 +376,35 @@ def test_submit_status_wait_collect(
         assert code == 0 and check in out
     code, out, _ = run(capsys, "status", "jobs/a", "--wide")
     assert code == 0 and "settled: 24 ok" in out and "output_file_id" in out
+    assert "numbers as the job saved them at" in out and "; final" in out
+    # Submitting a settled job again does nothing and says so.
+    code, out, _ = run(capsys, "submit", "in.parquet", "jobs/a", *common)
+    assert code == 0 and "nothing to do: the job is settled" in out
+
+
+def test_status_polls_the_provider_unless_offline(
+    server: bf.LocalBatchServer, capsys: pytest.CaptureFixture[str], work: Path
+) -> None:
+    argv = ["--body", "chat.json", "--custom-id", "id", "--max-requests", "8", *api(server)]
+    assert run(capsys, "submit", "in.parquet", "jobs/s", *argv)[0] == 0
+    assert server.wait_idle(timeout=30)  # the server has finished every batch
+    saved = (work / "jobs/s/manifest.json").read_bytes()
+    # Offline: the numbers as the job saved them (nothing done yet), and when that was.
+    code, out, _ = run(capsys, "status", "jobs/s", "--offline")
+    assert code == 0 and "0 ok, 0 failed, 24 pending" in out
+    assert "numbers as the job saved them at" in out and "not polled: --offline" in out
+    # With a client configured: the batches are polled and the numbers are the provider's.
+    code, out, _ = run(capsys, "status", "jobs/s", *api(server))
+    assert code == 0 and "24 ok, 0 failed, 0 pending" in out
+    assert "numbers polled from the provider at" in out and "| completed |" in out
+    # Looking changes nothing: the job's own state is untouched (no lock, no save).
+    assert (work / "jobs/s/manifest.json").read_bytes() == saved
+    # No key and no base URL: offline, saying why.
+    code, out, _ = run(capsys, "status", "jobs/s")
+    assert code == 0 and "not polled: no API key (OPENAI_API_KEY is unset)" in out
+    # A missing root gets the CLI's advice, not the Python API's.
+    code, _, err = run(capsys, "status", "jobs/none")
+    assert code == 2 and "batchframe submit INPUT jobs/none" in err and "BatchJob" not in err
 
 
 def test_failed_rows_and_fail_on_failed(capsys: pytest.CaptureFixture[str], work: Path) -> None:
@@ -486,7 +543,7 @@ def test_locked_job_status_still_works_and_interrupt_exits_130(
 
     monkeypatch.setattr("batchframe._cli_commands.status", interrupted)
     code, _, err = run(capsys, "status", "jobs/l")
-    assert code == 130 and "batchframe wait ROOT" in err
+    assert code == 130 and "`batchframe wait jobs/l` resumes it" in err
 
 
 # -- a real process ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import batchframe as bf
 
 def test_all_is_complete():
     modules = {"annotations"}  # `from __future__ import annotations`
-    public = {n for n in vars(bf) if not n.startswith("_") and n not in modules} | {"__version__"}
+    public = {n for n in dir(bf) if not n.startswith("_") and n not in modules} | {"__version__"}
     assert set(bf.__all__) == public
 
 

@@ -259,7 +259,7 @@ def test_s3_job_requests_and_resume_in_another_process(
 def test_manifest_save_skips_unchanged_content(
     s3: dict[str, Any], moto: CountingMotoServer
 ) -> None:
-    from batchframe._manifest import MANIFEST_FILE, Manifest
+    from batchframe._manifest import MANIFEST_FILE, PREVIOUS_MANIFEST_FILE, Manifest
 
     storage = Storage("s3://jobs/manifest", s3)
     m = Manifest(
@@ -275,6 +275,20 @@ def test_manifest_save_skips_unchanged_content(
     again.save(storage)  # as read: nothing to write either
     assert moto.take() == []
     again.cancel_requested = True
+    again.save(storage)
+    # The cancel flag is in the skeleton recovery needs: the outgoing version is kept
+    # (from memory, no read) before it is replaced (see "Damaged or missing state").
+    assert moto.take() == [
+        ("PUT", "/jobs/manifest/" + PREVIOUS_MANIFEST_FILE),
+        ("PUT", "/jobs/manifest/" + MANIFEST_FILE),
+    ]
+    again.embedding_dims["m"] = 8  # the version holding the flag is kept now, once
+    again.save(storage)
+    assert [key for _, key in moto.take()] == [
+        "/jobs/manifest/" + PREVIOUS_MANIFEST_FILE,
+        "/jobs/manifest/" + MANIFEST_FILE,
+    ]
+    again.embedding_dims["m"] = 16  # no skeleton change since: one PUT
     again.save(storage)
     assert moto.take() == [("PUT", "/jobs/manifest/" + MANIFEST_FILE)]
     assert Manifest.load(storage).cancel_requested

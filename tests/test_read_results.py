@@ -339,12 +339,12 @@ def test_to_duckdb_writes_the_batches_table(tmp_path: Path) -> None:
     types = dict(
         con.execute("SELECT column_name, column_type FROM (DESCRIBE reviews_batches)").fetchall()
     )
-    assert types["batch_id"] == "VARCHAR" and types["request_total"] == "BIGINT"
+    assert types["batch_id"] == "VARCHAR" and types["total"] == "BIGINT"
     assert types["input_tokens"] == "BIGINT" and types["created_at"].startswith("TIMESTAMP")
     assert "NULL" not in types.values()
     rows = con.execute(
-        "SELECT batch_id, input_file_id, output_file_id, error_file_id, status, request_total, "
-        "request_completed, request_failed, input_tokens, output_tokens, total_tokens, "
+        "SELECT batch_id, input_file_id, output_file_id, error_file_id, status, total, "
+        "completed, failed, input_tokens, output_tokens, total_tokens, "
         "created_at, completed_at FROM reviews_batches ORDER BY shard, attempt"
     ).fetchall()
     assert [r[0] for r in rows] == status["batch_id"].drop_nulls().to_list()

@@ -247,7 +247,7 @@ def test_typed_leaves_and_constants(memfs):
     )
     body = {
         "model": "m",
-        "input": "fixed",
+        "messages": [{"role": "user", "content": "fixed"}],
         "max_tokens": pl.col("n"),
         "temperature": pl.col("t"),
         "logprobs": pl.col("flag"),
@@ -257,7 +257,7 @@ def test_typed_leaves_and_constants(memfs):
         "nested": {"list": [1, 2.5, None, True, "s"], "empty": {}},
         "expr_math": pl.col("n") * 10,
     }
-    req = bf.build_requests(df, endpoint="/v1/responses", body=body, custom_id="id")
+    req = bf.build_requests(df, endpoint="/v1/chat/completions", body=body, custom_id="id")
     lines = _lines(memfs, req.write("memory://typed"))
     b0, b1 = (ln["body"] for ln in lines)
     assert b0["max_tokens"] == 1 and b1["max_tokens"] == 2
@@ -524,7 +524,15 @@ def test_non_utf8_text_refused():
 def test_bad_templates_refused():
     df = pl.DataFrame({"id": [1], "x": [float("nan")], "text": ["t"]})
     with pytest.raises(bf.TemplateError, match="NaN"):
-        _chat(df, body={"model": "m", "messages": [], "temperature": pl.col("x")}, custom_id="id")
+        _chat(
+            df,
+            body={
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "frequency_penalty": pl.col("x"),
+            },
+            custom_id="id",
+        )
     with pytest.raises(bf.TemplateError, match="set"):
         _chat(df, body={"model": "m", "stop": {"a"}}, custom_id="id")
     with pytest.raises(bf.TemplateError, match="model"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -22,7 +23,21 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=8000, help="port to bind; 0 picks a free one (default: 8000)"
     )
     parser.add_argument(
-        "--api-key", default=None, help="require this bearer token (default: accept any)"
+        "--api-key-env",
+        metavar="NAME",
+        default=None,
+        help="require the bearer token held by environment variable NAME (default: accept any)",
+    )
+    parser.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        default=None,
+        help="require the bearer token in file PATH (its first line)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="deprecated: the key shows in `ps`; use --api-key-env or --api-key-file",
     )
     parser.add_argument(
         "--executor",
@@ -35,7 +50,23 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="base URL of an OpenAI-compatible server, for --executor forward",
     )
-    parser.add_argument("--upstream-api-key", default=None, help="bearer token sent to --upstream")
+    parser.add_argument(
+        "--upstream-api-key-env",
+        metavar="NAME",
+        default=None,
+        help="send the bearer token held by environment variable NAME to --upstream",
+    )
+    parser.add_argument(
+        "--upstream-api-key-file",
+        metavar="PATH",
+        default=None,
+        help="send the bearer token in file PATH (its first line) to --upstream",
+    )
+    parser.add_argument(
+        "--upstream-api-key",
+        default=None,
+        help="deprecated: the key shows in `ps`; use --upstream-api-key-env or -file",
+    )
     parser.add_argument(
         "--upstream-adapt",
         choices=("openai", "llama.cpp", "vllm-guided"),
@@ -103,10 +134,16 @@ def serve_main(argv: list[str] | None = None) -> int:
     from batchframe._server._local import LocalBatchServer
 
     try:
+        api_key = _secret(args, "api_key")
+        upstream_api_key = _secret(args, "upstream_api_key")
+    except ValueError as exc:
+        print(f"batchframe serve: {exc}", file=sys.stderr)
+        return 2
+    try:
         server = LocalBatchServer(
             args.executor,
             upstream=args.upstream,
-            upstream_api_key=args.upstream_api_key,
+            upstream_api_key=upstream_api_key,
             upstream_adapt=args.upstream_adapt,
             provider=args.provider,
             max_concurrency=args.max_concurrency,
@@ -118,7 +155,7 @@ def serve_main(argv: list[str] | None = None) -> int:
             validation_seconds=args.validation_seconds,
             seed=args.seed,
             state_dir=args.state_dir,
-            api_key=args.api_key,
+            api_key=api_key,
             host=args.host,
             port=args.port,
         )
@@ -146,3 +183,53 @@ def serve_main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
     print("batchframe: stopped", flush=True)
     return 0
+
+
+def _secret(args: argparse.Namespace, name: str) -> str | None:
+    """The key given by ``--NAME-env``, ``--NAME-file`` or (deprecated) ``--NAME``.
+
+    A key on the command line is readable by every user of the machine (``ps``,
+    ``/proc/PID/cmdline``) and lands in shell history: it still works, with a warning.
+
+    Raises
+    ------
+    ValueError
+        Two sources given, a variable that is unset or empty, an unreadable or empty file.
+    """
+    flag = "--" + name.replace("_", "-")
+    env, path, value = (
+        getattr(args, name + "_env"),
+        getattr(args, name + "_file"),
+        getattr(args, name),
+    )
+    given = [f for f, v in ((f"{flag}-env", env), (f"{flag}-file", path), (flag, value)) if v]
+    if len(given) > 1:
+        msg = f"give one of {' / '.join(given)}, not several"
+        raise ValueError(msg)
+    if env:
+        key = os.environ.get(env, "").strip()
+        if not key:
+            msg = f"{flag}-env {env}: the environment variable {env} is not set or empty"
+            raise ValueError(msg)
+        return key
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            msg = f"{flag}-file {path}: cannot read the key ({exc})"
+            raise ValueError(msg) from exc
+        if not key:
+            msg = f"{flag}-file {path}: the file's first line is empty"
+            raise ValueError(msg)
+        return key
+    if value:
+        print(
+            f"batchframe serve: warning: {flag} is deprecated: a key on the command line is "
+            f"visible to every user of this machine (`ps`) and kept in shell history; use "
+            f"{flag}-env NAME or {flag}-file PATH",
+            file=sys.stderr,
+            flush=True,
+        )
+        return str(value)
+    return None

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from batchframe._schemas import MODERATION_CATEGORIES
+from batchframe._server._body_checks import check_body
 from batchframe._server._echo_images import count, images, missing, videos
 from batchframe._server._errors import ApiError, bad_request, error_body
 from batchframe._server._schema_fill import fill_schema
@@ -436,6 +437,9 @@ def echo(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 404, error_body(f"Invalid URL (POST {endpoint})")
     if not isinstance(body.get("model"), str) or not body["model"]:
         return 400, error_body("you must provide a model parameter")
+    refused = check_body(endpoint, body)  # as the server does before any executor
+    if refused is not None:
+        return refused.status, refused.body()
     try:
         return 200, handler(body)
     except ApiError as exc:

@@ -29,6 +29,7 @@ from typing import IO, Any
 import orjson
 
 from batchframe._server._batch_object import add_usage, zero_usage
+from batchframe._server._body_checks import check_body
 from batchframe._server._echo import Executor
 from batchframe._server._errors import (
     BATCH_CANCELLED_MESSAGE,
@@ -294,6 +295,10 @@ class Lifecycle:
             wake.wait(slot - now)
 
     def _answer(self, endpoint: str, custom_id: str, body: Any) -> tuple[int, Any]:
+        # The endpoint's own request validation comes first, whatever the executor.
+        refused = check_body(endpoint, body)
+        if refused is not None:
+            return refused.status, refused.body()
         if self._injected_failure(custom_id):
             return 500, error_body(SERVER_ERROR_MESSAGE, type="server_error")
         try:

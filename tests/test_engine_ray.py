@@ -1,0 +1,49 @@
+"""Ray Data as an engine, on a local Ray instance with two CPUs (worker processes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+ray = pytest.importorskip("ray")
+ray_data = pytest.importorskip("ray.data")
+
+import engine_cases  # noqa: E402
+
+pytestmark = [
+    pytest.mark.slow,
+    # Ray warns about its own deprecated settings, as it reads them.
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ctx = ray_data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def to_ray(df: pl.DataFrame, n: int) -> Any:
+    return ray_data.from_arrow(df.to_arrow()).repartition(n)
+
+
+def test_job(local_ray: None, tmp_path: Path) -> None:
+    engine_cases.check_job(to_ray, tmp_path)
+
+
+def test_refusals(local_ray: None, tmp_path: Path) -> None:
+    engine_cases.check_refusals(to_ray, tmp_path)
+
+
+def test_requests_api(local_ray: None) -> None:
+    engine_cases.check_requests_api(to_ray)
