@@ -436,7 +436,7 @@ def test_deleted_output_is_downloaded_again_while_the_provider_has_it(
 ) -> None:
     root = tmp_path / "job"
     with bf.LocalBatchServer() as server:
-        first = _run(server, str(root))
+        first = _run(server, str(root), keep_files=True)
         output = root / "outputs" / "00001.a0.jsonl"
         original = output.read_bytes()
         output.unlink()
@@ -455,7 +455,7 @@ def test_deleted_output_without_a_client_says_what_is_lost_and_keeps_the_rest(
 ) -> None:
     root = tmp_path / "job"
     with bf.LocalBatchServer() as server:
-        first = _run(server, str(root))
+        first = _run(server, str(root), keep_files=True)
         (root / "outputs" / "00001.a0.jsonl").unlink()
         (root / "results" / "ok" / "00001.a0.parquet").unlink()
         with caplog.at_level(logging.WARNING, logger="batchframe"):
@@ -481,7 +481,7 @@ def test_deleted_output_without_a_client_says_what_is_lost_and_keeps_the_rest(
 def test_deleted_output_the_provider_no_longer_has(tmp_path: Path) -> None:
     root = tmp_path / "job"
     with bf.LocalBatchServer() as server:
-        _run(server, str(root))
+        _run(server, str(root), keep_files=True)
         manifest = orjson.loads((root / MANIFEST_FILE).read_bytes())
         record = next(r for r in manifest["records"] if r["shard"] == 2)
         server.client().files.delete(record["output_file_id"])
