@@ -686,7 +686,7 @@ class JobEngine:
 
     def _delete_settled_files(self) -> None:
         """Delete provider files of settled attempts; once settled, sweep the job's strays."""
-        delete_settled(self._api, self._m, self._save)
+        delete_settled(self._api, self._m)
         if not all(r.is_settled for r in self._m.records):
             self._m.options.pop("swept", None)  # rows retried after settling: sweep again
         elif not self._m.options.get("swept"):

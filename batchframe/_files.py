@@ -138,7 +138,7 @@ def stuck_at_file_cap(m: Manifest) -> None:
     raise ProviderError(msg)
 
 
-def delete_settled(api: BatchAPI, m: Manifest, save: Callable[[], None]) -> int:
+def delete_settled(api: BatchAPI, m: Manifest) -> int:
     """Delete the provider files of settled shard attempts (unless kept); return how many.
 
     A file is deleted once its attempt is settled: its rows are published under the
@@ -168,8 +168,10 @@ def delete_settled(api: BatchAPI, m: Manifest, save: Callable[[], None]) -> int:
             seen.add(fid)
             n += 1
     if n:
+        # Not saved here: the next save records them (a deletion repeated after a crash
+        # finds the file gone, which counts as deleted), so on object stores deleting
+        # costs no extra manifest write.
         _log.info("deleted %d file(s) of settled shard attempts from the provider", n)
-        save()
     return n
 
 
