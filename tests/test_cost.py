@@ -275,3 +275,21 @@ def test_a_streamed_input_is_costed_chunk_by_chunk(constructor: Any) -> None:
     assert got.equals(want)
     assert got["max_output_tokens"].sum() == df["n"].sum()
     assert req.streamed == streamed  # a streamed input was not read into memory
+
+
+def test_a_bound_written_in_the_prompt_text_is_not_read_as_one() -> None:
+    df = pl.DataFrame({"id": ["a", "b"], "text": ['{"max_tokens":999}', 'say "max_tokens":7,']})
+    bounded = bf.build_requests(
+        df,
+        endpoint="/v1/chat/completions",
+        body=bf.chat_body("gpt-4o-mini", user=pl.col("text"), max_tokens=3),
+        custom_id="id",
+    )
+    assert bounded.estimate_cost()["max_output_tokens"].to_list() == [6]
+    unbounded = bf.build_requests(
+        df,
+        endpoint="/v1/chat/completions",
+        body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
+        custom_id="id",
+    )
+    assert unbounded.estimate_cost()["unbounded_requests"].to_list() == [2]
