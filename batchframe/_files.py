@@ -296,11 +296,18 @@ def rewrite_line_urls(storage: Any, written: Any, provider: Provider, endpoint: 
         from batchframe._requests import shard_path
 
         rel = shard_path(int(shard))
-        data = storage.read_bytes(rel)
-        out = b"".join(line.replace(old, new, 1) for line in data.splitlines(keepends=True))
-        storage.write_bytes(rel, out)
-        sizes.append(len(out))
-        hashes.append(hashlib.sha256(out).hexdigest())
+        digest = hashlib.sha256()
+        size = 0
+        # Streamed line by line: the new file appears whole when done (open_write), and
+        # the old one is read meanwhile, so memory holds one line, not the shard.
+        with storage.open_read(rel) as src, storage.open_write(rel) as dst:
+            for line in src:
+                line = line.replace(old, new, 1)
+                digest.update(line)
+                dst.write(line)
+                size += len(line)
+        sizes.append(size)
+        hashes.append(digest.hexdigest())
     return written.with_columns(
         pl.Series("n_bytes", sizes, pl.Int64), pl.Series("sha256", hashes, pl.String)
     )
