@@ -30,7 +30,6 @@ from batchframe._providers import (
     DEFAULT_EXPIRES_AFTER,
     Provider,
     check_same_provider,
-    job_prices,
     job_setup,
     set_max_cost,
     with_cost,
@@ -701,7 +700,7 @@ class BatchJob(JobEngine):
         ResultsTooLargeError
             The results exceed ``max_bytes``.
         """
-        results = collect_results(
+        return collect_results(
             self._storage,
             self._m,
             executor=self._executor,
@@ -709,8 +708,6 @@ class BatchJob(JobEngine):
             max_bytes=max_bytes,
             fetch=self._fetch,
         )
-        results.prices = job_prices(self._m)
-        return results
 
     def _fetch(self, file_id: str, rel: str) -> None:
         """Download a provider file again (a deleted output file; see ``_publish``)."""

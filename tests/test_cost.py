@@ -219,8 +219,10 @@ def test_usage_shows_the_cost_per_model(tmp_path: Path) -> None:
             poll_interval=POLL,
             prices=OUT_ONLY,
         )
-    # The job's own prices by default; others on demand.
+    # The job's own prices by default (from the root alone too); others on demand.
     assert results.usage()["cost_usd"].to_list() == [pytest.approx(0.02)]
+    again = bf.read_results(tmp_path / "job")
+    assert again.usage()["cost_usd"].to_list() == [pytest.approx(0.02)]
     default = bf.price_table("openai")["gpt-4o-mini"]["output"]
     assert results.usage(prices=bf.price_table("openai"))["cost_usd"].to_list() == [
         pytest.approx(20 * default / 1e6)
