@@ -75,7 +75,6 @@ PRICE_TABLES: dict[str, tuple[str, Prices]] = {
 }
 
 
-
 def load_prices(prices: Mapping[str, Any] | str | os.PathLike[str] | None) -> Prices:
     """A price override from a dict or a JSON file (``{model: {"input", "output", ...}}``)."""
     if prices is None:
