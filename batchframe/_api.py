@@ -394,7 +394,11 @@ class BatchAPI:
             return str(obj.id)
 
         def reconcile() -> str | None:
-            for found in self.list_files(purpose="batch"):
+            try:
+                files = self.list_files(purpose="batch")
+            except APIError:
+                return None  # cannot tell: upload again (a stray copy is swept later)
+            for found in files:
                 if (
                     found.filename == filename
                     and (n_bytes is None or found.bytes == n_bytes)

@@ -38,6 +38,7 @@ from batchframe._files import (
     expires_after as upload_expiry,
     file_room,
     job_provider,
+    stuck_at_file_cap,
     upload_name,
 )
 from batchframe._manifest import (
@@ -731,8 +732,10 @@ class JobEngine:
 
     def _delete_settled_files(self) -> None:
         """Delete provider files of settled attempts; once settled, sweep the job's strays."""
-        delete_settled(self._api, self._m, self._save)
-        if not self._m.options.get("swept") and all(r.is_settled for r in self._m.records):
+        delete_settled(self._api, self._m)
+        if not all(r.is_settled for r in self._m.records):
+            self._m.options.pop("swept", None)  # rows retried after settling: sweep again
+        elif not self._m.options.get("swept"):
             adopt_orphans(self._api, self._m, self._save)
             self._m.options["swept"] = True
             self._save()
@@ -740,7 +743,11 @@ class JobEngine:
     def _upload_room(self, uploads: list[ShardAttempt]) -> list[ShardAttempt]:
         """The uploads the provider's resource file cap admits now."""
         room = file_room(self._m)
-        return uploads if room is None else uploads[:room]
+        if room is None:
+            return uploads
+        if room == 0 and uploads and not self._any_in_flight():
+            stuck_at_file_cap(self._m)
+        return uploads[:room]
 
     def _within_caps(self, chosen: list[ShardAttempt]) -> list[ShardAttempt]:
         """The shard attempts that ``max_cost`` lets the job submit now."""

@@ -123,7 +123,22 @@ def file_room(m: Manifest) -> int | None:
     return max(0, (cap - live_files(m)) // 3)
 
 
-def delete_settled(api: BatchAPI, m: Manifest, save: Callable[[], None]) -> int:
+def stuck_at_file_cap(m: Manifest) -> None:
+    """Raise when the resource file cap blocks every upload and nothing will free a file."""
+    if not all(r.is_settled or r.status == "pending" for r in m.records):
+        return  # a batch is still to be created, running, or to be settled: files free up
+    prof = job_provider(m)
+    cap = prof.file_cap(expiring=expires_after(m) is not None)
+    msg = (
+        f"job {m.job_id} holds {live_files(m)} file(s) on provider {prof.name!r}, whose "
+        f"resource takes at most {cap}, and keeps them (keep_files={m.options.get('keep_files')}); "
+        "no shard can be uploaded. Run `batchframe cleanup ROOT` (or delete files), or "
+        "create the job with keep_files=False, then wait again"
+    )
+    raise ProviderError(msg)
+
+
+def delete_settled(api: BatchAPI, m: Manifest) -> int:
     """Delete the provider files of settled shard attempts (unless kept); return how many.
 
     A file is deleted once its attempt is settled: its rows are published under the
@@ -153,8 +168,10 @@ def delete_settled(api: BatchAPI, m: Manifest, save: Callable[[], None]) -> int:
             seen.add(fid)
             n += 1
     if n:
+        # Not saved here: the next save records them (a deletion repeated after a crash
+        # finds the file gone, which counts as deleted), so on object stores deleting
+        # costs no extra manifest write.
         _log.info("deleted %d file(s) of settled shard attempts from the provider", n)
-        save()
     return n
 
 
@@ -165,7 +182,11 @@ def adopt_orphans(api: BatchAPI, m: Manifest, save: Callable[[], None]) -> tuple
     file) and of the record's size becomes that record's input file; any other
     unrecorded file of the job is deleted. Returns ``(adopted, deleted)``.
     """
-    files = api.list_files(purpose="batch")
+    try:
+        files = api.list_files(purpose="batch")
+    except Exception as exc:  # a provider without files.list: nothing to adopt from
+        _log.warning("could not list files to find uploads a crash left: %s", exc)
+        return 0, 0
     return _settle_orphans(api, m, files, save)
 
 
@@ -275,11 +296,18 @@ def rewrite_line_urls(storage: Any, written: Any, provider: Provider, endpoint: 
         from batchframe._requests import shard_path
 
         rel = shard_path(int(shard))
-        data = storage.read_bytes(rel)
-        out = b"".join(line.replace(old, new, 1) for line in data.splitlines(keepends=True))
-        storage.write_bytes(rel, out)
-        sizes.append(len(out))
-        hashes.append(hashlib.sha256(out).hexdigest())
+        digest = hashlib.sha256()
+        size = 0
+        # Streamed line by line: the new file appears whole when done (open_write), and
+        # the old one is read meanwhile, so memory holds one line, not the shard.
+        with storage.open_read(rel) as src, storage.open_write(rel) as dst:
+            for line in src:
+                line = line.replace(old, new, 1)
+                digest.update(line)
+                dst.write(line)
+                size += len(line)
+        sizes.append(size)
+        hashes.append(digest.hexdigest())
     return written.with_columns(
         pl.Series("n_bytes", sizes, pl.Int64), pl.Series("sha256", hashes, pl.String)
     )

@@ -713,6 +713,12 @@ class BatchJob(JobEngine):
 
     def _fetch(self, file_id: str, rel: str) -> None:
         """Download a provider file again (a deleted output file; see ``_publish``)."""
+        if file_id in (self._m.options.get("deleted_files") or ()):
+            msg = (
+                f"provider file {file_id} was deleted once its results were stored "
+                "(keep_files=False; keep_files='output' keeps a copy on the provider)"
+            )
+            raise FileNotFoundError(msg)
         self._api.download(file_id, self._storage, rel)
 
     def to_duckdb(

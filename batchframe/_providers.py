@@ -322,8 +322,10 @@ def job_setup(
         estimate_frame,
         job_cost_model,
         job_estimate as total_of,
+        price_table,
     )
     from batchframe._files import keep_kinds
+    from batchframe._schemas import price_for
 
     prof = get_provider(provider)
     window = prof.check_window(completion_window)
@@ -362,9 +364,15 @@ def job_setup(
         "max_cost": None if max_cost is None else float(max_cost),
     }
     if requests.streamed and max_cost is None:
-        return prof, limits, options  # costing reads every body: only when a cap asks for it
+        return prof, limits, options  # costing a streamed input reads it: only for a cap
     estimate = estimate_frame(requests, prof, prices)
     check_job_estimate(estimate, max_cost)
+    table = price_table(prof, prices)
+    options["prices"] = {
+        str(m): dict(p)
+        for m in estimate["model"].to_list()
+        if m is not None and (p := price_for(m, table) or price_for(prof.model_for(m), table))
+    }
     options["cost"] = {
         "as_of": PRICE_TABLES.get(prof.price_table or "", ("",))[0],
         "estimate_usd": total_of(estimate),
@@ -408,3 +416,9 @@ def with_cost(frame: pl.DataFrame, manifest: Any) -> pl.DataFrame:
     import polars as pl
 
     return frame.with_columns(pl.Series("cost_usd", costs, pl.Float64))
+
+
+def job_prices(manifest: Any) -> dict[str, dict[str, float]] | None:
+    """The prices a job was costed with (``None`` for jobs made before they were kept)."""
+    prices = manifest.options.get("prices")
+    return {str(k): dict(v) for k, v in prices.items()} if isinstance(prices, dict) else None

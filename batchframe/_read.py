@@ -176,6 +176,9 @@ def collect_results(
         batches=batches_frame(manifest),
         custom_id_column=manifest.options.get("custom_id_column"),
     )
+    from batchframe._providers import job_prices
+
+    results.prices = job_prices(manifest)  # usage() prices with the job's provider
     if not partial:
         n = results.ok["custom_id"].n_unique() + results.failed.height
         if n != manifest.n_requests:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -245,12 +245,12 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days"
 
 
-def _batch_cost(r: ShardAttempt) -> float | None:
+def _batch_cost(r: ShardAttempt, prices: Mapping[str, Any] | None = None) -> float | None:
     from batchframe._schemas import DEFAULT_PRICES, price_for
 
     u = r.usage
     inp, out = _usage(u, "input_tokens"), _usage(u, "output_tokens")
-    price = price_for(r.model, DEFAULT_PRICES)
+    price = price_for(r.model, {**DEFAULT_PRICES, **(prices or {})})  # the job's provider's
     if inp is None or out is None or price is None:
         return None
     cached = _usage(u, "input_tokens_details", "cached_tokens") or 0
@@ -273,7 +273,8 @@ def job_facts(manifest: Manifest, records: Sequence[ShardAttempt], now: float) -
     batches = " ".join(
         f"{s}={n}" for s, n in sorted(counts.items(), key=lambda kv: order.get(kv[0], 99))
     )
-    costs = [c for c in (_batch_cost(r) for r in records) if c is not None]
+    prices = manifest.options.get("prices")
+    costs = [c for c in (_batch_cost(r, prices) for r in records) if c is not None]
     done = ok + failed
     starts = [r.submitted_at for r in records if r.submitted_at is not None]
     eta: float | None = None

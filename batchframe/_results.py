@@ -88,6 +88,8 @@ class BatchResults:
         self.batches = batches
         #: The input column the custom_ids came from (``join``'s default ``on``), if known.
         self.custom_id_column = custom_id_column
+        #: Prices of the job's provider, used by :meth:`usage` when none are passed.
+        self.prices: dict[str, dict[str, float]] | None = None
 
     @classmethod
     def from_parts(
@@ -190,7 +192,9 @@ class BatchResults:
         prices
             ``{model: {"input": usd, "cached_input": usd, "output": usd}}`` per 1M tokens,
             merged over :data:`DEFAULT_PRICES` (Batch API prices as of
-            :data:`PRICES_AS_OF`). ``cached_input`` defaults to ``input``.
+            :data:`PRICES_AS_OF`). ``cached_input`` defaults to ``input``. ``None``:
+            the prices of the job's provider (:attr:`prices`) when the results come
+            from a job.
 
         Returns
         -------
@@ -198,7 +202,7 @@ class BatchResults:
             ``model, requests, input_tokens, cached_tokens, output_tokens,
             reasoning_tokens, cost_usd``; ``cost_usd`` is null for unpriced models.
         """
-        return usage_frame(self.ok, self.failed, self.endpoint, prices)
+        return usage_frame(self.ok, self.failed, self.endpoint, prices or self.prices)
 
     # -- sinks -------------------------------------------------------------------------
 

@@ -33,9 +33,11 @@ before anything is written or uploaded; they also inherit :class:`ValueError` (o
     ├── APIError                            the API refused a call or kept failing; the openai
     │                                       error is ``__cause__``; attributes ``operation``,
     │                                       ``status_code``, ``code``, ``retryable``
-    └── ResultsError                        output files that cannot be read back
-        └── ResultsTooLargeError            ``collect()`` of results above ``max_bytes``;
-                                            use ``scan_results`` / ``to_duckdb``
+    ├── ResultsError                        output files that cannot be read back
+    │   └── ResultsTooLargeError            ``collect()`` of results above ``max_bytes``;
+    │                                       use ``scan_results`` / ``to_duckdb``
+    ├── ProviderError(ValueError)           a provider profile or an option it does not take
+    └── CostLimitError                      the estimate or the running cost passes ``max_cost``
 
 Row-level failures (a request the API answered with an error) never raise: they land in
 ``BatchResults.failed`` with the reason.

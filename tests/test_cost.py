@@ -217,9 +217,16 @@ def test_usage_shows_the_cost_per_model(tmp_path: Path) -> None:
             custom_id="id",
             client=server.client(),
             poll_interval=POLL,
+            prices=OUT_ONLY,
         )
-    usage = results.usage(prices=OUT_ONLY)
-    assert usage["cost_usd"].to_list() == [pytest.approx(0.02)]
+    # The job's own prices by default (from the root alone too); others on demand.
+    assert results.usage()["cost_usd"].to_list() == [pytest.approx(0.02)]
+    again = bf.read_results(tmp_path / "job")
+    assert again.usage()["cost_usd"].to_list() == [pytest.approx(0.02)]
+    default = bf.price_table("openai")["gpt-4o-mini"]["output"]
+    assert results.usage(prices=bf.price_table("openai"))["cost_usd"].to_list() == [
+        pytest.approx(20 * default / 1e6)
+    ]
 
 
 def test_prepare_prints_the_expected_cost(
@@ -246,3 +253,45 @@ def test_prepare_prints_the_expected_cost(
     )  # fmt: skip
     assert code == 2
     assert "max_cost" in capsys.readouterr().err
+
+
+def test_a_streamed_input_is_costed_chunk_by_chunk(constructor: Any) -> None:
+    df = pl.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(30)],
+            "text": [f"text number {i}" for i in range(30)],
+            "model": ["gpt-4o-mini" if i % 3 else "gpt-4.1-nano" for i in range(30)],
+            "n": [i % 7 + 1 for i in range(30)],
+        }
+    )
+    kwargs: dict[str, Any] = {
+        "endpoint": "/v1/chat/completions",
+        "body": bf.chat_body(pl.col("model"), user=pl.col("text"), max_tokens=pl.col("n")),
+        "custom_id": "id",
+        "tokenizer": "estimate",
+    }
+    want = bf.build_requests(df, **kwargs).estimate_cost()
+    req = bf.build_requests(constructor(df), **kwargs)
+    streamed = req.streamed
+    got = req.estimate_cost()
+    assert got.equals(want)
+    assert got["max_output_tokens"].sum() == df["n"].sum()
+    assert req.streamed == streamed  # a streamed input was not read into memory
+
+
+def test_a_bound_written_in_the_prompt_text_is_not_read_as_one() -> None:
+    df = pl.DataFrame({"id": ["a", "b"], "text": ['{"max_tokens":999}', 'say "max_tokens":7,']})
+    bounded = bf.build_requests(
+        df,
+        endpoint="/v1/chat/completions",
+        body=bf.chat_body("gpt-4o-mini", user=pl.col("text"), max_tokens=3),
+        custom_id="id",
+    )
+    assert bounded.estimate_cost()["max_output_tokens"].to_list() == [6]
+    unbounded = bf.build_requests(
+        df,
+        endpoint="/v1/chat/completions",
+        body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
+        custom_id="id",
+    )
+    assert unbounded.estimate_cost()["unbounded_requests"].to_list() == [2]

@@ -279,3 +279,28 @@ def test_results_survive_deleted_provider_files(tmp_path: Path) -> None:
     again = bf.read_results(tmp_path / "job")
     assert sorted(again.ok["custom_id"]) == sorted(results.ok["custom_id"]) == ["a", "b"]
     assert orjson.loads(again.ok["body"][0])["object"] == "chat.completion"
+
+
+def test_a_lost_local_output_names_the_provider_copy_deleted_by_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    root = tmp_path / "job"
+    with bf.LocalBatchServer() as server:
+        with bf.BatchJob.create(
+            requests_for(8), root, client=server.client(), limits=bf.BatchLimits(max_requests=4)
+        ) as job:
+            job.wait(poll_interval=POLL)
+        (root / "outputs" / "00001.a0.jsonl").unlink()
+        (root / "results" / "ok" / "00001.a0.parquet").unlink()
+        with (
+            caplog.at_level(logging.WARNING, logger="batchframe"),
+            bf.BatchJob.open(root, client=server.client()) as job,
+        ):
+            results = job.collect()
+        downloads = [c for c in server.calls if c.path.endswith("/content")]
+    lost = results.failed.filter(pl.col("stage") == "lost")
+    assert lost.height == 4 and results.ok.height == 4
+    assert "deleted once its results were stored" in lost["error_message"][0]
+    assert len(downloads) == 2  # the two first downloads; none for the deleted copy

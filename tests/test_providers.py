@@ -336,3 +336,21 @@ def test_cli_submit_with_provider_and_window(
     out = capsys.readouterr().out
     assert "expected cost" in out
     assert "no price known for llama-3.1-8b-instant" in out
+
+
+def test_a_file_cap_that_keep_files_fills_is_reported_not_waited_on(tmp_path: Path) -> None:
+    with bf.LocalBatchServer(provider="azure", max_files=4) as server:
+        capped = bf.get_provider("azure", max_files=4, max_files_with_expiry=4)
+        with bf.BatchJob.create(
+            requests_for("azure", 12),
+            tmp_path / "job",
+            client=server.client(),
+            provider=capped,
+            limits=bf.BatchLimits(max_requests=2),
+            keep_files=True,
+        ) as job:
+            with pytest.raises(bf.ProviderError, match="batchframe cleanup ROOT"):
+                job.wait(poll_interval=POLL, timeout=60)
+            done = job.status().filter(pl.col("status") == "completed").height
+            assert done >= 1
+            assert len(server.files()) <= 4

@@ -165,3 +165,87 @@ def test_bad_executor_arguments() -> None:
         bf.LocalBatchServer(failure_rate=1.5)
     with pytest.raises(ValueError, match="requests_per_second"):
         bf.LocalBatchServer(requests_per_second=0)
+
+
+def _llama_cpp_like(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Answers as llama.cpp's server does: ``json_schema`` is a 500, ``json_object`` +
+    ``schema`` constrains the answer."""
+    import orjson
+
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return 500, {"error": {"code": 500, "message": "Unrecognized response_format type"}}
+    structured = isinstance(fmt, dict) and fmt.get("type") == "json_object" and "schema" in fmt
+    text = body["messages"][-1]["content"]
+    content = orjson.dumps({"label": "positive", "words": len(text.split())}).decode()
+    return 200, {
+        "id": "chatcmpl-llama",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content if structured else text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+    }
+
+
+@pytest.mark.parametrize("adapt", [None, "llama.cpp"])
+def test_forward_adapts_structured_outputs_for_llama_cpp(tmp_path: Any, adapt: str | None) -> None:
+    import polars as pl
+    from pydantic import BaseModel
+
+    class Label(BaseModel):
+        label: str
+        words: int
+
+    df = pl.DataFrame({"id": ["a", "b", "c"], "text": ["good one", "bad", "so so so"]})
+    with (
+        bf.LocalBatchServer(_llama_cpp_like, max_concurrency=2) as upstream,
+        bf.LocalBatchServer("forward", upstream=upstream.base_url, upstream_adapt=adapt) as front,
+    ):
+        results = bf.run(
+            df,
+            str(tmp_path / "job"),
+            endpoint="/v1/chat/completions",
+            body=bf.chat_body("local-llama", user=pl.col("text"), response_format=Label),
+            custom_id="id",
+            client=front.client(),
+            poll_interval=0.02,
+            max_attempts=1,
+        )
+        sent = [c.body["response_format"]["type"] for c in upstream.calls if c.body]
+    if adapt is None:  # what a user met: every structured row failed with a 500
+        assert results.ok.height == 0
+        assert results.failed["status_code"].to_list() == [500, 500, 500]
+        assert set(sent) == {"json_schema"}
+    else:
+        assert set(sent) == {"json_object"}
+        ok = results.ok.sort("custom_id")
+        assert ok["parsed"].struct.field("label").to_list() == ["positive"] * 3
+        assert ok["parsed"].struct.field("words").to_list() == [2, 1, 3]
+
+
+def test_forward_adapters_rewrite_only_schema_bodies() -> None:
+    from batchframe._server._forward import adapter, to_vllm_guided
+
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    body = {
+        "model": "m",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    }
+    llama = adapter("llama.cpp")
+    assert llama is not None
+    assert llama("/v1/chat/completions", body)["response_format"] == {
+        "type": "json_object",
+        "schema": schema,
+    }
+    assert to_vllm_guided("/v1/chat/completions", body) == {"model": "m", "guided_json": schema}
+    plain = {"model": "m", "messages": []}
+    assert llama("/v1/chat/completions", plain) is plain
+    with pytest.raises(ValueError, match="upstream_adapt"):
+        adapter("ollama")

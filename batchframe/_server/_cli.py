@@ -68,6 +68,19 @@ def _parser() -> argparse.ArgumentParser:
         help="deprecated: the key shows in `ps`; use --upstream-api-key-env or -file",
     )
     parser.add_argument(
+        "--upstream-adapt",
+        choices=("openai", "llama.cpp", "vllm-guided"),
+        default=None,
+        help="rewrite bodies for the upstream: llama.cpp takes structured outputs as "
+        "json_object + schema; vllm-guided as guided_json (default: as is)",
+    )
+    parser.add_argument(
+        "--provider",
+        choices=("openai", "azure", "azure-legacy", "groq"),
+        default=None,
+        help="emulate a provider profile: limits, windows, line URLs, file cap (default: openai)",
+    )
+    parser.add_argument(
         "--max-concurrency",
         type=int,
         default=8,
@@ -131,6 +144,8 @@ def serve_main(argv: list[str] | None = None) -> int:
             args.executor,
             upstream=args.upstream,
             upstream_api_key=upstream_api_key,
+            upstream_adapt=args.upstream_adapt,
+            provider=args.provider,
             max_concurrency=args.max_concurrency,
             requests_per_second=args.requests_per_second,
             failure_rate=args.failure_rate,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,11 @@ class LocalBatchServer:
         per-file limits, ``completion_window`` values (a window of ``n`` days lasts
         ``n`` times ``completion_window_seconds``), endpoints, line URLs, file cap,
         Azure's ``/openai/...`` paths and batches that never expire.
+    upstream_adapt
+        How ``"forward"`` rewrites each body for its upstream: ``"openai"`` (as is,
+        default), ``"llama.cpp"`` (structured outputs as ``json_object`` + ``schema``),
+        ``"vllm-guided"`` (``guided_json``, vLLM before 0.6) or a callable
+        ``(endpoint, body) -> body``.
     max_files
         Files the server holds at most (uploads past it get HTTP 400
         ``quota_exceeded``); ``None``: the provider's cap (Azure: 500, or 10,000
@@ -144,6 +149,7 @@ class LocalBatchServer:
         upstream_timeout: float = 600.0,
         provider: str | Provider | None = None,
         max_files: int | None = None,
+        upstream_adapt: str | Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         profile = ServerProfile.of(provider, max_files)
         limits = profile.provider.limits
@@ -157,7 +163,9 @@ class LocalBatchServer:
             if not upstream:
                 msg = 'executor="forward" needs upstream=, the base URL of an OpenAI-compatible server.'
                 raise ValueError(msg)
-            run = Forwarder(upstream, api_key=upstream_api_key, timeout=upstream_timeout)
+            run = Forwarder(
+                upstream, api_key=upstream_api_key, timeout=upstream_timeout, adapt=upstream_adapt
+            )
             concurrency = max_concurrency
         elif callable(executor):
             run, concurrency = executor, max_concurrency
