@@ -24,6 +24,7 @@ __all__ = [
     "STATUS_SCHEMA",
     "JobFacts",
     "batches_frame",
+    "format_cost",
     "format_seconds",
     "job_facts",
     "job_html",
@@ -226,7 +227,9 @@ class JobFacts:
         ]
         extra = [f"progress {self.progress:.0%}"]
         if self.cost_usd is not None:
-            extra.append(f"cost so far ${self.cost_usd:,.4f} ({self.priced_batches} batch(es))")
+            extra.append(
+                f"cost so far {format_cost(self.cost_usd)} ({self.priced_batches} batch(es))"
+            )
         if self.eta_seconds is not None:
             extra.append(f"ETA {format_seconds(self.eta_seconds)}")
         out.append(", ".join(extra))
@@ -251,12 +254,17 @@ def _batch_cost(r: ShardAttempt, prices: Mapping[str, Any] | None = None) -> flo
     u = r.usage
     inp, out = _usage(u, "input_tokens"), _usage(u, "output_tokens")
     price = price_for(r.model, {**DEFAULT_PRICES, **(prices or {})})  # the job's provider's
-    if inp is None or out is None or price is None:
-        return None
+    if inp is None or out is None or price is None or (not inp + out and not r.is_terminal):
+        return None  # no usage reported (yet)
     cached = _usage(u, "input_tokens_details", "cached_tokens") or 0
     p_in = price.get("input", 0.0)
     p_cached = price.get("cached_input", p_in)
     return ((inp - cached) * p_in + cached * p_cached + out * price.get("output", 0.0)) / 1e6
+
+
+def format_cost(usd: float) -> str:
+    """``"$1.2345"``, or ``"< $0.0001"`` for a cost too small to show in cents."""
+    return f"${usd:,.4f}" if usd >= 0.0001 or usd == 0 else "< $0.0001"
 
 
 def job_facts(manifest: Manifest, records: Sequence[ShardAttempt], now: float) -> JobFacts:
@@ -303,7 +311,7 @@ def job_html(manifest: Manifest, root: str, *, now: float | None = None) -> str:
     now = time.time() if now is None else now
     facts = job_facts(manifest, manifest.records, now)
     pct = f"{facts.progress:.0%}"
-    cost = "-" if facts.cost_usd is None else f"${facts.cost_usd:,.4f}"
+    cost = "-" if facts.cost_usd is None else escape(format_cost(facts.cost_usd))
     eta = "-" if facts.eta_seconds is None else format_seconds(facts.eta_seconds)
     cells = [
         ("status", escape(facts.state)),

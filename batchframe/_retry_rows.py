@@ -67,7 +67,8 @@ def attempt_base(options: dict[str, Any], shard: int) -> int:
 
 def tries_used(options: dict[str, Any], r: ShardAttempt) -> int:
     """Tries of the rows of attempt ``r`` that count in ``max_attempts``."""
-    return r.attempt + 1 - min(attempt_base(options, r.shard), r.attempt)
+    base = attempt_base(options, r.shard)
+    return r.attempt + 1 - (base if r.attempt >= base else 0)
 
 
 def _choose(job: BatchJob, where: pl.Expr) -> list[tuple[ShardAttempt, list[str]]]:

@@ -1,7 +1,8 @@
 """Start-up time: ``import batchframe`` and the CLI against ``import polars``, in one run.
 
 Each command runs in a fresh interpreter (``subprocess``), ``--rounds`` times, interleaved,
-and the median wall time is reported:
+and the median wall time is reported (and the median CPU time of the child, which a busy
+machine inflates less):
 
 * ``python -c "import polars"`` (the baseline: batchframe cannot start faster than it);
 * ``python -c "import batchframe"``;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,14 +51,18 @@ def make_job(root: str) -> None:
         job.wait(poll_interval=0.02, progress=False)
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, of the child) of one run of ``argv``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         msg = f"{argv} failed: {done.stderr.decode()[-500:]}"
         raise SystemExit(msg)
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -76,12 +82,16 @@ def main() -> None:
             "cli_status_offline": [*cli, "status", root, "--offline"],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
+        cpus: dict[str, list[float]] = {name: [] for name in commands}
         for argv in commands.values():  # warm the file cache once
             timed(argv, env)
         for _ in range(args.rounds):
             for name, argv in commands.items():
-                times[name].append(timed(argv, env))
+                wall, cpu = timed(argv, env)
+                times[name].append(wall)
+                cpus[name].append(cpu)
     med = {name: statistics.median(ts) for name, ts in times.items()}
+    cpu_med = {name: statistics.median(ts) for name, ts in cpus.items()}
     extra = med["import_batchframe"] - med["import_polars"]
     cli_total = med["cli_help"] + med["cli_status_offline"]
     print(
@@ -90,6 +100,7 @@ def main() -> None:
                 "rounds": args.rounds,
                 "load_1min": round(os.getloadavg()[0], 2),
                 "median_s": {k: round(v, 3) for k, v in med.items()},
+                "median_cpu_s": {k: round(v, 3) for k, v in cpu_med.items()},
                 "import_extra_over_polars_s": round(extra, 3),
                 "import_ratio_vs_polars": round(med["import_batchframe"] / med["import_polars"], 2),
                 "help_plus_status_s": round(cli_total, 3),

@@ -212,6 +212,7 @@ RESUME = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # over 30 s on a busy 2-core machine: CI runs it
 def test_s3_job_requests_and_resume_in_another_process(
     s3: dict[str, Any], moto: CountingMotoServer
 ) -> None:

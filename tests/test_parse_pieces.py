@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from polars.testing import assert_frame_equal
 from test_parse_fast import _files
@@ -39,6 +40,7 @@ def _in_pieces(data: bytes, size: int, *, errors: bool = False) -> tuple[pl.Data
     return _concat([ok for ok, _ in parts]), pl.concat([f for _, f in parts])
 
 
+@pytest.mark.slow  # over 30 s on a busy 2-core machine: CI runs it
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=_files(), size=st.integers(1, 6000))
 def test_pieces_give_the_frames_of_one_call(data: bytes, size: int) -> None:

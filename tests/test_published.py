@@ -383,6 +383,7 @@ _DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # over 30 s on a busy 2-core machine: CI runs it
 def test_driver_memory_does_not_grow_with_the_job(tmp_path: Path) -> None:
     """wait() + to_duckdb in a child process: peak RSS for 10x the rows stays put."""
     peaks = {}

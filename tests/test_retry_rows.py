@@ -203,3 +203,16 @@ def test_retry_survives_a_crash(tmp_path: Path, mode: str, monkeypatch: pytest.M
             assert results.ok.height == N
             assert max(_tagged(server, job.job_id).values()) == 1
             assert job.status()["attempt"].to_list() == [0, 1, 0, 1, 0, 1]
+
+
+def test_tries_used_counts_from_the_reset() -> None:
+    from batchframe._manifest import ShardAttempt
+    from batchframe._retry_rows import tries_used
+
+    def r(attempt: int, shard: int = 0) -> ShardAttempt:
+        return ShardAttempt(shard=shard, attempt=attempt, path="p", sha256="x", n_requests=1)
+
+    assert [tries_used({}, r(a)) for a in range(4)] == [1, 2, 3, 4]
+    reset = {"attempt_base": {"0": 3}}
+    assert [tries_used(reset, r(a)) for a in range(5)] == [1, 2, 3, 1, 2]
+    assert tries_used(reset, r(4, shard=1)) == 5  # another shard is not reset
