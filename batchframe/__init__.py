@@ -27,6 +27,7 @@ from batchframe._bodies import (
 )
 from batchframe._build import build_requests
 from batchframe._config import BatchLimits
+from batchframe._dataset import ResultsDataset, results_dataset
 from batchframe._job import BatchJob
 from batchframe._read import read_results, results_to_duckdb, scan_results
 from batchframe._requests import Requests
@@ -89,6 +90,7 @@ __all__ = [
     "NullValueError",
     "RequestTooLargeError",
     "Requests",
+    "ResultsDataset",
     "ResultsError",
     "ResultsTooLargeError",
     "StreamingNotSupportedError",
@@ -104,6 +106,7 @@ __all__ = [
     "moderations_body",
     "read_results",
     "responses_body",
+    "results_dataset",
     "results_to_duckdb",
     "run",
     "scan_results",

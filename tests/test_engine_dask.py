@@ -14,6 +14,8 @@ distributed = pytest.importorskip("distributed")
 
 import engine_cases  # noqa: E402
 
+import batchframe as bf  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 
@@ -34,8 +36,14 @@ def to_dask(df: pl.DataFrame, n: int) -> Any:
     return dd.from_pandas(df.to_pandas(), npartitions=n, sort=False)
 
 
+def read_dask(ds: bf.ResultsDataset) -> pl.DataFrame:
+    import dask.dataframe as dd
+
+    return pl.from_pandas(dd.read_parquet(ds.paths, filesystem=ds.filesystem).compute())
+
+
 def test_job(client: Any, tmp_path: Path) -> None:
-    engine_cases.check_job(to_dask, tmp_path)
+    engine_cases.check_job(to_dask, read_dask, tmp_path)
 
 
 def test_refusals(client: Any, tmp_path: Path) -> None:
