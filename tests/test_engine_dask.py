@@ -13,6 +13,7 @@ pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 
 import engine_cases  # noqa: E402
+from test_job_s3 import moto, s3  # noqa: E402, F401  (the moto server fixtures)
 
 import batchframe as bf  # noqa: E402
 
@@ -52,3 +53,33 @@ def test_refusals(client: Any, tmp_path: Path) -> None:
 
 def test_requests_api(client: Any) -> None:
     engine_cases.check_requests_api(to_dask)
+
+
+def test_job_on_s3(client: Any, moto: Any, s3: dict[str, Any]) -> None:  # noqa: F811
+    """The workers write shards straight into an s3:// root (moto server); results read back."""
+    import os
+
+    df = engine_cases.table(750)
+    requests = engine_cases.build(to_dask(df, 3))
+    root = "s3://jobs/dask-engine"
+    with (
+        bf.LocalBatchServer() as server,
+        bf.BatchJob.create(
+            requests, root, limits=engine_cases.LIMITS, client=server.client(), storage_options=s3
+        ) as job,
+    ):
+        pids = set(requests._stream.worker_pids)  # type: ignore[union-attr]
+        assert pids and os.getpid() not in pids
+        # 3 partitions of 125 rows per model: 6 full shards, and 6 leftovers of 25
+        # packed (concatenated on S3 by two tasks) into 2: as many as one machine.
+        assert len(job.status()) == engine_cases.build(df).plan(engine_cases.LIMITS).height
+        job.submit()
+        job.wait(poll_interval=0.02)
+        results = job.collect()
+    assert results.ok.height == df.height
+    ds = bf.results_dataset(root, storage_options=s3)
+    assert (
+        read_dask(ds)
+        .sort("custom_id")["custom_id"]
+        .equals(results.ok.sort("custom_id")["custom_id"])
+    )
