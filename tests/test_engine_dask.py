@@ -83,3 +83,25 @@ def test_job_on_s3(client: Any, moto: Any, s3: dict[str, Any]) -> None:  # noqa:
         .sort("custom_id")["custom_id"]
         .equals(results.ok.sort("custom_id")["custom_id"])
     )
+
+
+def test_dask_executor_runs_uploads_and_downloads(client: Any, tmp_path: Path) -> None:
+    """``executor=client.get_executor()``: the per-shard API calls run on the workers."""
+    df = engine_cases.table(300)
+    # The workers' own environment holds the key: it never travels with a task.
+    client.run(exec, "import os; os.environ['OPENAI_API_KEY'] = 'sk-worker'")
+    with bf.LocalBatchServer() as server, distributed.get_task_stream(client) as tasks:
+        results = bf.run(
+            df,
+            tmp_path / "job",
+            endpoint="/v1/chat/completions",
+            body=engine_cases.BODY,
+            custom_id="id",
+            client=server.client(),
+            executor=client.get_executor(pure=False),
+            limits=engine_cases.LIMITS,
+            poll_interval=0.02,
+        )
+    assert results.ok.height == df.height
+    names = {str(t["key"]).split("-")[0] for t in tasks.data}
+    assert {"upload", "download", "write_shard"} <= names, names
