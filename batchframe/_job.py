@@ -128,9 +128,11 @@ class BatchJob(JobEngine):
             row has been tried this many times.
         executor
             Runs per-shard work (writes, uploads, downloads, parsing). Default: a small
-            thread pool owned by the job. Shard writes are plain data; uploads and
-            downloads carry the client, so executors that pickle their tasks (process
-            pools, Dask, Ray) need a picklable client.
+            thread pool owned by the job. An executor that runs tasks in other
+            processes (Dask's ``client.get_executor(pure=False)``, a process pool) gets
+            the shard writes, uploads and downloads; the API key does not travel with
+            them (each worker uses its own ``OPENAI_API_KEY``, against the client's base
+            URL), and the job's other steps stay on its own threads.
         break_lock
             Take over the root's lock whoever holds it (see :meth:`open`).
 
