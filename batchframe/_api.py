@@ -470,4 +470,3 @@ class BatchAPI:
             after = str(data[-1].id)
         out.sort(key=lambda b: (b.created_at, b.id))
         return out
-
