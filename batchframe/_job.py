@@ -158,7 +158,7 @@ class BatchJob(JobEngine):
                 msg = f"a job was created at `{storage.root_url}` meanwhile; open it instead"
                 raise JobExistsError(msg)
             written, facts = requests._write(
-                storage.root_url, limits, storage_options, executor, fingerprint=True
+                storage, limits, storage_options, executor, fingerprint=True
             )
             manifest = Manifest.start(
                 requests,
