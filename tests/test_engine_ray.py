@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    logging.getLogger("ray").setLevel(logging.WARNING)  # its DEBUG records cost time here
     ctx = ray_data.DataContext.get_current()
     ctx.enable_progress_bars = False
     try:
