@@ -359,9 +359,9 @@ def test_lock_is_held_across_processes_on_s3(s3: dict[str, Any]) -> None:
     bf.BatchJob.create(requests, root, storage_options=s3).close()
     # Two processes race for the job: exactly one holds it, the other is refused.
     racers = [_holder(root, s3), _holder(root, s3)]
-    first = sorted(p.stdout.readline().strip() for p in racers if p.stdout)
-    assert first == ["held", "locked"], first
-    holder = next(p for p in racers if p.poll() is None)
+    said = [p.stdout.readline().strip() if p.stdout else "" for p in racers]
+    assert sorted(said) == ["held", "locked"], said
+    holder = racers[said.index("held")]
     # This process is refused too, naming the holder, while the holder lives...
     with pytest.raises(bf.JobLockedError, match=str(holder.pid)):
         bf.BatchJob.open(root, storage_options=s3)
