@@ -30,6 +30,7 @@ from batchframe._bodies import (
 from batchframe._build import build_requests
 from batchframe._config import BatchLimits
 from batchframe._cost import price_table, refresh_prices
+from batchframe._dataset import ResultsDataset, results_dataset
 from batchframe._job import BatchJob
 from batchframe._providers import Provider, get_provider
 from batchframe._read import read_results, results_to_duckdb, scan_results
@@ -107,6 +108,7 @@ __all__ = [
     "ProviderError",
     "RequestTooLargeError",
     "Requests",
+    "ResultsDataset",
     "ResultsError",
     "ResultsTooLargeError",
     "RetryBackoff",
@@ -126,6 +128,7 @@ __all__ = [
     "read_results",
     "refresh_prices",
     "responses_body",
+    "results_dataset",
     "results_to_duckdb",
     "run",
     "scan_results",

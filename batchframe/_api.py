@@ -306,6 +306,16 @@ class BatchAPI:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle for another process (a Dask or Ray executor) without the API key.
+
+        The copy calls the same base URL with the key of the environment it is
+        unpickled in (``OPENAI_API_KEY``), so the key never travels with a task.
+        """
+        from batchframe._remote_api import RemoteAPI
+
+        return (RemoteAPI, (str(self._client.base_url), self.retry))
+
     def __repr__(self) -> str:
         # Deliberately no api key, and no base URL credentials.
         return f"{type(self).__name__}(base_url={str(self._client.base_url)!r})"

@@ -20,7 +20,8 @@ through the driver. A pass runs in three steps:
 
 Shards are numbered full shards first (in partition order), then packed ones, and
 their file names carry the pass; the manifest records each shard's file. A pass that
-fails removes every file it wrote.
+fails removes every file it wrote: a partition that fails reports its error as a result,
+so the engine finishes the others first and none writes after the clean-up.
 
 The fingerprint of an engine input does not depend on how it is partitioned or
 ordered: it is the SHA-256 of the *sum* (modulo 2**256) of the SHA-256 of every line,
@@ -186,7 +187,14 @@ def _in_partition(exc: BatchframeError, label: str) -> BatchframeError:
     return exc
 
 
-def _partition(task: _Task, part: pl.DataFrame, label: str) -> _PartResult:
+@dataclass
+class _PartFailed:
+    """A partition refused (its own files removed already)."""
+
+    error: Exception
+
+
+def _partition(task: _Task, part: pl.DataFrame, label: str) -> _PartResult | _PartFailed:
     """Build, plan and write one partition's shards (runs on a worker)."""
     b = task.builder
     name = uuid.uuid4().hex[:12]
@@ -216,10 +224,12 @@ def _partition(task: _Task, part: pl.DataFrame, label: str) -> _PartResult:
                 files.write(segments, lines, full)
         if files is not None:
             files.close_all()
-    except BatchframeError as exc:
+    except Exception as exc:
         if files is not None:
             files.abort()
-        raise _in_partition(exc, label) from exc.__cause__
+        # Returned, not raised: the engine then finishes every other partition before
+        # the driver sees the error, so that the files they write can all be removed.
+        return _PartFailed(_in_partition(exc, label) if isinstance(exc, BatchframeError) else exc)
     except BaseException:
         if files is not None:
             files.abort()
@@ -379,10 +389,15 @@ class DistributedInput(StreamedInput):
             token=uuid.uuid4().hex[:8],
         )
         try:
-            results: list[_PartResult] = self.engine.map_partitions(
+            results: list[_PartResult | _PartFailed] = self.engine.map_partitions(
                 partial(_partition, task), self._columns()
             )
-            done = self._assemble(results, limits, storage, task)
+            failed = [r.error for r in results if isinstance(r, _PartFailed)]
+            if failed:
+                raise failed[0]
+            done = self._assemble(
+                [r for r in results if isinstance(r, _PartResult)], limits, storage, task
+            )
         except BaseException as exc:
             if storage is not None:
                 _remove_pass(storage, task.token)
@@ -448,8 +463,10 @@ class DistributedInput(StreamedInput):
         return done if storage is not None else {}
 
     def chunks(self) -> Iterator[pl.DataFrame]:
-        """Every row's line and facts, read through the driver (for ``Requests.frame``)."""
-        self.check_unique()
+        """Every row's line and facts, read through the driver (for ``Requests.frame``).
+
+        ``Requests`` checks the ids of the rows it then holds itself.
+        """
         yield from StreamedInput(self.builder, self.source).chunks()
 
 

@@ -127,9 +127,13 @@ class JobEngine:
         self._m = manifest
         self._api_factory = api
         self._fence = lock if isinstance(lock, Fence) else Fence(storage, lock)
-        self._own_executor = executor is None
-        self._executor: Executor = executor or ThreadPoolExecutor(
-            max_workers=min(8, (os.cpu_count() or 2) * 2), thread_name_prefix="batchframe"
+        from batchframe._remote_api import job_executor
+
+        self._executor, self._own_executor = job_executor(
+            executor,
+            lambda: ThreadPoolExecutor(
+                max_workers=min(8, (os.cpu_count() or 2) * 2), thread_name_prefix="batchframe"
+            ),
         )
         self._reconciled = False
         self._closed = False

@@ -150,9 +150,11 @@ class BatchJob(JobEngine):
             :class:`RetryBackoff`; default ``RetryBackoff()``).
         executor
             Runs per-shard work (writes, uploads, downloads, parsing). Default: a small
-            thread pool owned by the job. Shard writes are plain data; uploads and
-            downloads carry the client, so executors that pickle their tasks (process
-            pools, Dask, Ray) need a picklable client.
+            thread pool owned by the job. An executor that runs tasks in other
+            processes (Dask's ``client.get_executor(pure=False)``, a process pool) gets
+            the shard writes, uploads and downloads; the API key does not travel with
+            them (each worker uses its own ``OPENAI_API_KEY``, against the client's base
+            URL), and the job's other steps stay on its own threads.
         break_lock
             Take over the root's lock whoever holds it (see :meth:`open`).
         provider
@@ -220,7 +222,7 @@ class BatchJob(JobEngine):
                 msg = f"a job was created at `{storage.root_url}` meanwhile; open it instead"
                 raise JobExistsError(msg)
             written, facts = requests._write(
-                storage.root_url, limits, storage_options, executor, fingerprint=True
+                storage, limits, storage_options, executor, fingerprint=True
             )
             written = rewrite_line_urls(storage, written, prof, requests.endpoint)
             manifest = Manifest.start(

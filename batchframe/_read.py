@@ -24,7 +24,6 @@ from batchframe._publish import (
     PartFile,
     Published,
     is_local,
-    local_copy,
     map_bounded,
     mirror_dir,
     ok_frame_schema,
@@ -417,7 +416,9 @@ def scan_results(
     read, and a result larger than memory can be aggregated or sunk
     (``.sink_parquet``). Files that are missing are published first, one or two
     attempts at a time. A local root is scanned in place; a remote root's files
-    (``s3://``, ``memory://``, ...) are copied once into a local cache directory
+    on an object store is read in place by Polars' own cloud reader, its
+    ``storage_options`` translated (S3, GCS, Azure); other remote files (``memory://``,
+    options Polars has no equivalent for) are copied once into a local cache directory
     (``$TMPDIR/batchframe-cache/<job_id>``) and scanned from there.
 
     Each file's footer is checked first: a missing, truncated or replaced file is
@@ -484,8 +485,9 @@ def scan_results(
     if not files:
         empty = _empty_ok(manifest) if part == "ok" else _empty_failed()
         return empty.lazy()
-    mirror = _mirror_dir(manifest.job_id)
-    return pl.scan_parquet([local_copy(storage, f, mirror) for f in files])
+    from batchframe._dataset import scan_files
+
+    return scan_files(storage, files, _mirror_dir(manifest.job_id))
 
 
 def results_to_duckdb(

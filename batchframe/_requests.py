@@ -22,6 +22,7 @@ from batchframe._config import BatchLimits
 from batchframe._plan import Shard, plan_frame, plan_whole
 
 if TYPE_CHECKING:
+    from batchframe._storage import Storage
     from batchframe._stream import StreamedInput, Totals
 
 FRAME_SCHEMA = {
@@ -371,7 +372,7 @@ class Requests:
 
     def _write(
         self,
-        root: str | os.PathLike[str],
+        root: str | os.PathLike[str] | Storage,
         limits: BatchLimits | None,
         storage_options: Mapping[str, Any] | None,
         executor: Executor | None,
@@ -386,7 +387,8 @@ class Requests:
         from batchframe._storage import Storage
 
         limits = limits or BatchLimits()
-        storage = Storage(os.fspath(root), storage_options)
+        # A job's own Storage: it then knows the shards' sizes (no HEAD to upload them).
+        storage = root if isinstance(root, Storage) else Storage(os.fspath(root), storage_options)
         if self._lines_ is None:
             assert self._stream is not None
             done = self._stream.run(limits, storage=storage, fingerprint=fingerprint)

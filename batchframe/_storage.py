@@ -138,6 +138,11 @@ class Storage:
         #: Whether objects are written directly under their names (object stores).
         self.direct_writes: bool = bool(_protocols(fs) & OBJECT_STORE_PROTOCOLS)
         self._root_made = False
+        #: S3: sizes of the objects this Storage wrote (by path), so that :meth:`size`
+        #: sends no HEAD request for them. (Reads still send one: s3fs reads with the
+        #: object's ETag, so that a read never mixes two versions.)
+        self._sizes: dict[str, int] = {}
+        self._known_sizes = bool(_protocols(fs) & {"s3", "s3a"})
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -198,7 +203,10 @@ class Storage:
 
     def size(self, rel: str) -> int:
         """Size of ``rel`` in bytes."""
-        return int(self.fs.size(self.path(rel)))
+        path = self.path(rel)
+        if path in self._sizes:
+            return self._sizes[path]
+        return int(self.fs.size(path))
 
     # -- writes --------------------------------------------------------------------------
     def makedirs(self, rel: str) -> None:
@@ -277,6 +285,8 @@ class Storage:
             self._make_root()
             with self._root_errors():
                 self.fs.pipe_file(self.path(rel), bytes(data))
+            if self._known_sizes:
+                self._sizes[self.path(rel)] = len(data)
             return
         with self.open_write(rel) as f:
             f.write(data)
@@ -315,17 +325,22 @@ class Storage:
     def _open_direct(self, target: str) -> Iterator[IO[bytes]]:
         # Not ``with fs.open(...)``: its ``__exit__`` (and ``__del__``) would close the
         # file, that is complete the upload, even when the block raised.
+        self._sizes.pop(target, None)
         f = self.fs.open(target, "wb")
         try:
             yield f
         except BaseException:
             _abandon(f)
             raise
+        size = f.tell()
         f.close()
+        if self._known_sizes:
+            self._sizes[target] = size
 
     def delete(self, rel: str) -> None:
         """Delete ``rel`` if it exists."""
         p = self.path(rel)
+        self._sizes.pop(p, None)
         if self.direct_writes:
             with suppress(FileNotFoundError):  # one DELETE; a missing key is fine
                 self.fs.rm_file(p)

@@ -17,6 +17,7 @@ import pytest
 import batchframe as bf
 
 ToEngine = Callable[[pl.DataFrame, int], Any]
+ReadWithEngine = Callable[[bf.ResultsDataset], pl.DataFrame]
 
 BODY = bf.chat_body(pl.col("model"), user=pl.col("text"))
 LIMITS = bf.BatchLimits(max_requests=100)
@@ -45,8 +46,12 @@ def shard_lines(root: Path, manifest: dict[str, Any]) -> list[list[dict[str, Any
     ]
 
 
-def check_job(to_engine: ToEngine, tmp_path: Path) -> None:
-    """Workers write the shards; the job settles every row once; resume needs no new batch."""
+def check_job(to_engine: ToEngine, read: ReadWithEngine, tmp_path: Path) -> None:
+    """Workers write the shards; the job settles every row once; resume needs no new batch.
+
+    The published results read back with the engine (``bf.results_dataset``) are the
+    rows ``scan_results`` gives.
+    """
     df = table()
     requests = build(to_engine(df, 4))
     assert requests.streamed
@@ -76,6 +81,14 @@ def check_job(to_engine: ToEngine, tmp_path: Path) -> None:
         assert ok.height + failed.height == df.height
         assert set(ok["custom_id"]).isdisjoint(set(failed["custom_id"]))
         assert set(ok["custom_id"]) | set(failed["custom_id"]) == set(df["id"])
+        for part, expected in (("ok", ok), ("failed", failed)):
+            ds = bf.results_dataset(root, part=part)  # type: ignore[arg-type]
+            assert bf.scan_results(root, part=part).collect().equals(expected)
+            if not ds.paths:
+                assert expected.is_empty()
+                continue
+            got = read(ds).select(expected.columns)
+            assert got.sort("custom_id").equals(expected.sort("custom_id"), null_equal=True)
         n_batches = len(server.batches())
         # The same rows, partitioned otherwise or in memory: the same job, nothing new.
         for frame in (to_engine(df, 3), df):
