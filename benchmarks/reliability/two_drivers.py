@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ServerProcess, audit, load, run_driver, start_driver  # noqa: E402
+from _common import ServerProcess, audit, load, run_driver, start_driver
 
 
 def trial(
