@@ -213,12 +213,13 @@ class ServerProcess:
         return make_client(self.base_url, api_key="x")
 
     def batches(self, job_id: str) -> list[Any]:
-        """Every batch tagged for ``job_id``."""
-        out = []
-        for b in self.client().batches.list(limit=100):
-            if (b.metadata or {}).get("batchframe_job") == job_id:
-                out.append(b)
-        return out
+        """Every batch tagged for ``job_id`` (retrying injected API errors patiently)."""
+        from batchframe._api import BatchAPI, RetryPolicy
+
+        api = BatchAPI(
+            self.client(), retry=RetryPolicy(max_tries=200, backoff=0.01, max_backoff=0.05)
+        )
+        return api.find_batches({"batchframe_job": job_id})
 
     def close(self) -> None:
         """Stop the server process."""

@@ -9,7 +9,8 @@ that ran, wall time.
 Faults: API calls answered 429/500 before they take effect (30/60/90 %), lost answers
 of ``batches.create`` and ``files.create`` (the call takes effect, the client sees a
 500), per-line 500s (20/50 %), batches expiring with part of their lines done, a 6-s
-outage of the model (every line 500), and a mix.
+outage of the model (every line 500; also with the retry policy of before: retried
+at once, three tries), and a mix.
 
 Run: ``python benchmarks/reliability/faults.py [--rows 60] [--shard 10]``.
 """
@@ -25,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ServerProcess, audit, load, run_driver  # noqa: E402
+from _common import ServerProcess, audit, load, run_driver
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -38,6 +39,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "line failures 50%": {"failure_rate": 0.5},
     "expiry (window 0.4 s)": {"completion_window_seconds": 0.4, "requests_per_second": 40},
     "outage 6 s (every line 500)": {"outage": 6.0},
+    "outage 6 s, before: no backoff, 3 tries": {
+        "outage": 6.0,
+        "driver": {"backoff": {"initial": 0.0}, "options": {"max_attempts": 3}},
+    },
     "mix: api 30% + lines 20% + lost creates": {
         "api_error_rate": 0.3,
         "failure_rate": 0.2,
@@ -46,13 +51,23 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_config(name: str, server_cfg: dict[str, Any], rows: int, shard: int, tmp: str) -> dict[str, Any]:
+def run_config(
+    name: str, server_cfg: dict[str, Any], rows: int, shard: int, tmp: str
+) -> dict[str, Any]:
     """One job under one fault configuration; its figures."""
     root = Path(tmp) / name.replace(" ", "_").replace("%", "pc").replace("/", "_")
     started = time.monotonic()
+    server_cfg = dict(server_cfg)
+    driver = server_cfg.pop("driver", {})
     with ServerProcess(seed=7, retry_after_seconds=0.01, **server_cfg) as server:
         code, _, err = run_driver(
-            {"base_url": server.base_url, "root": str(root), "rows": rows, "shard": shard}
+            {
+                "base_url": server.base_url,
+                "root": str(root),
+                "rows": rows,
+                "shard": shard,
+                **driver,
+            }
         )
         if code != 0:
             msg = f"{name}: the driver failed: {err[-3000:]}"
@@ -87,7 +102,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             fig = run_config(name, cfg, args.rows, args.shard, tmp)
             out.append(fig)
             print("  " + " | ".join(f"{k}: {v}" for k, v in fig.items()), flush=True)
-    bad = [f for f in out if f["lost"] or f["duplicated"] or f["dup ran"] or f["batches/attempt"] > 1]
+    bad = [
+        f for f in out if f["lost"] or f["duplicated"] or f["dup ran"] or f["batches/attempt"] > 1
+    ]
     print(f"{len(out)} configurations; {len(bad)} with a lost/duplicated row or batch")
     return out
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ServerProcess, audit, load, run_driver  # noqa: E402
+from _common import ServerProcess, audit, load, run_driver
 
 MODES = [
     "random",
@@ -64,9 +64,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     unclean: list[str] = []
     started = time.monotonic()
     print(f"kill campaign: {args.trials} trials x {args.kills} driver runs, {load()}")
-    with tempfile.TemporaryDirectory() as tmp, ServerProcess(
-        failure_rate=0.15, requests_per_second=300, validation_seconds=0.05, seed=args.seed
-    ) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ServerProcess(
+            failure_rate=0.15, requests_per_second=300, validation_seconds=0.05, seed=args.seed
+        ) as server,
+    ):
         for trial in range(args.trials):
             root = Path(tmp) / f"trial{trial}"
             base = {
