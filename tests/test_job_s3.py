@@ -252,8 +252,9 @@ def test_s3_job_requests_and_resume_in_another_process(
     # Measured 267 here (two processes) with direct writes and coalesced saves; before
     # them a job like this one made about 780. Issue 11's target, 150, is not met yet:
     # publishing still stages each Parquet file and copies it into place (~60 requests),
-    # and shards and outputs are read twice (see benchmarks/README.md).
-    assert total <= 280, (submitted, total)
+    # and shards and outputs are read twice (see benchmarks/README.md). The lock's fence
+    # (issue 13) reads lock.json before every manifest write that changes it: 303 here.
+    assert total <= 320, (submitted, total)
 
 
 def test_manifest_save_skips_unchanged_content(
