@@ -194,3 +194,41 @@ def test_two_drivers_script_small() -> None:
         assert fig["duplicates that ran"] == 0, fig
         assert fig["lost rows"] == 0 and fig["duplicated rows"] == 0, fig
         assert fig["ok"] == 80, fig
+
+
+def test_batch_made_by_a_displaced_driver_is_adopted_not_made_again(tmp_path: Path) -> None:
+    """A batch for a shard this driver still holds as pending (made by the driver it
+    took over from, from that driver's own upload) is adopted: no second batch."""
+    root = tmp_path / "job"
+    with bf.LocalBatchServer(seed=6) as server:
+        job = bf.BatchJob.create(
+            _requests(20),
+            str(root),
+            client=server.client(),
+            limits=bf.BatchLimits(max_requests=10),
+            max_in_flight=1,
+        )
+        job.submit()  # shard 0 only
+        (first,) = _job_batches(server, job.job_id)
+        shard1 = job._m.record(1, 0)
+        assert shard1 is not None and shard1.status in ("pending", "uploaded")
+        client = server.client()
+        data = (root / "shards" / "00001.jsonl").read_bytes()
+        file_id = client.files.create(file=("other.jsonl", data), purpose="batch").id
+        tags = dict(first["metadata"], batchframe_shard="1", batchframe_sha256=shard1.sha256)
+        theirs = client.batches.create(
+            input_file_id=file_id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata=tags,
+        )
+        job._last_scan = None  # scan at the next step, as after a takeover
+        job.wait(poll_interval=0.02, progress=False)
+        status = job.status()
+        results = job.collect()
+        job.close()
+        batches = _job_batches(server, job.job_id)
+    assert len(batches) == 2
+    assert status.filter(pl.col("shard") == 1)["batch_id"].to_list() == [theirs.id]
+    assert status["duplicate_batch_ids"].null_count() == status.height
+    assert results.ok.height == 20
