@@ -70,7 +70,7 @@ DRIVER = textwrap.dedent(
 
     if cfg.get("no_fence"):  # the code before fencing, for the baseline figures
         _fence.Fence.check = lambda self: None
-        _engine.JobEngine._maybe_scan = lambda self: None
+        _engine.JobEngine._maybe_scan = lambda self, **k: None
     if mode in ("before_create", "after_create", "retry_create"):
         orig_create = _api.BatchAPI.create_batch
         left = [rng.randint(1, 3)]
