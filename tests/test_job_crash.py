@@ -99,7 +99,10 @@ CHILD = textwrap.dedent(
     if os.path.exists(os.path.join(root, "manifest.json")):
         job = bf.BatchJob.open(root, client=client)
     else:
-        job = bf.BatchJob.create(req, root, client=client, limits=bf.BatchLimits(max_requests=%(m)d))
+        job = bf.BatchJob.create(
+            req, root, client=client, limits=bf.BatchLimits(max_requests=%(m)d),
+            retry_backoff=bf.RetryBackoff(initial=0.05, max_delay=0.2),  # crashes, not waits
+        )
     job.submit()
     job.wait(poll_interval=0.02, progress=False)
     print("done", flush=True)
@@ -180,6 +183,7 @@ def test_sigkill_at_random_moments(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                     str(root),
                     client=server.client(),
                     limits=bf.BatchLimits(max_requests=MAX_REQUESTS),
+                    retry_backoff=bf.RetryBackoff(initial=0.05, max_delay=0.2),
                 )
             with job:
                 job.wait(poll_interval=0.02)
