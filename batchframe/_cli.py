@@ -174,7 +174,10 @@ def _schedule() -> argparse.ArgumentParser:
     )
     g.add_argument("--max-in-flight", type=int, metavar="N", help="most batches running at once")
     g.add_argument(
-        "--max-attempts", type=int, metavar="N", help="tries per row for retryable failures (3)"
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="tries per row for retryable failures (default: 3, more during an outage)",
     )
     return p
 

@@ -209,14 +209,22 @@ class JobEngine:
                         "batch %s is tagged for this job but for no known shard attempt", b.id
                     )
                 continue
+            same_lines = b.metadata.get("batchframe_sha256", r.sha256) == r.sha256
             if (
                 r.batch_id is None
-                and r.status in ("submitting", "uploaded")
+                and r.status in ("pending", "submitting", "uploaded")
                 and tags[2] == r.submission
+                and same_lines
             ):
                 _log.info(
-                    "adopting batch %s for shard attempt %s (created before a crash)", b.id, r.key
+                    "adopting batch %s for shard attempt %s (created before a crash, or by "
+                    "a driver this one took over from)",
+                    b.id,
+                    r.key,
                 )
+                if r.status == "pending":  # made by another driver, from its own upload
+                    r.move("uploaded")
+                    r.input_file_id = b.input_file_id
                 if r.status == "uploaded":
                     r.move("submitting")
                 r.batch_id = b.id
@@ -702,29 +710,32 @@ class JobEngine:
         ]
         return max(0.0, min(due) - self._clock()) if due else None
 
-    def _maybe_scan(self) -> None:
-        """Scan for duplicate batches now and then, and once when the job settles."""
+    def _maybe_scan(self, *, settled: bool = False) -> None:
+        """Scan for duplicate batches now and then (before submitting), and at the end."""
         if not any(r.intent_at is not None for r in self._m.records):
             return
-        settled = all(r.is_settled for r in self._m.records)
-        due = (
+        if settled:
+            if not self._settled_scan and all(r.is_settled for r in self._m.records):
+                self._scan_duplicates()
+                self._settled_scan = True
+            return
+        if (
             self._last_scan is None
             or time.monotonic() - self._last_scan >= _DUPLICATE_SCAN_INTERVAL
-        )
-        if due or (settled and not self._settled_scan):
+        ):
             self._scan_duplicates()
-            self._settled_scan = settled
 
     def _step(self) -> bool:
         """One round of :meth:`BatchJob.wait`; return whether batches were submitted."""
         self._ensure_reconciled()
+        self._maybe_scan()
         self._poll()
         # Fill the room finished batches left before downloading their files.
         submitted = self._submit_admissible()
         self._download()
         self._settle()
         submitted = bool(self._submit_admissible() or submitted)
-        self._maybe_scan()
+        self._maybe_scan(settled=True)
         self._check_paused()
         return submitted
 

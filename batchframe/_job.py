@@ -298,10 +298,13 @@ class BatchJob(JobEngine):
             safe: from this same process (an earlier job object, e.g. a re-run
             notebook cell), silently; from a process on this host that is gone (a
             crash or a kill: its pid is dead or now another process's), with a
-            warning on the ``batchframe`` logger. A live holder on this host, and any holder
-            that cannot be checked from here (another host, another container, or
-            before a reboot), raise :class:`JobLockedError` naming it; pass
-            ``break_lock=True`` once you are sure it no longer drives the job.
+            warning on the ``batchframe`` logger; from a holder that cannot be checked
+            from here (another host, another container, or before a reboot) once its
+            heartbeat is older than ``batchframe._manifest.LOCK_TTL`` (120 s), also with
+            a warning. Other holders raise :class:`JobLockedError` naming them; pass
+            ``break_lock=True`` once you are sure they no longer drive the job. A
+            holder taken over stops with :class:`JobLockedError` before its next batch
+            creation or manifest save (the lock's epoch is a fencing token).
         provider
             When given, the provider the caller expects: a job created for another
             one is refused with :class:`ProviderError` (its files and batches live there).
@@ -490,6 +493,10 @@ class BatchJob(JobEngine):
             ``timeout`` passed before the job settled.
         APIError
             The API kept failing; the state is saved, call again later.
+        JobLockedError
+            Another process took the job over (``break_lock=True``, a deleted lock
+            file, a heartbeat older than the TTL); this one created and saved nothing
+            after noticing it.
         """
         deadline = Deadline(timeout)
         backoff = PollBackoff(interval=poll_interval)

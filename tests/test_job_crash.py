@@ -99,7 +99,10 @@ CHILD = textwrap.dedent(
     if os.path.exists(os.path.join(root, "manifest.json")):
         job = bf.BatchJob.open(root, client=client)
     else:
-        job = bf.BatchJob.create(req, root, client=client, limits=bf.BatchLimits(max_requests=%(m)d))
+        job = bf.BatchJob.create(
+            req, root, client=client, limits=bf.BatchLimits(max_requests=%(m)d),
+            retry_backoff=bf.RetryBackoff(initial=0.05, max_delay=0.2),  # crashes, not waits
+        )
     job.submit()
     job.wait(poll_interval=0.02, progress=False)
     print("done", flush=True)
@@ -180,6 +183,7 @@ def test_sigkill_at_random_moments(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                     str(root),
                     client=server.client(),
                     limits=bf.BatchLimits(max_requests=MAX_REQUESTS),
+                    retry_backoff=bf.RetryBackoff(initial=0.05, max_delay=0.2),
                 )
             with job:
                 job.wait(poll_interval=0.02)
@@ -282,3 +286,19 @@ def test_crash_between_create_and_save_is_adopted(
             job.wait(poll_interval=0.02)
             assert job.collect().ok.height == N_ROWS
         assert len(_tagged(server, job.job_id)) == 2
+
+
+def test_kill_campaign_small() -> None:
+    """benchmarks/reliability/kills.py, about ten kills (the README has the full run)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "reliability"))
+    try:
+        import kills
+    finally:
+        sys.path.pop(0)
+    figures = kills.main(["--trials", "4", "--kills", "3", "--seed", "5"])
+    assert int(figures["kills"]) >= 6, figures  # type: ignore[call-overload]
+    assert figures["max batches per shard attempt"] == 1, figures
+    assert figures["duplicates that ran"] == 0 and figures["duplicate batches"] == 0, figures
+    assert figures["lost rows"] == 0 and figures["duplicated rows"] == 0, figures
+    assert figures.get("duckdb mismatches", 0) == 0, figures
+    assert figures["unclean trials"] == 0, figures
