@@ -179,6 +179,11 @@ class Storage:
 
     def read_bytes(self, rel: str) -> bytes:
         """The whole content of ``rel``."""
+        if self._known_sizes:
+            # s3fs asks for the size first (a HEAD) to read big objects in parallel
+            # ranges; one GET is enough for what is read whole here (manifest, lock).
+            whole: bytes = self.fs.cat_file(self.path(rel), max_concurrency=1)
+            return whole
         data: bytes = self.fs.cat_file(self.path(rel))
         return data
 
