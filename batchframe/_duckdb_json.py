@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from batchframe._lines import read_text_lines
 from batchframe._schemas import MODERATION_CATEGORIES, endpoint_key
-from batchframe._shapes import shape_sql
+from batchframe._shapes import explain, shape_sql
 from batchframe.exceptions import ResultsError
 
 __all__ = ["read_lines"]
@@ -319,9 +319,10 @@ def _query(kind: str, base64: bool, *, cut: bool, body: bool = True, lenient: bo
     else:
         raw, prefix = "line", "$.response.body"
         ok = "w.error IS NULL AND _rtype = 'OBJECT' AND w.response.status_code BETWEEN 200 AND 299"
-    types, shape = shape_sql(kind, base64, raw=raw, prefix=prefix, ok=ok)
-    extra = f", {_TOOL_CALLS} AS _tc" if kind == "chat/completions" else ""
-    source = f"SELECT *, {types}{extra} FROM ({source})"
+    wrapper, shape = shape_sql(kind, base64, raw=raw, prefix=prefix, ok=ok)
+    if kind == "chat/completions":
+        source = f"SELECT *, {_TOOL_CALLS} AS _tc FROM ({source})"
+    source = wrapper.replace("{source}", source)
     return f"SELECT {common}, {', '.join(columns)}, {shape} AS _shape FROM ({source})"
 
 
@@ -432,6 +433,11 @@ def read_lines(
     finally:
         con.close()
     parsed = parts[0] if len(parts) == 1 else pl.concat(parts).sort("_ordinal")
+    if parsed["_shape"].null_count() < len(parsed):  # rare: messages for the bad bodies
+        shape = parsed["_shape"].map_elements(
+            lambda code: explain(kind, base64, code), return_dtype=pl.String
+        )
+        parsed = parsed.with_columns(shape)
     # Assembled from Series (no query per step: a job parses many small pieces).
     columns = [lines["_lineno"], lines["line"]]
     for column in parsed.get_columns():

@@ -50,13 +50,23 @@ class _Probe:
 
 
 # JSON kinds as a message says them, from DuckDB's `json_type` names.
-_KIND = (
-    "CASE {t} WHEN 'OBJECT' THEN 'an object' WHEN 'ARRAY' THEN 'an array' "
-    "WHEN 'VARCHAR' THEN 'a string' WHEN 'BOOLEAN' THEN 'a boolean' "
-    "WHEN 'DOUBLE' THEN 'a number' ELSE 'an integer' END"
-)
-_INTEGER = ("UBIGINT", "BIGINT")
-_DIGITS = ", ".join(f"'{d}'" for d in "{[-0123456789")
+_KINDS = {
+    "OBJECT": "an object",
+    "ARRAY": "an array",
+    "VARCHAR": "a string",
+    "BOOLEAN": "a boolean",
+    "DOUBLE": "a number",
+    "UBIGINT": "an integer",
+    "BIGINT": "an integer",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    """A problem read off the typed values alone, looked at only where ``gate`` holds."""
+
+    gate: str
+    problem: str
 
 
 def _lit(text: str) -> str:
@@ -64,8 +74,15 @@ def _lit(text: str) -> str:
 
 
 def _sus(x: str) -> str:
-    """Whether the VARCHAR ``x`` may be the JSON text of a non-string (then probe it)."""
-    return f"(left({x}, 1) IN ({_DIGITS}) OR {x} IN ('true', 'false'))"
+    """Whether the VARCHAR ``x`` may be the JSON text of a non-string (then probe it).
+
+    It starts with ``-``, a digit, ``[`` or ``{`` (by code point: cheaper than ``left``),
+    or is ``true``/``false``.
+    """
+    return (
+        f"(ord({x}) BETWEEN 45 AND 57 AND ord({x}) NOT IN (46, 47) OR ord({x}) IN (91, 123) "
+        f"OR {x} IN ('true', 'false'))"
+    )
 
 
 def _string(name: str, path: str, x: str, *, required: bool = False) -> _Probe:
@@ -109,23 +126,26 @@ def _at(prefix: str, *parts: str) -> str:
     return " || ".join(out)
 
 
-def _probe_problem(p: _Probe, t: str) -> str:
-    missing = _lit(f"`{p.name}` is missing") if p.required else "NULL"
+def _probe_problem(p: _Probe, k: int, t: str) -> str:
+    """A short code (``#k:TYPE``, ``#k:missing``, ``#k:empty``) where probe ``k`` fails.
+
+    The message is written from it outside SQL (:func:`explain`): string constants
+    repeated per probe made DuckDB's binder the largest cost of a small query.
+    """
+    missing = f"'#{k}:missing'" if p.required else "NULL"
     allowed = f"{t} IN ({', '.join(_lit(a) for a in p.allowed)})" if p.allowed else "false"
-    ok = _lit(p.on_allowed) if p.on_allowed else "NULL"
-    wrong = f"{_lit(f'`{p.name}` should be {p.expect} but is ')} || {_KIND.format(t=t)}"
+    ok = f"'#{k}:empty'" if p.on_allowed else "NULL"
     return (
         f"CASE WHEN {p.when} THEN CASE WHEN {t} IS NULL OR {t} = 'NULL' THEN {missing} "
-        f"WHEN {allowed} THEN {ok} ELSE {wrong} END END"
+        f"WHEN {allowed} THEN {ok} ELSE '#{k}:' || {t} END END"
     )
 
 
-def _chat(b: str) -> list[_Probe | str]:
-    c = f"{b}.choices[1]"
-    m = f"{c}.message"
-    probes: list[_Probe | str] = [
+def _chat(b: str) -> list[_Probe | _Direct]:
+    c, m = "_c1", "_m"  # b.choices[1] and its message (see _ALIASES)
+    probes: list[_Probe | _Direct] = [
         _Probe("choices", ".choices", f"{b}.choices IS NULL", (), "an array", required=True),
-        f"CASE WHEN len({b}.choices) = 0 THEN '`choices` is empty' END",
+        _Direct(f"len({b}.choices) = 0", "'`choices` is empty'"),
         _object(
             "choices[0]",
             ".choices[0]",
@@ -141,15 +161,19 @@ def _chat(b: str) -> list[_Probe | str]:
         ),
         _string("choices[0].message.content", ".choices[0].message.content", f"{m}.content"),
         _string("choices[0].message.refusal", ".choices[0].message.refusal", f"{m}.refusal"),
-        f"CASE WHEN left({m}.tool_calls, 1) <> '[' THEN "
-        "'`choices[0].message.tool_calls` should be an array' END",
-        _first_problem(
-            "_tc",
-            "CASE WHEN NOT coalesce(left(x.function.name, 1) = '\"' AND "
-            "left(x.function.arguments, 1) = '\"' AND coalesce(left(x.id, 1), '\"') = '\"' "
-            "AND coalesce(left(x.type, 1), '\"') = '\"', false) THEN "
-            "'`choices[0].message.tool_calls[' || (i - 1) || ']` should be an object with "
-            "string `function.name` and `function.arguments`' END",
+        _Direct(
+            f"{m}.tool_calls IS NOT NULL",
+            f"CASE WHEN left({m}.tool_calls, 1) <> '[' THEN "
+            "'`choices[0].message.tool_calls` should be an array' ELSE "
+            + _first_problem(
+                "_tc",
+                "CASE WHEN NOT coalesce(left(x.function.name, 1) = '\"' AND "
+                "left(x.function.arguments, 1) = '\"' AND coalesce(left(x.id, 1), '\"') = '\"' "
+                "AND coalesce(left(x.type, 1), '\"') = '\"', false) THEN "
+                "'`choices[0].message.tool_calls[' || (i - 1) || ']` should be an object with "
+                "string `function.name` and `function.arguments`' END",
+            )
+            + " END",
         ),
         _string(
             "choices[0].finish_reason",
@@ -160,7 +184,7 @@ def _chat(b: str) -> list[_Probe | str]:
         _string("model", ".model", f"{b}.model"),
     ]
     probes += _usage(
-        f"{b}.usage",
+        "_u",
         ["prompt_tokens", "completion_tokens", "total_tokens"],
         {
             "prompt_tokens_details": "cached_tokens",
@@ -170,11 +194,11 @@ def _chat(b: str) -> list[_Probe | str]:
     return probes
 
 
-def _completions(b: str) -> list[_Probe | str]:
-    c = f"{b}.choices[1]"
-    probes: list[_Probe | str] = [
+def _completions(b: str) -> list[_Probe | _Direct]:
+    c = "_c1"
+    probes: list[_Probe | _Direct] = [
         _Probe("choices", ".choices", f"{b}.choices IS NULL", (), "an array", required=True),
-        f"CASE WHEN len({b}.choices) = 0 THEN '`choices` is empty' END",
+        _Direct(f"len({b}.choices) = 0", "'`choices` is empty'"),
         _object("choices[0]", ".choices[0]", [f"{c}.text", f"{c}.finish_reason"], required=True),
         _string("choices[0].text", ".choices[0].text", f"{c}.text", required=True),
         _string(
@@ -185,11 +209,11 @@ def _completions(b: str) -> list[_Probe | str]:
         ),
         _string("model", ".model", f"{b}.model"),
     ]
-    probes += _usage(f"{b}.usage", ["prompt_tokens", "completion_tokens", "total_tokens"], {})
+    probes += _usage("_u", ["prompt_tokens", "completion_tokens", "total_tokens"], {})
     return probes
 
 
-def _responses(b: str, raw: str, prefix: str) -> list[_Probe | str]:
+def _responses(b: str, raw: str, prefix: str) -> list[_Probe | _Direct]:
     def text_problem(field: str, kind: str) -> str:
         path = _at(prefix, ".output[", "{(i - 1)}", "].content[", "{(j - 1)}", f"].{field}")
         name = f"'`output[' || (i - 1) || '].content[' || (j - 1) || '].{field}`"
@@ -218,21 +242,21 @@ def _responses(b: str, raw: str, prefix: str) -> list[_Probe | str]:
         "WHEN o.content IS NULL THEN '`output[' || (i - 1) || '].content` should be an array' "
         f"ELSE {_first_problem('o.content', part, 'p', 'j')} END"
     )
-    probes: list[_Probe | str] = [
+    probes: list[_Probe | _Direct] = [
         _Probe("output", ".output", f"{b}.output IS NULL", (), "an array", required=True),
-        _first_problem(f"{b}.output", item, "o", "i"),
+        _Direct(f"{b}.output IS NOT NULL", _first_problem(f"{b}.output", item, "o", "i")),
         _string("model", ".model", f"{b}.model"),
         _string("status", ".status", f"{b}.status"),
     ]
     probes += _usage(
-        f"{b}.usage",
+        "_u",
         ["input_tokens", "output_tokens", "total_tokens"],
         {"input_tokens_details": "cached_tokens", "output_tokens_details": "reasoning_tokens"},
     )
     return probes
 
 
-def _embeddings(b: str, base64: bool) -> list[_Probe | str]:
+def _embeddings(b: str, base64: bool) -> list[_Probe | _Direct]:
     at = "'`data[' || (i - 1) || ']"
     if base64:
         vector = (
@@ -251,19 +275,22 @@ def _embeddings(b: str, base64: bool) -> list[_Probe | str]:
         f"WHEN x.index IS NULL THEN {at}.index` should be an integer' {vector}END"
     )
     usage_type = f"json_type({b}.usage, '$.prompt_tokens')"
-    probes: list[_Probe | str] = [
+    probes: list[_Probe | _Direct] = [
         # (An empty `data` fails later, as `no_embeddings`.)
         _Probe("data", ".data", f"{b}.data IS NULL", (), "an array", required=True),
-        _first_problem(f"{b}.data", element),
-        f"CASE WHEN left({b}.usage, 1) <> '{{' THEN '`usage` should be an object' "
-        f"WHEN {usage_type} NOT IN ('NULL', 'UBIGINT', 'BIGINT') "
-        "THEN '`usage.prompt_tokens` should be an integer' END",
+        _Direct(f"{b}.data IS NOT NULL", _first_problem(f"{b}.data", element)),
+        _Direct(
+            f"{b}.usage IS NOT NULL",
+            f"CASE WHEN left({b}.usage, 1) <> '{{' THEN '`usage` should be an object' "
+            f"WHEN {usage_type} NOT IN ('NULL', 'UBIGINT', 'BIGINT') "
+            "THEN '`usage.prompt_tokens` should be an integer' END",
+        ),
         _string("model", ".model", f"{b}.model"),
     ]
     return probes
 
 
-def _moderations(b: str, raw: str, prefix: str) -> list[_Probe | str]:
+def _moderations(b: str, raw: str, prefix: str) -> list[_Probe | _Direct]:
     from batchframe._schemas import MODERATION_CATEGORIES
 
     def member(obj: str, name: str, expect: str) -> str:
@@ -287,20 +314,20 @@ def _moderations(b: str, raw: str, prefix: str) -> list[_Probe | str]:
         f"CASE WHEN {checks[0]} THEN '`results[' || (i - 1) || '].flagged` should be a "
         f"boolean' {''.join(whole)}ELSE coalesce({', '.join(per)}) END"
     )
-    probes: list[_Probe | str] = [
+    probes: list[_Probe | _Direct] = [
         _Probe("results", ".results", f"{b}.results IS NULL", (), "an array", required=True),
-        f"CASE WHEN len({b}.results) = 0 THEN '`results` is empty' END",
-        _first_problem(f"{b}.results", element),
+        _Direct(f"len({b}.results) = 0", "'`results` is empty'"),
+        _Direct(f"{b}.results IS NOT NULL", _first_problem(f"{b}.results", element)),
         _string("model", ".model", f"{b}.model"),
     ]
     return probes
 
 
-def _images(b: str) -> list[_Probe | str]:
+def _images(b: str) -> list[_Probe | _Direct]:
     d = f"{b}.data[1]"
-    probes: list[_Probe | str] = [
+    probes: list[_Probe | _Direct] = [
         _Probe("data", ".data", f"{b}.data IS NULL", (), "an array", required=True),
-        f"CASE WHEN len({b}.data) = 0 THEN '`data` is empty' END",
+        _Direct(f"len({b}.data) = 0", "'`data` is empty'"),
         _object(
             "data[0]",
             ".data[0]",
@@ -313,46 +340,81 @@ def _images(b: str) -> list[_Probe | str]:
         _string("data[0].revised_prompt", ".data[0].revised_prompt", f"{d}.revised_prompt"),
         _string("model", ".model", f"{b}.model"),
     ]
-    probes += _usage(f"{b}.usage", ["input_tokens", "output_tokens", "total_tokens"], {})
+    probes += _usage("_u", ["input_tokens", "output_tokens", "total_tokens"], {})
     return probes
 
 
+#: Struct paths the checks name often, computed once per row as columns.
+_ALIASES = {
+    "chat/completions": {"_c1": "b.choices[1]", "_m": "b.choices[1].message", "_u": "b.usage"},
+    "completions": {"_c1": "b.choices[1]", "_u": "b.usage"},
+    "responses": {"_u": "b.usage"},
+    "images": {"_u": "b.usage"},
+}
+
+
+def _checks(kind: str, base64: bool, raw: str, prefix: str) -> list[_Probe | _Direct]:
+    b = "b"
+    if kind == "chat/completions":
+        return _chat(b)
+    if kind == "completions":
+        return _completions(b)
+    if kind == "responses":
+        return _responses(b, raw, prefix)
+    if kind == "embeddings":
+        return _embeddings(b, base64)
+    if kind == "moderations":
+        return _moderations(b, raw, prefix)
+    if kind == "images":
+        return _images(b)
+    return []
+
+
 def shape_sql(kind: str, base64: bool, *, raw: str, prefix: str, ok: str) -> tuple[str, str]:
-    """``(_types column, _shape expression)`` for the typed body ``b`` of ``kind``.
+    """``(wrapper, _shape expression)`` for the typed body ``b`` of ``kind``.
 
     ``raw`` is the SQL of the JSON text the body lies in, at path ``prefix`` (``'$'`` for
     a cut body, ``'$.response.body'`` for a whole line); ``ok`` is true for 2xx rows
-    (only those are checked). The ``_types`` column (the JSON types of a row's doubtful
-    fields, in one parse) must be computed in a subquery under the ``_shape`` one.
+    (only those are checked). ``wrapper`` is a query with a ``{source}`` placeholder for
+    the query giving ``b``: it adds ``_check`` (whether the row needs a look at all) and
+    ``_types`` (the JSON types of the row's doubtful fields, in one parse); the
+    ``_shape`` expression is then computed over it. ``_shape`` is NULL, a message, or a
+    code that :func:`explain` turns into one.
     """
-    b = "b"
-    if kind == "chat/completions":
-        checks = _chat(b)
-    elif kind == "completions":
-        checks = _completions(b)
-    elif kind == "responses":
-        checks = _responses(b, raw, prefix)
-    elif kind == "embeddings":
-        checks = _embeddings(b, base64)
-    elif kind == "moderations":
-        checks = _moderations(b, raw, prefix)
-    elif kind == "images":
-        checks = _images(b)
-    else:
-        return "NULL::VARCHAR[] AS _types", "NULL::VARCHAR"
+    checks = _checks(kind, base64, raw, prefix)
+    if not checks:
+        return "{source}", "NULL::VARCHAR"
     probes = [c for c in checks if isinstance(c, _Probe)]
-    if probes:
-        paths = ", ".join(_lit(prefix + p.path) for p in probes)
-        doubt = " OR ".join(p.when for p in probes)
-        types = f"CASE WHEN ({ok}) AND ({doubt}) THEN json_type({raw}, [{paths}]) END AS _types"
-    else:
-        types = "NULL::VARCHAR[] AS _types"
+    gates = [c.gate for c in checks if isinstance(c, _Direct)]
+    paths = ", ".join(_lit(prefix + p.path) for p in probes)
+    doubt = " OR ".join(f"({p.when})" for p in probes)
     problems = []
     k = 0
     for c in checks:
         if isinstance(c, _Probe):
             k += 1
-            problems.append(_probe_problem(c, f"_types[{k}]"))
+            problems.append(_probe_problem(c, k, f"_types[{k}]"))
         else:
-            problems.append(c)
-    return types, f"CASE WHEN {ok} THEN coalesce({', '.join(problems)}) END"
+            problems.append(f"CASE WHEN {c.gate} THEN {c.problem} END")
+    aliases = "".join(f", {v} AS {n}" for n, v in _ALIASES.get(kind, {}).items())
+    # Each condition once per row: most rows pass every gate and skip the rest.
+    gated = f"""
+        SELECT *, CASE WHEN _doubt THEN json_type({raw}, [{paths}]) END AS _types,
+            _doubt OR coalesce(({ok}) AND ({" OR ".join(gates) or "false"}), false) AS _check
+        FROM (
+            SELECT *, coalesce(({ok}) AND ({doubt}), false) AS _doubt
+            FROM (SELECT *{aliases} FROM ({{source}})))"""
+    return gated, f"CASE WHEN _check THEN coalesce({', '.join(problems)}) END"
+
+
+def explain(kind: str, base64: bool, code: str) -> str:
+    """The message for a ``_shape`` value (a code ``#k:...`` of probe ``k``, or a message)."""
+    if not code.startswith("#"):
+        return code
+    number, _, found = code[1:].partition(":")
+    probe = [c for c in _checks(kind, base64, "", "$") if isinstance(c, _Probe)][int(number) - 1]
+    if found == "missing":
+        return f"`{probe.name}` is missing"
+    if found == "empty":
+        return probe.on_allowed or f"`{probe.name}` is empty"
+    return f"`{probe.name}` should be {probe.expect} but is {_KINDS.get(found, found)}"
