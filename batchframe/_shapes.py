@@ -9,8 +9,8 @@ alone cannot tell "not there" from "there, but of another type".
 
 This module writes, per endpoint, the SQL that tells them apart: one ``_shape`` column
 per row, NULL when every field the typed columns read has the declared JSON type (or is
-absent or null where that is allowed) and every required field is there, else a message
-naming the first field that does not fit. It costs little on well-formed bodies: the
+absent or null where that is allowed) and every required field is there, else (a code
+for) a message naming the first field that does not fit (:func:`explain`). It costs little on well-formed bodies: the
 typed values decide most cases on their own, and the body is looked at again
 (``json_type`` at the field's path, one parse for all of a row's doubtful fields) only
 where a typed value is ambiguous: a string that could be another value's JSON text
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["shape_sql"]
+__all__ = ["explain", "shape_sql"]
 
 
 @dataclass(frozen=True, slots=True)
