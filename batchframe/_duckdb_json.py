@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from batchframe._lines import read_text_lines
 from batchframe._schemas import MODERATION_CATEGORIES, endpoint_key
+from batchframe._shapes import explain, shape_sql
 from batchframe.exceptions import ResultsError
 
 __all__ = ["read_lines"]
@@ -49,9 +50,9 @@ _BODY_STRUCTURES: dict[str, dict[str, Any]] = {
                 "message": {
                     "content": _S,
                     "refusal": _S,
-                    "tool_calls": [
-                        {"id": _S, "type": _S, "function": {"name": _S, "arguments": _S}}
-                    ],
+                    # JSON text, typed below: absent reads as NULL without a lookup,
+                    # and a non-array as its text (a typed list would read both as NULL).
+                    "tool_calls": "JSON",
                 },
                 "finish_reason": _S,
             }
@@ -167,7 +168,7 @@ _PARTS = (
 )
 _EMBEDDING_DATA = (
     'list_transform(b.data, lambda d: struct_pack("index" := d.index, '
-    "embedding := from_base64(d.embedding)))"
+    "embedding := try(from_base64(d.embedding))))"
 )
 # Select lists per endpoint over `b` (the typed body). `body` is the raw body where
 # this SQL changes it; elsewhere it is only set for lines parsed whole (the reader
@@ -177,7 +178,9 @@ _TYPED_COLUMNS = {
         "b.choices[1].message.content AS content",
         "b.choices[1].message.refusal AS refusal",
         "b.choices[1].finish_reason AS finish_reason",
-        "b.choices[1].message.tool_calls AS tool_calls",
+        "list_transform(_tc, lambda t: struct_pack(\"id\" := t.id->>'$', "
+        '"type" := t.type->>\'$\', "function" := struct_pack("name" := '
+        "t.function.name->>'$', \"arguments\" := t.function.arguments->>'$'))) AS tool_calls",
         "b.usage.prompt_tokens AS prompt_tokens",
         "b.usage.completion_tokens AS completion_tokens",
         "b.usage.total_tokens AS total_tokens",
@@ -286,7 +289,7 @@ def _query(kind: str, base64: bool, *, cut: bool, body: bool = True, lenient: bo
         # `response` is NULL when null or absent; a non-object reads as a struct of
         # nulls, and only then is its type looked up (it is an error).
         source = f"""
-            SELECT _ordinal, w, w.response.body AS b, _rtype,
+            SELECT _ordinal, line, w, w.response.body AS b, _rtype,
                 CASE WHEN _rtype = 'OBJECT' THEN {raw_body} END AS _raw_body
             FROM (
                 SELECT *, CASE WHEN w.response IS NULL THEN 'NULL'
@@ -308,7 +311,27 @@ def _query(kind: str, base64: bool, *, cut: bool, body: bool = True, lenient: bo
             SELECT *, {_PARTS.format(kind="output_text", field="text")} AS _text,
                 {_PARTS.format(kind="refusal", field="refusal")} AS _refusals
             FROM ({source})"""
-    return f"SELECT {common}, {', '.join(columns)} FROM ({source})"
+    # Shape checks (batchframe._shapes): `_types` holds the JSON types of a row's
+    # doubtful fields, looked up in the raw text only where a typed value cannot tell.
+    if cut:
+        raw, prefix = "_raw_body", "$"
+        ok = "h IS NOT NULL AND b IS NOT NULL AND h.response.status_code BETWEEN 200 AND 299"
+    else:
+        raw, prefix = "line", "$.response.body"
+        ok = "w.error IS NULL AND _rtype = 'OBJECT' AND w.response.status_code BETWEEN 200 AND 299"
+    wrapper, shape = shape_sql(kind, base64, raw=raw, prefix=prefix, ok=ok)
+    if kind == "chat/completions":
+        source = f"SELECT *, {_TOOL_CALLS} AS _tc FROM ({source})"
+    source = wrapper.replace("{source}", source)
+    return f"SELECT {common}, {', '.join(columns)}, {shape} AS _shape FROM ({source})"
+
+
+_TOOL_CALLS = (
+    "CASE WHEN left(b.choices[1].message.tool_calls, 1) = '[' THEN "
+    "from_json(b.choices[1].message.tool_calls, "
+    + _lit('[{"id":"JSON","type":"JSON","function":{"name":"JSON","arguments":"JSON"}}]')
+    + ") END"
+)
 
 
 _ENGINE: dict[int, duckdb.DuckDBPyConnection] = {}
@@ -410,6 +433,11 @@ def read_lines(
     finally:
         con.close()
     parsed = parts[0] if len(parts) == 1 else pl.concat(parts).sort("_ordinal")
+    if parsed["_shape"].null_count() < len(parsed):  # rare: messages for the bad bodies
+        shape = parsed["_shape"].map_elements(
+            lambda code: explain(kind, base64, code), return_dtype=pl.String
+        )
+        parsed = parsed.with_columns(shape)
     # Assembled from Series (no query per step: a job parses many small pieces).
     columns = [lines["_lineno"], lines["line"]]
     for column in parsed.get_columns():

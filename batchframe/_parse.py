@@ -97,11 +97,19 @@ def parse_output(
     raw = as_bytes(data)  # held until the end: measured faster than reading it later
     base64 = key == "embeddings" and embeddings_are_base64(raw)
     rows = _read(raw, endpoint=endpoint, typed=True, base64=base64)
-    if rows["_ok"].all():  # the usual case: skip copying every column through a filter
+    # `_shape`: why a 2xx body does not have the endpoint's declared shape (else null).
+    good = rows["_ok"] & rows["_shape"].is_null()
+    if good.all():  # the usual case: skip copying every column through a filter
         ok, bad = rows, rows.clear()
     else:
-        ok, bad = rows.filter(pl.col("_ok")), rows.filter(~pl.col("_ok"))
-    failures = [_request_failures(bad)] if len(bad) else []
+        ok, bad = rows.filter(good), rows.filter(~good)
+    failures = []
+    if len(bad):
+        shaped = bad["_ok"]
+        if not shaped.all():
+            failures.append(_request_failures(bad.filter(~shaped)))
+        if shaped.any():
+            failures.append(_shape_failures(bad.filter(shaped)))
 
     if key == "embeddings":
         ok, dropped = _explode_embeddings(ok, embedding_dim, base64)
@@ -221,6 +229,20 @@ def _request_failures(bad: pl.DataFrame) -> pl.DataFrame:
         retryable=retryable,
         line="line",
     )
+
+
+def _shape_failures(rows: pl.DataFrame) -> pl.DataFrame:
+    """Failed rows for 2xx lines whose body does not have the declared shape."""
+    message = pl.format(
+        "the answer's body does not have the endpoint's declared shape: {} (the whole "
+        "line is kept in `line`)",
+        pl.col("_shape"),
+    )
+    return _parse_failures(rows, pl.lit(SHAPE_ERROR_CODE), message)
+
+
+#: ``failed.error_code`` of a 2xx answer whose body does not fit the endpoint's schema.
+SHAPE_ERROR_CODE = "unexpected_shape"
 
 
 def _parse_failures(rows: pl.DataFrame, code: pl.Expr, message: pl.Expr) -> pl.DataFrame:

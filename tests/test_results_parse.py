@@ -103,14 +103,17 @@ def test_chat_success_columns_and_values() -> None:
     assert ok["finish_reason"][1] == "tool_calls"
 
 
-def test_missing_usage_fields_are_null() -> None:
-    data = jsonl([line("a", chat_body(usage={"prompt_tokens": 3})), line("b", {"choices": []})])
-    ok, failed = parse(data)
-    assert failed.is_empty()
+def test_missing_usage_fields_are_null_but_an_empty_answer_fails() -> None:
+    lines = [line("a", chat_body(usage={"prompt_tokens": 3})), line("b", {"choices": []})]
+    ok, failed = parse(jsonl(lines))
     assert ok.select("prompt_tokens", "completion_tokens", "cached_tokens", "content").rows() == [
         (3, None, None, "positive"),
-        (None, None, None, None),
     ]
+    # An answer without choices is not an ok row of nulls: it fails, its line kept whole.
+    assert failed.select("custom_id", "stage", "error_code", "line").rows() == [
+        ("b", "parse", "unexpected_shape", lines[1].decode())
+    ]
+    assert "`choices` is empty" in failed["error_message"][0]
 
 
 def test_crlf_blank_lines_bom_and_no_trailing_newline() -> None:
