@@ -546,6 +546,11 @@ def _guess_endpoint(endpoint: str, keys: set[str]) -> str | None:
     return None
 
 
+#: How close an unknown key must be to a known one to be refused as a typo
+#: (``max_token``, ``temprature``: 0.95; vLLM's ``top_k`` vs ``top_p``: 0.8, let through).
+_TYPO_CUTOFF = 0.88
+
+
 def _check_keys(endpoint: str, body: Mapping[str, Any]) -> None:
     keys = set(body)
     guess = _guess_endpoint(endpoint, keys)
@@ -575,6 +580,14 @@ def _check_keys(endpoint: str, body: Mapping[str, Any]) -> None:
     for key in body:
         if key in known:
             continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=_TYPO_CUTOFF)
+        if close:
+            # Other keys are let through: a newer API or another provider may take them.
+            msg = (
+                f"`{key}` is not a parameter of {endpoint}: did you mean `{close[0]}`? "
+                "The API refuses every line with an unknown parameter"
+            )
+            raise _fail(msg, key)
         owners = [e for e, k in KNOWN_KEYS.items() if key in k]
         if owners:
             msg = (

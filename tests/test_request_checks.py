@@ -228,6 +228,19 @@ def test_valid_bodies_are_accepted_by_batchframe_and_the_server(
     assert streamed.plan()["n_requests"].sum() == 2
 
 
+def test_unknown_keys_other_than_typos_pass_batchframe_and_forwarding_only():
+    # vLLM's `top_k` is no OpenAI parameter: the API (and the server in its default,
+    # OpenAI mode) refuses it, a model server behind executor="forward" takes it.
+    body = bf.chat_body("m", user=pl.col("text"), top_k=5)
+    req = bf.build_requests(_valid_frame(), endpoint="/v1/chat/completions", body=body)
+    line = json.loads(req.frame["body"][0])
+    refused = check_body("/v1/chat/completions", line)
+    assert refused is not None and refused.code == "unknown_parameter"
+    assert check_body("/v1/chat/completions", line, strict_keys=False) is None
+    foreign = {**line, "dimensions": 8}
+    assert check_body("/v1/chat/completions", foreign, strict_keys=False) is not None
+
+
 # -- row errors name positions and custom_ids, in every input kind -------------------
 
 

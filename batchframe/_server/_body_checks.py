@@ -73,10 +73,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_keys(endpoint: str, body: dict[str, Any]) -> None:
+def _check_keys(endpoint: str, body: dict[str, Any], *, strict: bool) -> None:
     known = KNOWN_KEYS[endpoint]
     for key in body:
-        if key not in known:
+        foreign = any(key in keys for keys in KNOWN_KEYS.values())
+        if key not in known and (strict or foreign):
             msg = f"Unrecognized request argument supplied: {key}"
             raise bad_request(msg, param=key, code="unknown_parameter")
     for key in REQUIRED_KEYS[endpoint]:
@@ -288,10 +289,13 @@ _CHECKS = {
 }
 
 
-def check_body(endpoint: str, body: Any) -> ApiError | None:
+def check_body(endpoint: str, body: Any, *, strict_keys: bool = True) -> ApiError | None:
     """Return the API's 400 for a body the endpoint refuses, or None when it is valid.
 
-    Endpoints batchframe does not model (``/v1/videos``) are not checked.
+    Endpoints batchframe does not model (``/v1/videos``) are not checked. With
+    ``strict_keys`` (OpenAI's behaviour) any key the endpoint does not know is refused;
+    without it (forwarding to another OpenAI-compatible server, whose own parameters
+    such as ``top_k`` are legitimate) only keys of another endpoint are.
     """
     check = _CHECKS.get(endpoint)
     if check is None:
@@ -299,7 +303,7 @@ def check_body(endpoint: str, body: Any) -> ApiError | None:
     try:
         if not isinstance(body, dict):
             _invalid_type("body", "an object", body)
-        _check_keys(endpoint, body)
+        _check_keys(endpoint, body, strict=strict_keys)
         model = body.get("model")
         if not isinstance(model, str):
             _invalid_type("model", "a string", model)
