@@ -240,6 +240,17 @@ NUMBERS: dict[str, tuple[bool, float | None, float | None]] = {
     "best_of": (True, 0, 20),
 }
 
+
+def number_specs(endpoint: str) -> dict[str, tuple[bool, float | None, float | None]]:
+    """:data:`NUMBERS` as ``endpoint`` enforces them.
+
+    Legacy completions take ``max_tokens=0`` (with ``echo``, to score a prompt).
+    """
+    if endpoint == "/v1/completions":
+        return {**NUMBERS, "max_tokens": (True, 0, None)}
+    return NUMBERS
+
+
 #: Text, as the encoder takes it (binary is decoded as UTF-8 there, or refused).
 _TEXT_DTYPES = (pl.String, pl.Categorical, pl.Binary)
 
@@ -353,7 +364,9 @@ def _check_number(path: str, spec: tuple[bool, float | None, float | None]) -> L
     integer, lo, hi = spec
 
     def check(s: pl.Series, offset: int) -> None:
-        ok = s.dtype.is_integer() or (not integer and s.dtype.is_float())
+        ok = s.dtype.is_integer() or (
+            not integer and (s.dtype.is_float() or isinstance(s.dtype, pl.Decimal))
+        )
         if not ok:
             kind = "an integer" if integer else "a number"
             _refuse_dtype(path, s.dtype, kind, "cast it, e.g. `.cast(pl.Int64)`")
@@ -611,8 +624,8 @@ def _check_model_const(endpoint: str, body: Mapping[str, Any], add: _Add) -> Non
         raise _fail(msg, "model")
 
 
-def _check_numbers(body: Mapping[str, Any], add: _Add) -> None:
-    for key, spec in NUMBERS.items():
+def _check_numbers(endpoint: str, body: Mapping[str, Any], add: _Add) -> None:
+    for key, spec in number_specs(endpoint).items():
         if key not in body:
             continue
         value = body[key]
@@ -620,7 +633,7 @@ def _check_numbers(body: Mapping[str, Any], add: _Add) -> None:
             add(key, _check_number(key, spec).fn)
             continue
         integer, lo, hi = spec
-        if value is None and key != "seed":
+        if value is None:  # null: the API's default
             continue
         ok = isinstance(value, int) or (not integer and isinstance(value, float))
         if isinstance(value, bool) or not ok:
@@ -948,7 +961,7 @@ def check_template(endpoint: str, body: Mapping[str, Any]) -> dict[str, LeafChec
 
     _check_keys(endpoint, body)
     _check_model_const(endpoint, body, add)
-    _check_numbers(body, add)
+    _check_numbers(endpoint, body, add)
     _ENDPOINT_CHECKS[endpoint](body, add)
     return checks
 

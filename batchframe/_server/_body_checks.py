@@ -24,9 +24,9 @@ from batchframe._checks import (
     ENCODING_FORMATS,
     KNOWN_KEYS,
     MAX_EMBEDDING_INPUTS_PER_REQUEST,
-    NUMBERS,
     REQUIRED_KEYS,
     RESPONSES_ROLES,
+    number_specs,
 )
 from batchframe._server._errors import ApiError, bad_request
 
@@ -92,8 +92,8 @@ def _check_keys(endpoint: str, body: dict[str, Any], *, strict: bool) -> None:
         _missing("input")
 
 
-def _check_numbers(body: dict[str, Any]) -> None:
-    for key, (integer, lo, hi) in NUMBERS.items():
+def _check_numbers(endpoint: str, body: dict[str, Any]) -> None:
+    for key, (integer, lo, hi) in number_specs(endpoint).items():
         value = body.get(key)
         if value is None:
             continue
@@ -307,7 +307,7 @@ def check_body(endpoint: str, body: Any, *, strict_keys: bool = True) -> ApiErro
         model = body.get("model")
         if not isinstance(model, str):
             _invalid_type("model", "a string", model)
-        _check_numbers(body)
+        _check_numbers(endpoint, body)
         check(body)
     except ApiError as exc:
         return exc
