@@ -19,7 +19,7 @@ import typing_extensions
 from conftest_server import read_lines, run_batch
 
 import batchframe as bf
-from batchframe._checks import (
+from batchframe._request_schema import (
     CHAT_ROLES,
     KNOWN_KEYS,
     MAX_EMBEDDING_INPUTS_PER_REQUEST,

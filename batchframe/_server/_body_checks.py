@@ -9,7 +9,7 @@ null}``, with the endpoint's own ``invalid_request_error`` (message, ``param``, 
 ``unknown_parameter``). The server runs these checks before any executor, so a test
 against it cannot pass a line production would fail, whatever the executor.
 
-The key tables are batchframe's (``batchframe._checks``, compared with the ``openai``
+The key tables are batchframe's (``batchframe._request_schema``, compared with the ``openai``
 package's TypedDicts by the tests); the checks here are written separately, on the
 decoded JSON, as the API would see it.
 """
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from batchframe._checks import (
+from batchframe._request_schema import (
     CHAT_PART_TYPES,
     CHAT_ROLES,
     ENCODING_FORMATS,
     KNOWN_KEYS,
     MAX_EMBEDDING_INPUTS_PER_REQUEST,
     REQUIRED_KEYS,
+    RESPONSES_PART_TYPES,
     RESPONSES_ROLES,
     number_specs,
 )
@@ -161,16 +162,6 @@ def _chat(body: dict[str, Any]) -> None:
         _check_content(f"{param}.content", content, CHAT_PART_TYPES)
 
 
-_RESPONSES_PARTS = (
-    "input_text",
-    "input_image",
-    "input_file",
-    "input_audio",
-    "output_text",
-    "refusal",
-)
-
-
 def _responses(body: dict[str, Any]) -> None:
     value = body.get("input")
     if value is None or isinstance(value, str):
@@ -186,7 +177,7 @@ def _responses(body: dict[str, Any]) -> None:
                 _invalid_value(f"{param}.role", item["role"], RESPONSES_ROLES)
             if "content" not in item:
                 _missing(f"{param}.content")
-            _check_content(f"{param}.content", item["content"], _RESPONSES_PARTS)
+            _check_content(f"{param}.content", item["content"], RESPONSES_PART_TYPES)
         elif "type" not in item:
             _missing(f"{param}.type")
 
