@@ -257,6 +257,20 @@ def test_row_errors_name_positions_and_ids_in_every_input_kind(constructor, memf
     assert not memfs.find("/rows")  # nothing left written
 
 
+def test_row_errors_from_a_record_batch_reader(memfs):
+    import pyarrow as pa
+
+    df = pl.DataFrame({"id": [f"r{i}" for i in range(10)], "role": ["user"] * 9 + ["usr"]})
+    table = df.to_arrow()
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=3))
+    body = {"model": "m", "messages": [{"role": pl.col("role"), "content": "hi"}]}
+    req = bf.build_requests(reader, endpoint="/v1/chat/completions", body=body, custom_id="id")
+    with pytest.raises(bf.InvalidBodyError, match=r"\[9\] \(custom_id \['r9'\]\)") as e:
+        req.write("memory://reader")
+    assert e.value.column == "messages[0].role"
+    assert not memfs.find("/reader")
+
+
 def test_existing_row_errors_name_ids_too(constructor, memfs):
     df = pl.DataFrame({"id": [10, 11, 12], "text": ["x", None, "z"]})
     body = bf.chat_body("m", user=pl.col("text"))
