@@ -115,20 +115,20 @@ def _check_keys(endpoint: str, body: Mapping[str, Any]) -> None:
     for key in body:
         if key in known:
             continue
-        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=_TYPO_CUTOFF)
-        if close:
-            # Other keys are let through: a newer API or another provider may take them.
-            msg = (
-                f"`{key}` is not a parameter of {endpoint}: did you mean `{close[0]}`? "
-                "The API refuses every line with an unknown parameter"
-            )
-            raise fail(msg, key)
         owners = [e for e, k in KNOWN_KEYS.items() if key in k]
         if owners:
             msg = (
                 f"`{key}` is not a parameter of {endpoint} (it belongs to "
                 f"{', '.join(owners)}), and the API refuses every line that has it"
                 f"{hint or f'; drop `{key}`'}"
+            )
+            raise fail(msg, key)
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=_TYPO_CUTOFF)
+        if close:
+            # Other keys are let through: a newer API or another provider may take them.
+            msg = (
+                f"`{key}` is not a parameter of {endpoint}: did you mean `{close[0]}`? "
+                "The API refuses every line with an unknown parameter"
             )
             raise fail(msg, key)
 
