@@ -480,7 +480,8 @@ def name_custom_ids(exc: InputError, ids: pl.Series | None, offset: int) -> Inpu
     exc.custom_ids = found
     message = str(exc)
     if "(custom_id " not in message:
-        shown = str(exc.rows)
+        # Next to the positions ("row(s) [1]"), never inside a path like `messages[1]`.
+        shown = f"row(s) {exc.rows}"
         named = f"{shown} (custom_id {found})"
         message = (
             message.replace(shown, named, 1)

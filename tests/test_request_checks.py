@@ -302,6 +302,19 @@ def test_errors_of_a_later_chunk_name_global_positions_and_ids():
         assert e.value.custom_ids[0] == f"k{bad[0]}"
 
 
+def test_ids_go_next_to_the_positions_not_into_a_path():
+    df = pl.DataFrame({"id": ["a", "b"], "r": ["user", "bot"]})
+    body = {
+        "model": "m",
+        "messages": [{"role": "system", "content": "s"}, {"role": pl.col("r"), "content": "x"}],
+    }
+    with pytest.raises(bf.InvalidBodyError) as e:
+        bf.build_requests(df, endpoint="/v1/chat/completions", body=body, custom_id="id")
+    message = str(e.value)
+    assert message.startswith("`messages[1].role` is not one of")
+    assert "first at row(s) [1] (custom_id ['b'])" in message
+
+
 def test_content_derived_ids_name_positions_only():
     df = pl.DataFrame({"t": ["a", "", "c"]})
     with pytest.raises(bf.InvalidBodyError, match=r"row\(s\) \[1\]") as e:
