@@ -12,7 +12,12 @@ import batchframe as bf
 rows_strategy = st.lists(
     st.tuples(
         st.sampled_from(["m1", "m2", "m3"]),
-        st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=300),
+        # At least one character: the API refuses empty embedding inputs (and so does build).
+        st.text(
+            alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]),
+            min_size=1,
+            max_size=300,
+        ),
         st.integers(min_value=1, max_value=40),
     ),
     min_size=1,

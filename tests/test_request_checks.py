@@ -19,7 +19,7 @@ import typing_extensions
 from conftest_server import read_lines, run_batch
 
 import batchframe as bf
-from batchframe._checks import (
+from batchframe._request_schema import (
     CHAT_ROLES,
     KNOWN_KEYS,
     MAX_EMBEDDING_INPUTS_PER_REQUEST,
@@ -228,6 +228,19 @@ def test_valid_bodies_are_accepted_by_batchframe_and_the_server(
     assert streamed.plan()["n_requests"].sum() == 2
 
 
+def test_unknown_keys_other_than_typos_pass_batchframe_and_forwarding_only():
+    # vLLM's `top_k` is no OpenAI parameter: the API (and the server in its default,
+    # OpenAI mode) refuses it, a model server behind executor="forward" takes it.
+    body = bf.chat_body("m", user=pl.col("text"), top_k=5)
+    req = bf.build_requests(_valid_frame(), endpoint="/v1/chat/completions", body=body)
+    line = json.loads(req.frame["body"][0])
+    refused = check_body("/v1/chat/completions", line)
+    assert refused is not None and refused.code == "unknown_parameter"
+    assert check_body("/v1/chat/completions", line, strict_keys=False) is None
+    foreign = {**line, "dimensions": 8}
+    assert check_body("/v1/chat/completions", foreign, strict_keys=False) is not None
+
+
 # -- row errors name positions and custom_ids, in every input kind -------------------
 
 
@@ -242,6 +255,20 @@ def test_row_errors_name_positions_and_ids_in_every_input_kind(constructor, memf
     assert e.value.custom_ids == ["r1"]
     assert e.value.column == "input"
     assert not memfs.find("/rows")  # nothing left written
+
+
+def test_row_errors_from_a_record_batch_reader(memfs):
+    import pyarrow as pa
+
+    df = pl.DataFrame({"id": [f"r{i}" for i in range(10)], "role": ["user"] * 9 + ["usr"]})
+    table = df.to_arrow()
+    reader = pa.RecordBatchReader.from_batches(table.schema, table.to_batches(max_chunksize=3))
+    body = {"model": "m", "messages": [{"role": pl.col("role"), "content": "hi"}]}
+    req = bf.build_requests(reader, endpoint="/v1/chat/completions", body=body, custom_id="id")
+    with pytest.raises(bf.InvalidBodyError, match=r"\[9\] \(custom_id \['r9'\]\)") as e:
+        req.write("memory://reader")
+    assert e.value.column == "messages[0].role"
+    assert not memfs.find("/reader")
 
 
 def test_existing_row_errors_name_ids_too(constructor, memfs):
@@ -273,6 +300,19 @@ def test_errors_of_a_later_chunk_name_global_positions_and_ids():
         # The first chunk with a bad row raises; its rows keep their place in the input.
         assert e.value.rows[0] == bad[0]
         assert e.value.custom_ids[0] == f"k{bad[0]}"
+
+
+def test_ids_go_next_to_the_positions_not_into_a_path():
+    df = pl.DataFrame({"id": ["a", "b"], "r": ["user", "bot"]})
+    body = {
+        "model": "m",
+        "messages": [{"role": "system", "content": "s"}, {"role": pl.col("r"), "content": "x"}],
+    }
+    with pytest.raises(bf.InvalidBodyError) as e:
+        bf.build_requests(df, endpoint="/v1/chat/completions", body=body, custom_id="id")
+    message = str(e.value)
+    assert message.startswith("`messages[1].role` is not one of")
+    assert "first at row(s) [1] (custom_id ['b'])" in message
 
 
 def test_content_derived_ids_name_positions_only():

@@ -279,3 +279,95 @@ def test_errors_are_capped() -> None:
         assert len(batch.errors.data) == 100
         assert time.monotonic() - start < 5
         assert orjson.loads(orjson.dumps(server.batch(batch.id)))["errors"]["data"][0]["line"] == 1
+
+
+# -- per-line body validation (see batchframe/_server/_body_checks.py) ------------------
+
+
+def _any_upstream() -> tuple[Any, str]:
+    """A model server that answers 200 to any body (it takes OpenAI-unknown params)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            data = orjson.dumps(
+                {
+                    "id": "chatcmpl-x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "m",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "ok"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+
+def _body_lines() -> list[dict[str, Any]]:
+    return [
+        with_body(1),
+        with_body(2, top_k=5),  # no OpenAI parameter; vLLM and llama.cpp take it
+        with_body(3, dimensions=8),  # an embeddings parameter
+        with_body(4, messages=[]),
+    ]
+
+
+def _codes(client: openai.OpenAI, batch: Any) -> dict[str, Any]:
+    from conftest_server import read_lines
+
+    out: dict[str, Any] = {x["custom_id"]: 200 for x in read_lines(client, batch.output_file_id)}
+    for x in read_lines(client, batch.error_file_id):
+        out[x["custom_id"]] = x["response"]["body"]["error"]["code"]
+    return out
+
+
+def test_bad_bodies_get_the_apis_400_lines_as_openai_would(client: openai.OpenAI) -> None:
+    batch = run_batch(client, _body_lines())
+    assert batch.status == "completed"
+    assert _codes(client, batch) == {
+        "r1": 200,
+        "r2": "unknown_parameter",
+        "r3": "unknown_parameter",
+        "r4": "empty_array",
+    }
+
+
+def test_forwarding_lets_the_model_servers_own_parameters_through() -> None:
+    httpd, upstream = _any_upstream()
+    try:
+        with bf.LocalBatchServer(executor="forward", upstream=upstream) as server:
+            client = server.client(max_retries=0)
+            batch = run_batch(client, _body_lines())
+            codes = _codes(client, batch)
+            # Synchronous calls are validated the same way.
+            with pytest.raises(openai.BadRequestError, match="empty array"):
+                client.chat.completions.create(model="m", messages=[])
+    finally:
+        httpd.shutdown()
+    assert codes == {"r1": 200, "r2": 200, "r3": "unknown_parameter", "r4": "empty_array"}
+
+
+def test_synchronous_endpoints_refuse_what_batches_refuse(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="e", input=["x"] * 2049)
+    assert e.value.code == "array_above_max_length"
+    assert e.value.param == "input"

@@ -9,7 +9,7 @@ null}``, with the endpoint's own ``invalid_request_error`` (message, ``param``, 
 ``unknown_parameter``). The server runs these checks before any executor, so a test
 against it cannot pass a line production would fail, whatever the executor.
 
-The key tables are batchframe's (``batchframe._checks``, compared with the ``openai``
+The key tables are batchframe's (``batchframe._request_schema``, compared with the ``openai``
 package's TypedDicts by the tests); the checks here are written separately, on the
 decoded JSON, as the API would see it.
 """
@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from batchframe._checks import (
+from batchframe._request_schema import (
     CHAT_PART_TYPES,
     CHAT_ROLES,
     ENCODING_FORMATS,
     KNOWN_KEYS,
     MAX_EMBEDDING_INPUTS_PER_REQUEST,
-    NUMBERS,
     REQUIRED_KEYS,
+    RESPONSES_PART_TYPES,
     RESPONSES_ROLES,
+    number_specs,
 )
 from batchframe._server._errors import ApiError, bad_request
 
@@ -73,10 +74,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_keys(endpoint: str, body: dict[str, Any]) -> None:
+def _check_keys(endpoint: str, body: dict[str, Any], *, strict: bool) -> None:
     known = KNOWN_KEYS[endpoint]
     for key in body:
-        if key not in known:
+        foreign = any(key in keys for keys in KNOWN_KEYS.values())
+        if key not in known and (strict or foreign):
             msg = f"Unrecognized request argument supplied: {key}"
             raise bad_request(msg, param=key, code="unknown_parameter")
     for key in REQUIRED_KEYS[endpoint]:
@@ -91,8 +93,8 @@ def _check_keys(endpoint: str, body: dict[str, Any]) -> None:
         _missing("input")
 
 
-def _check_numbers(body: dict[str, Any]) -> None:
-    for key, (integer, lo, hi) in NUMBERS.items():
+def _check_numbers(endpoint: str, body: dict[str, Any]) -> None:
+    for key, (integer, lo, hi) in number_specs(endpoint).items():
         value = body.get(key)
         if value is None:
             continue
@@ -160,16 +162,6 @@ def _chat(body: dict[str, Any]) -> None:
         _check_content(f"{param}.content", content, CHAT_PART_TYPES)
 
 
-_RESPONSES_PARTS = (
-    "input_text",
-    "input_image",
-    "input_file",
-    "input_audio",
-    "output_text",
-    "refusal",
-)
-
-
 def _responses(body: dict[str, Any]) -> None:
     value = body.get("input")
     if value is None or isinstance(value, str):
@@ -185,7 +177,7 @@ def _responses(body: dict[str, Any]) -> None:
                 _invalid_value(f"{param}.role", item["role"], RESPONSES_ROLES)
             if "content" not in item:
                 _missing(f"{param}.content")
-            _check_content(f"{param}.content", item["content"], _RESPONSES_PARTS)
+            _check_content(f"{param}.content", item["content"], RESPONSES_PART_TYPES)
         elif "type" not in item:
             _missing(f"{param}.type")
 
@@ -288,10 +280,13 @@ _CHECKS = {
 }
 
 
-def check_body(endpoint: str, body: Any) -> ApiError | None:
+def check_body(endpoint: str, body: Any, *, strict_keys: bool = True) -> ApiError | None:
     """Return the API's 400 for a body the endpoint refuses, or None when it is valid.
 
-    Endpoints batchframe does not model (``/v1/videos``) are not checked.
+    Endpoints batchframe does not model (``/v1/videos``) are not checked. With
+    ``strict_keys`` (OpenAI's behaviour) any key the endpoint does not know is refused;
+    without it (forwarding to another OpenAI-compatible server, whose own parameters
+    such as ``top_k`` are legitimate) only keys of another endpoint are.
     """
     check = _CHECKS.get(endpoint)
     if check is None:
@@ -299,11 +294,11 @@ def check_body(endpoint: str, body: Any) -> ApiError | None:
     try:
         if not isinstance(body, dict):
             _invalid_type("body", "an object", body)
-        _check_keys(endpoint, body)
+        _check_keys(endpoint, body, strict=strict_keys)
         model = body.get("model")
         if not isinstance(model, str):
             _invalid_type("model", "a string", model)
-        _check_numbers(body)
+        _check_numbers(endpoint, body)
         check(body)
     except ApiError as exc:
         return exc

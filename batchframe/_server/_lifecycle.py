@@ -39,6 +39,7 @@ from batchframe._server._errors import (
     LineError,
     error_body,
 )
+from batchframe._server._forward import Forwarder
 from batchframe._server._provider import v1_endpoint
 from batchframe._server._store import BatchRecord, Store
 from batchframe._server._validate import FileLimits, ValidFile, validate_input_file
@@ -295,8 +296,10 @@ class Lifecycle:
             wake.wait(slot - now)
 
     def _answer(self, endpoint: str, custom_id: str, body: Any) -> tuple[int, Any]:
-        # The endpoint's own request validation comes first, whatever the executor.
-        refused = check_body(endpoint, body)
+        # The endpoint's own request validation comes first, whatever the executor
+        # (a model server behind "forward" may take parameters OpenAI does not know).
+        strict = not isinstance(self._cfg.executor, Forwarder)
+        refused = check_body(endpoint, body, strict_keys=strict)
         if refused is not None:
             return refused.status, refused.body()
         if self._injected_failure(custom_id):

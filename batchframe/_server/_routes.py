@@ -15,8 +15,10 @@ from typing import Any
 import orjson
 
 from batchframe._server._batch_object import make_batch
+from batchframe._server._body_checks import check_body
 from batchframe._server._echo import Executor
 from batchframe._server._errors import ApiError, LineError, bad_request, not_found
+from batchframe._server._forward import Forwarder
 from batchframe._server._lifecycle import Lifecycle
 from batchframe._server._multipart import parse_multipart
 from batchframe._server._provider import ServerProfile
@@ -312,6 +314,11 @@ class App:
         if body.get("stream"):
             msg = "LocalBatchServer does not stream responses: remove 'stream' or set it to false."
             raise bad_request(msg, param="stream", code="unsupported_value")
+        # The endpoint's request validation, as for a line in a batch (see _body_checks).
+        strict = not isinstance(self.executor, Forwarder)
+        refused = check_body(request.path.rstrip("/"), body, strict_keys=strict)
+        if refused is not None:
+            raise refused
         try:
             status, payload = self.executor(request.path.rstrip("/"), body)
         except LineError as exc:

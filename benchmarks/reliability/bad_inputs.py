@@ -242,6 +242,22 @@ add(
         api=True,
     ),
     Case(
+        "typo `max_token`",
+        "chat",
+        bf.InvalidBodyError,
+        ("`max_token`", "`max_tokens`"),
+        body=chat(max_token=5),
+        api=True,
+    ),
+    Case(
+        "typo `temprature`",
+        "chat",
+        bf.InvalidBodyError,
+        ("`temprature`", "`temperature`"),
+        body=chat(temprature=0.5),
+        api=True,
+    ),
+    Case(
         "stream: true", "chat", bf.StreamingNotSupportedError, ("stream",), body=chat(stream=True)
     ),
     Case(
