@@ -302,5 +302,5 @@ def test_a_lost_local_output_names_the_provider_copy_deleted_by_default(
         downloads = [c for c in server.calls if c.path.endswith("/content")]
     lost = results.failed.filter(pl.col("stage") == "lost")
     assert lost.height == 4 and results.ok.height == 4
-    assert "deleted once its results were stored" in lost["error_message"][0]
+    assert "was deleted once the rows were stored" in lost["error_message"][0]
     assert len(downloads) == 2  # the two first downloads; none for the deleted copy
