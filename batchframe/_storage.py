@@ -179,9 +179,10 @@ class Storage:
 
     def read_bytes(self, rel: str) -> bytes:
         """The whole content of ``rel``."""
-        if self._known_sizes:
-            # s3fs asks for the size first (a HEAD) to read big objects in parallel
-            # ranges; one GET is enough for what is read whole here (manifest, lock).
+        if self._known_sizes and _takes_max_concurrency(self.fs):
+            # s3fs >= 2026.2 asks for the size first (a HEAD) to read big objects in
+            # parallel ranges; one GET is enough for what is read whole here (manifest,
+            # lock).
             whole: bytes = self.fs.cat_file(self.path(rel), max_concurrency=1)
             return whole
         data: bytes = self.fs.cat_file(self.path(rel))
@@ -435,6 +436,14 @@ def _abandon(f: IO[bytes]) -> None:
         # mark the file closed without closing it.
         with suppress(AttributeError):  # pragma: no cover - not an fsspec buffered file
             f.closed = True  # type: ignore[misc]
+
+
+def _takes_max_concurrency(fs: AbstractFileSystem) -> bool:
+    """Whether ``fs.cat_file`` takes ``max_concurrency`` (s3fs releases that have it)."""
+    import inspect
+
+    cat = getattr(type(fs), "_cat_file", None)
+    return cat is not None and "max_concurrency" in inspect.signature(cat).parameters
 
 
 def _protocols(fs: AbstractFileSystem) -> set[str]:
