@@ -603,14 +603,20 @@ class JobEngine:
         Rows are retried while the row has had fewer than ``max_attempts`` tries. When
         most rows of the attempt failed (an outage, see :class:`RetryBackoff`), the retry
         waits an exponential backoff, and with the default ``max_attempts`` it is made
-        even past three tries, until the backoff budget is spent.
+        even past three tries, until the backoff budget is spent; so is a retry of an
+        attempt that was itself an outage retry.
         """
         if not retryable.height:
             return None
         policy = self._backoff()
         option = self._m.options.get("max_attempts")
         max_attempts = int(option) if option is not None else 3
-        outage = retryable.height >= policy.outage_share * max(r.n_requests, 1)
+        # A retry made during an outage stays in it while any of its rows still fail
+        # retryably: an outage that ends halfway through an attempt leaves fewer than
+        # half of its rows failed, and those rows have used their tries on the outage.
+        outage = (
+            retryable.height >= policy.outage_share * max(r.n_requests, 1) or r.backoff_step > 0
+        )
         step = r.backoff_step + 1 if outage else 0
         hint = retry_after_hint(retryable["error_message"].to_list())
         delay = policy.delay(step, retry_after=hint)
