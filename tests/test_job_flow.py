@@ -227,7 +227,7 @@ def test_queue_scheduling(tmp_path: Any, known: bool) -> None:
     limit = int(per_shard * 2.5)
     # Batches stay queued a while, so a job that does not know the limit surely meets it.
     with bf.LocalBatchServer(
-        queue_token_limit=limit, requests_per_second=400, validation_seconds=0.5, seed=4
+        queue_token_limit=limit, requests_per_second=20, validation_seconds=0.5, seed=4
     ) as server:
         job = bf.BatchJob.create(
             req,
