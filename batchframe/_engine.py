@@ -4,9 +4,13 @@ Crash safety rests on three rules:
 
 1. Every outside action (upload, create, poll, download) is followed by an atomic save
    of ``manifest.json`` before the next one starts. Saves coalesce only where no outside
-   action lies between them (a create's result goes out with the next shard's intent),
-   and a save that changes nothing but ``updated_at`` writes nothing (a poll that saw no
-   change, on object stores a request saved).
+   action lies between them (a create's result goes out with the next shard's intent;
+   the downloads of a round go out with the settlements that follow them, which only
+   parse and write files under the root), and a save that changes nothing but
+   ``updated_at`` writes nothing (a poll that saw no change, on object stores a request
+   saved). A download is the one outside action whose record may be lost this way (on
+   object stores, where each save is a request): a crash before the settlement's save
+   downloads the same files again, and nothing is created or paid for.
 2. Before ``batches.create`` the record is saved as ``submitting`` (the intent), and the
    batch carries metadata tags (job id, shard, attempt, submission, shard sha256).
 3. A record found ``submitting`` without a batch id is first looked up in
@@ -73,8 +77,8 @@ from batchframe._schedule import (
     in_flight_tokens,
     retry_after_hint,
 )
-from batchframe._storage import Storage
-from batchframe.exceptions import APIError, CostLimitError
+from batchframe._storage import Storage, WriteConflict
+from batchframe.exceptions import APIError, CostLimitError, JobLockedError
 
 __all__ = ["JobEngine", "api_factory"]
 
@@ -127,6 +131,12 @@ class JobEngine:
         self._m = manifest
         self._api_factory = api
         self._fence = lock if isinstance(lock, Fence) else Fence(storage, lock)
+        if self._fence.conditional:
+            try:
+                self._claim()
+            except BaseException:
+                self._fence.release()
+                raise
         from batchframe._remote_api import job_executor
 
         self._executor, self._own_executor = job_executor(
@@ -153,11 +163,43 @@ class JobEngine:
         return self._api_factory()
 
     def _save(self) -> None:
-        """Save the manifest, first making sure this process still holds the lock."""
+        """Save the manifest, first making sure this process still holds the lock.
+
+        Where the storage honours conditional writes the save itself is the check: it
+        is refused once another driver wrote the manifest (see :mod:`batchframe._fence`).
+        """
         self._m.queue = {(k or ""): v.to_dict() for k, v in self._learned.items()}
         if self._m._content() != self._m._stored:
             self._fence.check()  # raises JobLockedError once another driver took over
-        self._m.save(self._storage)
+        try:
+            self._m.save(self._storage)
+        except WriteConflict as exc:
+            raise self._fence.lost(exc) from exc
+
+    def _claim(self) -> None:
+        """Write the manifest with this driver's lock epoch, before any outside action.
+
+        Conditional writes only (see :mod:`batchframe._fence`): from this write on, every
+        manifest write of a driver this one took over from is refused. The write is
+        conditioned on the version read under the lock; when a displaced driver wrote
+        after that read, the manifest is read again (its intents are then reconciled
+        as usual) and the claim retried.
+        """
+        for _ in range(5):
+            self._m.lock_epoch = self._fence.epoch
+            try:
+                self._m.save(self._storage)
+                return
+            except WriteConflict as exc:
+                self._fence.check(read=True)  # JobLockedError: displaced already
+                _log.info("the manifest changed since it was read (%s); reading it again", exc)
+                self._m = Manifest.load(self._storage)
+        msg = (
+            f"the manifest of the job at `{self._storage.root_url}` keeps changing while "
+            "this process holds the lock; stop the other process writing it, then open the "
+            "job again"
+        )
+        raise JobLockedError(msg)
 
     def _bounds(self, model: str | None) -> QueueBounds:
         return self._learned.setdefault(model, QueueBounds())
@@ -484,9 +526,16 @@ class JobEngine:
             setattr(r, f"{kind}_path", rel)
             setattr(r, f"{kind}_downloaded", True)
             _log.debug("downloaded %s file of %s (%d bytes) to %s", kind, r.batch_id, n, rel)
-            self._save()
+            if not self._storage.direct_writes:
+                self._save()
         if error is not None:
+            self._save()
             raise error
+        # On object stores, where every save is a request, not saved here when all went
+        # well: the settlements that follow at once (they only parse and write files
+        # under the root) save them, one save per attempt, and `_settle` saves whatever
+        # is left at its end (rule 1 in the module docstring). Elsewhere a save costs no
+        # request, and each download is saved as it lands.
 
     def _ready(self, r: ShardAttempt) -> bool:
         if r.is_settled:
@@ -579,7 +628,7 @@ class JobEngine:
                     tags[r.model] = cache_tag(self._m, r.model)
                 # Published before the settlement is saved: a crash in between settles
                 # the attempt again and rewrites the same rows.
-                publish_outcome(self._storage, self._m, r, final, tag=tags[r.model])
+                publish_outcome(self._storage, self._m, r, final, tag=tags[r.model], settling=True)
             except Exception as exc:  # readers publish what is missing from the files
                 _log.warning("could not publish the results of %s: %s", r.key, exc)
             del outcome, final
@@ -592,6 +641,7 @@ class JobEngine:
                 publish(self._storage, self._m, executor=self._executor, partial=False)
             except Exception as exc:  # readers check again
                 _log.warning("could not check the published results: %s", exc)
+        self._save()  # downloads not followed by a settlement (nothing if all were)
         self._delete_settled_files()
 
     def _backoff(self) -> RetryBackoff:

@@ -242,8 +242,7 @@ class BatchJob(JobEngine):
                     **provider_options,
                 },
             )
-            lock.check()
-            manifest.save(storage)
+            lock.save_new(manifest)
         except BaseException:
             lock.release()
             raise

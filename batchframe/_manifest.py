@@ -117,7 +117,9 @@ __all__ = [
     "acquire_lock",
     "batch_tags",
     "check_lock",
+    "displaced_message",
     "find_tagged",
+    "read_lock",
     "release_lock",
     "renew_lock",
 ]
@@ -351,6 +353,14 @@ class Manifest:
     _stored_skeleton: bytes | None = field(default=None, repr=False, compare=False)
     #: Skeleton of what ``manifest.prev.json`` holds (``None``: unknown or absent).
     _previous_skeleton: bytes | None = field(default=None, repr=False, compare=False)
+    #: Where the storage honours conditional writes: the ETag of ``manifest.json`` as
+    #: this object last wrote or read it (``None``: the file is absent, or was not
+    #: read), and of ``manifest.prev.json`` as it last wrote it (``None``: not yet).
+    _etag: str | None = field(default=None, repr=False, compare=False)
+    _prev_etag: str | None = field(default=None, repr=False, compare=False)
+    #: The fencing token (lock epoch) of the driver that wrote this version, where the
+    #: storage honours conditional writes (see :mod:`batchframe._fence`).
+    lock_epoch: int | None = None
     #: Why the manifest was recovered from ``manifest.prev.json`` (``None``: it was not).
     recovered: str | None = field(default=None, repr=False, compare=False)
 
@@ -430,6 +440,7 @@ class Manifest:
             "cancel_requested": self.cancel_requested,
             "embedding_dims": self.embedding_dims,
             "queue": self.queue,
+            **({"lock_epoch": self.lock_epoch} if self.lock_epoch is not None else {}),
             "records": [r.to_dict() for r in self.records],
         }
 
@@ -463,6 +474,7 @@ class Manifest:
             created_at=float(data["created_at"]),
             updated_at=float(data.get("updated_at", data["created_at"])),
             format_version=FORMAT_VERSION,
+            lock_epoch=None if data.get("lock_epoch") is None else int(data["lock_epoch"]),
         )
 
     def _content(self) -> bytes:
@@ -498,6 +510,17 @@ class Manifest:
         Before it is replaced, the current version is copied to ``manifest.prev.json``
         when recovery would need it (its skeleton differs from the copy already there),
         from memory: one more write, no read.
+
+        Where the storage honours conditional writes (``storage.conditional_writes``),
+        both files are written on condition that nobody else wrote them since this
+        object did (``If-Match`` its ETag; ``If-None-Match: *`` for a manifest never
+        written): the fence of :mod:`batchframe._fence` on object stores.
+
+        Raises
+        ------
+        WriteConflict
+            (Conditional writes only.) Another process wrote ``manifest.json`` or
+            ``manifest.prev.json`` since this object last did: this one must stop.
         """
         content = self._content()
         if content == self._stored:
@@ -506,15 +529,28 @@ class Manifest:
         data = orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2)
         outgoing = self._stored_bytes
         if outgoing is not None and self._stored_skeleton != self._previous_skeleton:
-            storage.write_bytes(PREVIOUS_MANIFEST_FILE, outgoing)
+            self._write_previous(storage, outgoing)
             self._previous_skeleton = self._stored_skeleton
-        storage.write_bytes(MANIFEST_FILE, data)
+        if storage.conditional_writes:
+            self._etag = storage.write_if(MANIFEST_FILE, data, self._etag)
+        else:
+            storage.write_bytes(MANIFEST_FILE, data)
         self._remember(data)
         if self._stored_skeleton != self._previous_skeleton and self._settled():
             # The job just settled: its final version is kept twice, so that readers of a
             # finished job never fall back to a version with rows still open.
-            storage.write_bytes(PREVIOUS_MANIFEST_FILE, data)
+            self._write_previous(storage, data)
             self._previous_skeleton = self._stored_skeleton
+
+    def _write_previous(self, storage: Storage, data: bytes) -> None:
+        if not storage.conditional_writes:
+            storage.write_bytes(PREVIOUS_MANIFEST_FILE, data)
+        elif self._prev_etag is None:
+            # The first copy this object writes (it does not know the file's ETag): a
+            # driver displaced meanwhile fails on its own next conditional write.
+            self._prev_etag = storage.write_if(PREVIOUS_MANIFEST_FILE, data, ...)
+        else:
+            self._prev_etag = storage.write_if(PREVIOUS_MANIFEST_FILE, data, self._prev_etag)
 
     def _settled(self) -> bool:
         return bool(self.records) and all(r.is_settled for r in self.records)
@@ -556,14 +592,16 @@ class Manifest:
         ManifestVersionError
             The manifest was written by a newer batchframe.
         """
-        raw = _read_or_none(storage, MANIFEST_FILE)
+        raw, etag = _read_tagged_or_none(storage, MANIFEST_FILE)
         problem: str
         cause: BaseException | None = None
         if raw is None:
             problem = "is missing"
         else:
             try:
-                return cls._parse(raw)
+                loaded = cls._parse(raw)
+                loaded._etag = etag
+                return loaded
             except ManifestVersionError:
                 raise
             except (ValueError, KeyError, TypeError, AttributeError, JobError) as exc:
@@ -592,6 +630,7 @@ class Manifest:
                 cause = exc
             else:
                 manifest._recover(storage, problem, quiet=quiet)
+                manifest._etag = etag  # the next save replaces what is there (or nothing)
                 return manifest
         else:
             problem += f", and there is no previous version ({PREVIOUS_MANIFEST_FILE})"
@@ -638,6 +677,13 @@ class Manifest:
             saved,
             len(suspects),
         )
+
+
+def _read_tagged_or_none(storage: Storage, rel: str) -> tuple[bytes | None, str | None]:
+    try:
+        return storage.read_tagged(rel)
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
 
 
 def _read_or_none(storage: Storage, rel: str) -> bytes | None:
@@ -949,14 +995,23 @@ def check_lock(storage: Storage, info: LockInfo) -> None:
         held = _read_lock(storage)
     if held is not None and held.token == info.token:
         return
+    raise JobLockedError(displaced_message(storage, info, held))
+
+
+def displaced_message(storage: Storage, info: LockInfo, held: LockInfo | None) -> str:
+    """What a holder ``info`` displaced by ``held`` (``None``: unknown) is told."""
     other = "an unknown process" if held is None else held.describe()
     epoch = "" if held is None else f" (lock epoch {held.epoch} > ours, {info.epoch})"
-    msg = (
+    return (
         f"the job at `{storage.root_url}` was taken over by {other}{epoch}; this process "
         "stopped before creating another batch or saving the manifest. Let the new holder "
         "drive the job (or open it again here once that one is gone)"
     )
-    raise JobLockedError(msg)
+
+
+def read_lock(storage: Storage) -> LockInfo | None:
+    """The holder ``lock.json`` names now (``None``: no lock file)."""
+    return _read_lock(storage)
 
 
 def renew_lock(storage: Storage, info: LockInfo) -> bool:

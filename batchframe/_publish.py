@@ -227,9 +227,23 @@ def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
 
 
 def publish_outcome(
-    storage: Storage, manifest: Manifest, r: ShardAttempt, outcome: Outcome, *, tag: str
+    storage: Storage,
+    manifest: Manifest,
+    r: ShardAttempt,
+    outcome: Outcome,
+    *,
+    tag: str,
+    settling: bool = False,
 ) -> None:
-    """Publish ``r``'s final rows: write its non-empty parts, remove the empty ones."""
+    """Publish ``r``'s final rows: write its non-empty parts, remove the empty ones.
+
+    ``settling``: the engine is settling ``r`` now, so no file of the part can hold
+    rows of this settlement yet, and an empty part is not deleted (on object stores a
+    DELETE per attempt). A file an earlier settlement of ``r`` left (a crash between
+    publishing and saving it) names another settle time in its ``batchframe.source``:
+    :func:`publish` removes or rewrites it when the job settles, and readers do before
+    they read.
+    """
     source = source_of(manifest, r, tag)
     for part, frame in (("ok", outcome.ok), ("failed", outcome.failed)):
         rel = part_path(part, r.key)
@@ -238,8 +252,13 @@ def publish_outcome(
             _write_atomic(
                 storage, rel, frame, {_ENDPOINT_KEY: manifest.endpoint, _SOURCE_KEY: source}
             )
-        else:
+        elif not settling:
             storage.delete(rel)
+
+
+#: Published files up to this size are written from memory in one PUT whose ETag is
+#: kept, so the job knows their ``batchframe.source`` without reading their footers.
+_TAGGED_WRITE_BYTES = 64 << 20
 
 
 def _write_atomic(storage: Storage, rel: str, frame: pl.DataFrame, meta: dict[str, str]) -> None:
@@ -252,6 +271,13 @@ def _write_atomic(storage: Storage, rel: str, frame: pl.DataFrame, meta: dict[st
     place in one step.
     """
     if storage.direct_writes:
+        if frame.estimated_size() <= _TAGGED_WRITE_BYTES:
+            import io
+
+            buf = io.BytesIO()
+            frame.write_parquet(buf, metadata=meta)
+            storage.write_tagged(rel, buf.getbuffer(), meta[_SOURCE_KEY])
+            return
         with storage.open_write(rel) as f:
             frame.write_parquet(f, metadata=meta)
         return
@@ -324,6 +350,9 @@ def _list(storage: Storage, rel: str) -> set[str]:
 def _file_source(storage: Storage, rel: str, local: bool) -> str | None:
     import pyarrow.parquet as pq
 
+    known = None if local else storage.note_of(rel)
+    if known is not None:  # written by this job object, and listed unchanged since
+        return known
     try:
         if local:
             meta = pq.read_metadata(storage.path(rel)).metadata or {}

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from types import EllipsisType
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -143,6 +144,14 @@ class Storage:
         #: object's ETag, so that a read never mixes two versions.)
         self._sizes: dict[str, int] = {}
         self._known_sizes = bool(_protocols(fs) & {"s3", "s3a"})
+        #: Whether writes conditioned on an object's ETag (``If-Match``) or absence
+        #: (``If-None-Match: *``) are honoured here; ``False`` until :meth:`probe_conditional`
+        #: has seen the store refuse a write whose condition fails (S3 and stores that
+        #: speak its API: AWS, MinIO, R2, Ceph, moto). The job's fence relies on it.
+        self.conditional_writes = False
+        #: S3: ETags of the objects this Storage wrote with :meth:`write_tagged`, and
+        #: what the caller noted about each (see :meth:`note_of`).
+        self._written: dict[str, tuple[str, str]] = {}
 
     # -- paths ---------------------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -190,17 +199,49 @@ class Storage:
 
     @contextmanager
     def open_read(self, rel: str) -> Iterator[IO[bytes]]:
-        """Open ``rel`` for streaming reads."""
-        with self.fs.open(self.path(rel), "rb") as f:
+        """Open ``rel`` for streaming reads.
+
+        On S3, a file this Storage wrote is opened with its known size: s3fs would
+        otherwise ask for it with a HEAD request first. (A file just listed is opened
+        from the listing, which also gives s3fs its ETag, so the read never mixes two
+        versions; the files whose size is remembered are never rewritten with other
+        bytes: shards, retry shards and downloaded output files.)
+        """
+        path = self.path(rel)
+        size = self._sizes.get(path)
+        if size is not None and not self._listed(path):
+            f = self.fs.open(path, "rb", size=size)
+            with suppress(AttributeError):  # s3fs asks for the details at the first read
+                f.details = {"name": path, "size": size, "type": "file"}
+        else:
+            f = self.fs.open(path, "rb")
+        with f:
             yield f
+
+    def _listed(self, path: str) -> bool:
+        """Whether fsspec's listing cache holds ``path`` (its size and ETag, on S3)."""
+        cache = getattr(self.fs, "dircache", None)
+        if not cache:
+            return False
+        entries = cache.get(posixpath.dirname(path)) or ()
+        return any(e.get("name") == path for e in entries)
 
     def list(self, rel: str) -> list[str]:
         """Relative paths of the files directly under directory ``rel`` (sorted)."""
         base = self.path(rel)
-        if not self.fs.exists(base):
-            return []
+        if self.direct_writes:
+            # One LIST: a missing "directory" is an empty listing there (``exists``
+            # would send a HEAD and a LIST first).
+            try:
+                listed = self.fs.ls(base, detail=False)
+            except FileNotFoundError:
+                return []
+        else:
+            if not self.fs.exists(base):
+                return []
+            listed = self.fs.ls(base, detail=False)
         out = []
-        for p in self.fs.ls(base, detail=False):
+        for p in listed:
             name = posixpath.basename(str(p).rstrip("/"))
             if name.startswith(".tmp-"):
                 continue
@@ -287,6 +328,7 @@ class Storage:
 
         One PUT on object stores; a temporary file and a move elsewhere.
         """
+        self._written.pop(self.path(rel), None)
         if self.direct_writes:
             self._make_root()
             with self._root_errors():
@@ -332,6 +374,7 @@ class Storage:
         # Not ``with fs.open(...)``: its ``__exit__`` (and ``__del__``) would close the
         # file, that is complete the upload, even when the block raised.
         self._sizes.pop(target, None)
+        self._written.pop(target, None)
         f = self.fs.open(target, "wb")
         try:
             yield f
@@ -347,6 +390,7 @@ class Storage:
         """Delete ``rel`` if it exists."""
         p = self.path(rel)
         self._sizes.pop(p, None)
+        self._written.pop(p, None)
         if self.direct_writes:
             with suppress(FileNotFoundError):  # one DELETE; a missing key is fine
                 self.fs.rm_file(p)
@@ -384,6 +428,122 @@ class Storage:
                     continue
                 removed.append(posixpath.join(rel, name) if rel else name)
         return tuple(removed)
+
+    # -- conditional writes (the fence on object stores, see batchframe._fence) -------------
+    def read_tagged(self, rel: str) -> tuple[bytes, str | None]:
+        """The whole content of ``rel`` and its ETag (``None`` where there is none).
+
+        One GET on S3, like :meth:`read_bytes`.
+        """
+        if not self._s3_api():
+            return self.read_bytes(rel), None
+        from fsspec.asyn import sync
+
+        fs: Any = self.fs
+        bucket, key, _ = fs.split_path(self.path(rel))
+
+        async def get() -> tuple[bytes, str | None]:
+            resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+            try:
+                return bytes(await resp["Body"].read()), resp.get("ETag")
+            finally:
+                resp["Body"].close()
+
+        out: tuple[bytes, str | None] = sync(fs.loop, get)
+        return out
+
+    def write_if(
+        self, rel: str, data: bytes | bytearray | memoryview, etag: str | EllipsisType | None
+    ) -> str | None:
+        """Write ``data`` to ``rel`` only if ``rel`` still has ``etag`` (``None``: is absent).
+
+        One PUT with ``If-Match: <etag>`` (or ``If-None-Match: *``; ``...``: with no
+        condition). Returns the new object's ETag. Only meaningful where
+        :attr:`conditional_writes` is true.
+
+        Raises
+        ------
+        WriteConflict
+            The condition failed: another writer changed (or created) ``rel``.
+        """
+        fs: Any = self.fs
+        match: dict[str, str] = {}
+        if etag is None:
+            match = {"IfNoneMatch": "*"}
+        elif isinstance(etag, str):
+            match = {"IfMatch": etag}
+        self._make_root()
+        try:
+            with self._root_errors():
+                resp = fs.pipe_file(self.path(rel), bytes(data), **match)
+        except FileExistsError as exc:  # s3fs: a failed If-None-Match
+            raise WriteConflict(rel) from exc
+        except OSError as exc:
+            if _precondition_failed(exc):
+                raise WriteConflict(rel) from exc
+            raise
+        self._sizes[self.path(rel)] = len(data)
+        tag = resp.get("ETag") if isinstance(resp, dict) else None
+        return str(tag) if tag is not None else None
+
+    def write_tagged(self, rel: str, data: bytes | bytearray | memoryview, note: str) -> None:
+        """Write ``data`` to ``rel`` (atomically) and remember ``note`` about this version.
+
+        :meth:`note_of` returns ``note`` for as long as a listing shows the object with
+        the ETag this write got (S3: no read needed to know what the file holds);
+        elsewhere it is a plain :meth:`write_bytes`.
+        """
+        path = self.path(rel)
+        self._written.pop(path, None)
+        if not self._s3_api():
+            self.write_bytes(rel, data)
+            return
+        etag = self.write_if(rel, data, ...)
+        if etag is not None:
+            self._written[path] = (etag, note)
+
+    def note_of(self, rel: str) -> str | None:
+        """The note of :meth:`write_tagged` for ``rel``, if the last listing shows that version.
+
+        ``None`` when this Storage did not write ``rel``, when ``rel`` was not listed
+        since (see :meth:`list`), or when the listing shows another version (another
+        process wrote it since): then the caller reads the file.
+        """
+        path = self.path(rel)
+        written = self._written.get(path)
+        if written is None:
+            return None
+        cache = getattr(self.fs, "dircache", None) or {}
+        for entry in cache.get(posixpath.dirname(path)) or ():
+            if entry.get("name") == path:
+                return written[1] if entry.get("ETag") == written[0] else None
+        return None
+
+    def probe_conditional(self, rel: str, data: bytes) -> bool:
+        """Find out, once, whether the store honours ``If-Match``; set and return it.
+
+        Writes ``data`` to the existing object ``rel`` on condition of an ETag no object
+        has: a store that honours conditions refuses it (412) and writes nothing; one
+        that ignores them writes ``data``, so ``rel`` must be an object whose content
+        may be replaced by ``data`` (the caller's own lock file). One request, on S3
+        only; elsewhere nothing is sent and the answer is ``False``.
+        """
+        if not self._s3_api():
+            return False
+        fs: Any = self.fs
+        try:
+            fs.pipe_file(self.path(rel), bytes(data), IfMatch='"batchframe-probe"')
+        except OSError as exc:
+            self.conditional_writes = _precondition_failed(exc)
+        except Exception:  # e.g. botocore too old to send the header: no conditions
+            self.conditional_writes = False
+        else:
+            self.conditional_writes = False  # the store ignored the condition
+        self._sizes.pop(self.path(rel), None)
+        return self.conditional_writes
+
+    def _s3_api(self) -> bool:
+        return bool(_protocols(self.fs) & {"s3", "s3a"}) and hasattr(self.fs, "_call_s3")
 
     # -- added for the job lock (owned by the job module) ----------------------------------
     def create_exclusive(self, rel: str, data: bytes) -> bool:
@@ -423,6 +583,28 @@ class Storage:
             return False
         self.write_bytes(rel, data)
         return True
+
+
+class WriteConflict(Exception):
+    """A conditional write found the object changed (or present) since it was read."""
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (an s3fs error) is a refused ``If-Match``/``If-None-Match``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        response = getattr(cur, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error") or {}
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return True
+            if status in (409, 412):
+                return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _abandon(f: IO[bytes]) -> None:
