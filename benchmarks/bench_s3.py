@@ -77,7 +77,9 @@ class CountingMotoServer:
 
 def _kind(method: str, target: str) -> str:
     path, _, query = target.partition("?")
-    name = path.rsplit("/", 1)[-1] or "/"
+    parts = path.split("/")
+    # The folder under the job root too (shards/, outputs/, ok/, failed/), not the root.
+    name = "/".join(parts[-2:]) if len(parts) > 4 else (parts[-1] or "/")
     name = re.sub(r"^\.tmp-[0-9a-f]+-", ".tmp-*-", name)
     name = re.sub(r"\d+", "N", name)
     extra = "?" + ",".join(sorted(k.split("=")[0] for k in query.split("&"))) if query else ""
