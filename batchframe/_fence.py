@@ -32,7 +32,6 @@ import threading
 from typing import TYPE_CHECKING
 
 from batchframe._manifest import (
-    LOCK_FILE,
     LOCK_TTL,
     LockInfo,
     check_lock,
@@ -75,7 +74,7 @@ class Fence:
         self._thread: threading.Thread | None = None
         #: Whether manifest writes are conditional here (then they are the fence).
         self.conditional = storage.conditional_writes or (
-            storage.direct_writes and storage.probe_conditional(LOCK_FILE, lock.payload())
+            storage.direct_writes and storage.probe_conditional()
         )
         interval = LOCK_TTL / 4 if heartbeat == -1.0 else heartbeat
         if interval is not None:

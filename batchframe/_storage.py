@@ -519,27 +519,32 @@ class Storage:
                 return written[1] if entry.get("ETag") == written[0] else None
         return None
 
-    def probe_conditional(self, rel: str, data: bytes) -> bool:
+    def probe_conditional(self) -> bool:
         """Find out, once, whether the store honours ``If-Match``; set and return it.
 
-        Writes ``data`` to the existing object ``rel`` on condition of an ETag no object
-        has: a store that honours conditions refuses it (412) and writes nothing; one
-        that ignores them writes ``data``, so ``rel`` must be an object whose content
-        may be replaced by ``data`` (the caller's own lock file). One request, on S3
-        only; elsewhere nothing is sent and the answer is ``False``.
+        Sends one PUT of an empty object ``.batchframe-probe`` on condition of an ETag
+        it cannot have (the object does not exist): a store that honours conditions
+        refuses it (404 or 412) and writes nothing; one that ignores them writes it,
+        and the object is deleted again. On S3 only; elsewhere nothing is sent and the
+        answer is ``False``.
         """
         if not self._s3_api():
             return False
         fs: Any = self.fs
+        probe = self.path(".batchframe-probe")
+        self._make_root()
         try:
-            fs.pipe_file(self.path(rel), bytes(data), IfMatch='"batchframe-probe"')
+            fs.pipe_file(probe, b"", IfMatch='"batchframe-probe"')
+        except FileNotFoundError:  # NoSuchKey: the condition was checked
+            self.conditional_writes = True
         except OSError as exc:
             self.conditional_writes = _precondition_failed(exc)
         except Exception:  # e.g. botocore too old to send the header: no conditions
             self.conditional_writes = False
         else:
             self.conditional_writes = False  # the store ignored the condition
-        self._sizes.pop(self.path(rel), None)
+            with suppress(Exception):
+                fs.rm_file(probe)
         return self.conditional_writes
 
     def _s3_api(self) -> bool:

@@ -504,9 +504,8 @@ def test_conditional_manifest_writes_refuse_a_stale_writer(s3: dict[str, Any]) -
     from batchframe._storage import WriteConflict
 
     storage = Storage("s3://jobs/conditional", s3)
-    storage.write_bytes(LOCK_FILE, b"{}")
-    assert storage.probe_conditional(LOCK_FILE, b"{}")  # moto honours If-Match
-    assert storage.read_bytes(LOCK_FILE) == b"{}"
+    assert storage.probe_conditional()  # moto honours If-Match: nothing written
+    assert not storage.exists(".batchframe-probe")
     first = Manifest(
         job_id="bfj_c", endpoint="/v1/embeddings", fingerprint="f", n_requests=0,
         limits={}, options={},
@@ -643,6 +642,7 @@ def test_store_ignoring_conditions_falls_back_to_reading_the_lock(
                 max_in_flight=2,
             )
             assert not a._fence.conditional  # the probe's write was not refused
+            assert not Storage(root, s3).exists(".batchframe-probe")  # and was removed
             moto.take()
             a.submit()
             lock_reads = [k for m, k in moto.take() if m == "GET" and k.endswith(LOCK_FILE)]
