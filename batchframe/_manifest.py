@@ -532,7 +532,7 @@ class Manifest:
             self._write_previous(storage, outgoing)
             self._previous_skeleton = self._stored_skeleton
         if storage.conditional_writes:
-            self._etag = storage.write_if(MANIFEST_FILE, data, self._etag)
+            self._etag = _write_if(storage, MANIFEST_FILE, data, self._etag)
         else:
             storage.write_bytes(MANIFEST_FILE, data)
         self._remember(data)
@@ -550,7 +550,7 @@ class Manifest:
             # driver displaced meanwhile fails on its own next conditional write.
             self._prev_etag = storage.write_if(PREVIOUS_MANIFEST_FILE, data, ...)
         else:
-            self._prev_etag = storage.write_if(PREVIOUS_MANIFEST_FILE, data, self._prev_etag)
+            self._prev_etag = _write_if(storage, PREVIOUS_MANIFEST_FILE, data, self._prev_etag)
 
     def _settled(self) -> bool:
         return bool(self.records) and all(r.is_settled for r in self.records)
@@ -677,6 +677,38 @@ class Manifest:
             saved,
             len(suspects),
         )
+
+
+def _write_if(storage: Storage, rel: str, data: bytes, etag: str | None) -> str | None:
+    """``storage.write_if``; a file deleted since this holder wrote it is written again.
+
+    A refused write is this holder's own when the file holds exactly ``data`` (a retry
+    of a PUT that had landed); otherwise :class:`WriteConflict` propagates.
+
+    Deleted by hand or by a tool, not by a driver taking the job over: a taker writes
+    the manifest before anything else, so the file exists (with another ETag) and the
+    write is refused. Re-creating it is conditioned on its absence.
+    """
+    from batchframe._storage import WriteConflict
+
+    try:
+        return storage.write_if(rel, data, etag)
+    except FileNotFoundError:
+        if etag is None:
+            raise
+        _log.warning("%s disappeared during the run; writing it again", storage.url(rel))
+        return storage.write_if(rel, data, None)
+    except WriteConflict:
+        # A PUT whose answer was lost is sent again by the client, and then refused
+        # because the first one landed: the object holds exactly these bytes (they
+        # carry `updated_at`), so the write is this holder's own.
+        try:
+            now, tag = storage.read_tagged(rel)
+        except Exception:
+            now, tag = None, None
+        if now == data:
+            return tag
+        raise
 
 
 def _read_tagged_or_none(storage: Storage, rel: str) -> tuple[bytes | None, str | None]:

@@ -482,7 +482,8 @@ class Storage:
             if _precondition_failed(exc):
                 raise WriteConflict(rel) from exc
             raise
-        self._sizes[self.path(rel)] = len(data)
+        if self._known_sizes:
+            self._sizes[self.path(rel)] = len(data)
         tag = resp.get("ETag") if isinstance(resp, dict) else None
         return str(tag) if tag is not None else None
 

@@ -500,7 +500,7 @@ def _tagged_keys(server: bf.LocalBatchServer, job_id: str) -> list[tuple[str, st
 
 
 def test_conditional_manifest_writes_refuse_a_stale_writer(s3: dict[str, Any]) -> None:
-    from batchframe._manifest import PREVIOUS_MANIFEST_FILE, Manifest
+    from batchframe._manifest import MANIFEST_FILE, PREVIOUS_MANIFEST_FILE, Manifest
     from batchframe._storage import WriteConflict
 
     storage = Storage("s3://jobs/conditional", s3)
@@ -543,6 +543,28 @@ def test_conditional_manifest_writes_refuse_a_stale_writer(s3: dict[str, Any]) -
     kept = orjson.loads(storage.read_bytes(PREVIOUS_MANIFEST_FILE))
     assert kept["lock_epoch"] == 2 and not kept["cancel_requested"]
     assert Manifest.load(storage).lock_epoch == 2
+    # Both files deleted by hand during the run: the holder writes them again.
+    storage.delete(MANIFEST_FILE)
+    storage.delete(PREVIOUS_MANIFEST_FILE)
+    taker.cancel_requested = False
+    taker.save(storage)
+    assert Manifest.load(storage).lock_epoch == 2
+    assert not Manifest.load(storage).cancel_requested
+    assert orjson.loads(storage.read_bytes(PREVIOUS_MANIFEST_FILE))["cancel_requested"]
+
+
+def test_a_refused_write_that_had_landed_is_the_holders_own(s3: dict[str, Any]) -> None:
+    """A PUT whose answer was lost is re-sent by the client and refused: not a takeover."""
+    from batchframe._manifest import _write_if
+    from batchframe._storage import WriteConflict
+
+    storage = Storage("s3://jobs/retried-put", s3)
+    first = _write_if(storage, "m.json", b"v1", None)
+    landed = storage.write_if("m.json", b"v2", first)  # the first send, answer lost
+    assert _write_if(storage, "m.json", b"v2", first) == landed  # the re-send
+    with pytest.raises(WriteConflict):  # other bytes there: another writer
+        _write_if(storage, "m.json", b"v3", first)
+    assert storage.read_bytes("m.json") == b"v2"
 
 
 def test_displaced_driver_on_s3_stops_without_reading_the_lock(
