@@ -681,3 +681,78 @@ def test_store_ignoring_conditions_falls_back_to_reading_the_lock(
         moto.ignore_conditions = False
     assert len(keys) == len(set(keys)) == 4
     assert results.ok.height == 40
+
+
+DRIVE = textwrap.dedent(
+    """
+    import sys, orjson
+    import polars as pl
+    import batchframe as bf
+    from batchframe import _api
+
+    root, base_url, opts, n = sys.argv[1], sys.argv[2], orjson.loads(sys.argv[3]), int(sys.argv[4])
+    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]})
+    requests = bf.build_requests(df, endpoint="/v1/chat/completions",
+                                 body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
+                                 custom_id="id")
+    client = _api.make_client(base_url, api_key="x")
+    job = bf.BatchJob.create(requests, root, client=client, storage_options=opts,
+                             limits=bf.BatchLimits(max_requests=10), max_in_flight=2)
+    print(job.job_id, flush=True)
+    try:
+        job.wait(poll_interval=0.01, progress=False)
+    except bf.JobLockedError:
+        print("displaced", flush=True)
+        sys.exit(3)
+    print("finished", flush=True)
+    """
+)
+
+
+@pytest.mark.slow  # two processes driving one S3 root at once: ~20 s
+def test_two_processes_on_one_s3_root_never_run_a_shard_twice(s3: dict[str, Any]) -> None:
+    """A drives the job in another process; this one takes it over mid-way (break_lock).
+
+    Real concurrency, unlike the tests above: A is stopped by a refused manifest write
+    at whatever point it is, and no shard attempt runs twice, no row is lost.
+    """
+    import time
+
+    import orjson
+
+    n = 120
+    root = "s3://jobs/two-processes"
+    with bf.LocalBatchServer(validation_seconds=0.2, requests_per_second=200, seed=9) as server:
+        a = subprocess.Popen(
+            [sys.executable, "-c", DRIVE, root, server.base_url, orjson.dumps(s3).decode(), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert a.stdout is not None
+        job_id = a.stdout.readline().strip()
+        deadline = time.monotonic() + 120
+        while len(_tagged_keys(server, job_id)) < 3:  # A is mid-way through the job
+            assert time.monotonic() < deadline and a.poll() is None
+            time.sleep(0.01)
+        with bf.BatchJob.open(
+            root, client=server.client(), storage_options=s3, break_lock=True
+        ) as b:
+            b.wait(poll_interval=0.02, progress=False)
+            results = b.collect()
+        out, err = a.communicate(timeout=120)
+        assert a.returncode == 3 and "displaced" in out, (a.returncode, out, err[-2000:])
+        created = [
+            x
+            for x in server.batches_created()
+            if (x.get("metadata") or {}).get("batchframe_job") == job_id
+        ]
+        ran: dict[tuple[str, str], int] = {}
+        for x in created:
+            done = server.batch(x["id"])
+            if (done["request_counts"] or {}).get("completed"):
+                key = (x["metadata"]["batchframe_shard"], x["metadata"]["batchframe_attempt"])
+                ran[key] = ran.get(key, 0) + 1
+    assert len(ran) == n // 10 and set(ran.values()) == {1}, ran
+    assert results.ok.height == n and results.ok["custom_id"].n_unique() == n
+    assert results.failed.height == 0
