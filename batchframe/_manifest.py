@@ -66,6 +66,10 @@ job), so that a finished job recovers to its finished state: readers without a c
 newest settlements; ``wait()`` settles those attempts again from the downloaded files
 (nothing is created or downloaded again).
 
+Where the storage honours conditional writes (S3), both files are written with
+``If-Match`` on the ETag of the version this object last wrote: a driver that was taken
+over cannot overwrite either (see :mod:`batchframe._fence`).
+
 Everything else (statuses, request counts, downloads, row counts) is polled, downloaded
 or parsed again. When no readable version is left, :class:`ManifestDamagedError` names
 the file, the job id when it can still be read from the damaged bytes, and what to do.

@@ -11,6 +11,11 @@ point of view: a file appears whole or not at all.
 * Elsewhere (local disks, ``memory://``, SFTP, ...) bytes go to a temporary name beside
   the target and are moved into place (a crash leaves at most a stray ``.tmp-*`` file).
 
+On S3 the job's Storage also saves requests: it opens files it wrote with their known
+size (s3fs would send a HEAD first), lists a folder with one LIST, and offers writes
+conditioned on an object's ETag or absence (:meth:`Storage.write_if`), which the job's
+fence uses where the store honours them (:meth:`Storage.probe_conditional`).
+
 Temporary names carry their writer: ``.tmp-<host>.<pid>-<uuid>-<name>``, where ``<host>``
 is a digest of the host name, boot and pid namespace. :meth:`Storage.remove_stale_temps`
 removes the ones a crash left behind: those of a process of this host that is gone, and
