@@ -8,9 +8,11 @@ Crash safety rests on three rules:
    the downloads of a round go out with the settlements that follow them, which only
    parse and write files under the root), and a save that changes nothing but
    ``updated_at`` writes nothing (a poll that saw no change, on object stores a request
-   saved). A download is the one outside action whose record may be lost this way (on
-   object stores, where each save is a request): a crash before the settlement's save
-   downloads the same files again, and nothing is created or paid for.
+   saved). On object stores, where each save is a request, the uploads of a round
+   (started together) are saved once, when all are in, and before any create; a crash
+   before that save leaves files the next run adopts by name. Downloads are the one
+   outside action whose record waits for a later step there: a crash before the
+   settlement's save downloads the same files again, and nothing is created or paid for.
 2. Before ``batches.create`` the record is saved as ``submitting`` (the intent), and the
    batch carries metadata tags (job id, shard, attempt, submission, shard sha256).
 3. A record found ``submitting`` without a batch id is first looked up in
@@ -374,7 +376,15 @@ class JobEngine:
                 continue
             r.uploaded_at = time.time()
             r.move("uploaded")
-            self._save()
+            if not self._storage.direct_writes:
+                self._save()
+        # On object stores, where each save is a request, the uploads of a round are
+        # saved once, when all of them are in: they were all started together, so no
+        # upload starts after another's save either way, and a crash before this save
+        # leaves files that the next run adopts by name (as for a crash during an
+        # upload). The save still precedes the first intent, so the manifest's previous
+        # version always holds the uploads before a create (see batchframe._manifest).
+        self._save()
         n = 0
         for r in chosen:
             if r.input_file_id is None or error is not None:
