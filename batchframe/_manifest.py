@@ -32,8 +32,8 @@ Damaged or missing state
 A truncated or unreadable ``manifest.json`` (a torn write on a local disk after a power
 loss, an editor, a sync tool) is recovered from ``manifest.prev.json``, with a warning.
 The previous version is written only when it matters, so that on object stores (where
-every save is a request) it costs about one PUT per upload and per batch created, not
-one per save: ``save`` writes the outgoing version to ``manifest.prev.json`` first when
+every save is a request) it costs about one PUT per round of uploads and per batch
+created, not one per save: ``save`` writes the outgoing version to ``manifest.prev.json`` first when
 its *skeleton* differs from what ``manifest.prev.json`` already holds. The skeleton is
 what recovery cannot learn again from the provider by itself: the records that exist
 (shard, attempt), each one's ``submission``, ``input_file_id`` and ``batch_id``, and
@@ -43,8 +43,8 @@ just before the current one, and recovery loses at most one step's skeleton.
 What one step can add, and why recovery never loses a batch:
 
 * an intent (``uploaded`` -> ``submitting``) and then, maybe, a created batch: the
-  previous version holds the record ``uploaded`` with its input file (the upload was
-  its own save). On recovery every ``uploaded`` record without a batch id is turned
+  previous version holds the record ``uploaded`` with its input file (uploads are
+  saved before any intent: each on its own, or on object stores a round's together). On recovery every ``uploaded`` record without a batch id is turned
   back into an intent (``submitting``, ``intent_at`` now), so the engine lists the
   job's batches by their metadata tags (job, shard, attempt, submission) before
   creating anything, waits the usual grace for a create sent just before the crash,
