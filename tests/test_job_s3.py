@@ -790,3 +790,77 @@ def test_two_processes_on_one_s3_root_never_run_a_shard_twice(s3: dict[str, Any]
     assert len(ran) == n // 10 and set(ran.values()) == {1}, ran
     assert results.ok.height == n and results.ok["custom_id"].n_unique() == n
     assert results.failed.height == 0
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, orjson
+    import polars as pl
+    import batchframe as bf
+    from batchframe import _api
+
+    root, base_url, opts, n = sys.argv[1], sys.argv[2], orjson.loads(sys.argv[3]), int(sys.argv[4])
+    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]})
+    requests = bf.build_requests(df, endpoint="/v1/chat/completions",
+                                 body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
+                                 custom_id="id")
+    client = _api.make_client(base_url, api_key="x")
+    try:
+        job = bf.BatchJob.open(root, client=client, storage_options=opts)
+    except bf.JobNotFoundError:
+        job = bf.BatchJob.create(requests, root, client=client, storage_options=opts,
+                                 limits=bf.BatchLimits(max_requests=10), max_in_flight=3)
+    print("started", flush=True)
+    job.wait(poll_interval=0.01, progress=False)
+    print(job.collect().ok.height, flush=True)
+    """
+)
+
+
+@pytest.mark.slow  # a driver SIGKILLed three times on an S3 root: ~30 s each
+@pytest.mark.parametrize("seed", [1, 2])
+def test_driver_killed_at_random_on_s3_never_pays_twice(s3: dict[str, Any], seed: int) -> None:
+    """Kills land anywhere, also between the object-store-only coalesced saves (a round
+    of uploads; downloads before their settlement); the last driver finishes the job."""
+    import random
+    import signal
+    import time
+
+    import orjson
+
+    n = 80
+    rng = random.Random(seed)
+    root = f"s3://jobs/killed-{seed}"
+    args = [sys.executable, "-c", KILLED, root, "", orjson.dumps(s3).decode(), str(n)]
+    with bf.LocalBatchServer(validation_seconds=0.1, failure_rate=0.1, seed=seed) as server:
+        args[4] = server.base_url
+        for _ in range(3):
+            child = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            assert child.stdout is not None
+            child.stdout.readline()  # "started": the job is created or opened
+            time.sleep(rng.uniform(0.0, 1.5))
+            child.send_signal(signal.SIGKILL)
+            child.communicate(timeout=60)
+        last = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert last.returncode == 0, last.stderr[-3000:]
+        created = [
+            x
+            for x in server.batches_created()
+            if (x.get("metadata") or {}).get("batchframe_job", "").startswith("bfj_")
+        ]
+        per_attempt: dict[tuple[str, str, str], int] = {}
+        for x in created:
+            meta = x["metadata"]
+            key = (
+                meta["batchframe_shard"],
+                meta["batchframe_attempt"],
+                meta.get("batchframe_submission", "0"),
+            )
+            per_attempt[key] = per_attempt.get(key, 0) + 1
+    results = bf.read_results(root, storage_options=s3)
+    assert created and set(per_attempt.values()) == {1}, per_attempt
+    assert results.ok.height + results.failed.height == n
+    ids = pl.concat([results.ok["custom_id"], results.failed["custom_id"]])
+    assert ids.n_unique() == n
