@@ -497,9 +497,11 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> pl.DataFrame | None:
         cuts = lines.select(pl.col("_ordinal") + offset, "_span", "_head")
         return cuts.to_arrow(compat_level=pl.CompatLevel.newest())
 
-    def batches(first: pa.Table, rest: Iterator[bytes]) -> Iterator[pa.RecordBatch]:
-        yield from first.to_batches()
+    def batches(held: list[pa.Table], rest: Iterator[bytes]) -> Iterator[pa.RecordBatch]:
+        first = held.pop()  # not held for the whole statement
         offset = first.num_rows
+        yield from first.to_batches()
+        del first
         try:
             for data in rest:
                 table = cut(data, offset)
@@ -513,7 +515,8 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> pl.DataFrame | None:
         first = cut(next(it, b""), 0)
     except Exception:  # as above
         return None
-    reader = pa.RecordBatchReader.from_batches(first.schema, batches(first, it))
+    reader = pa.RecordBatchReader.from_batches(first.schema, batches([first], it))
+    del first
     try:
         result = _prepared(optimize=True).run(sql, reader)
     except duckdb.Error:  # some cut is not one JSON value

@@ -345,9 +345,12 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
     except ImportError:  # the code before it: one call per piece
         pieces = each_piece
 
-    def cpu(fn: Callable[[], object]) -> float:
-        c0 = time.process_time()
+    walls: dict[str, list[float]] = {}
+
+    def cpu(fn: Callable[[], object], how: str = "") -> float:
+        c0, w0 = time.process_time(), time.perf_counter()
         fn()
+        walls.setdefault(how, []).append(time.perf_counter() - w0)
         return time.process_time() - c0
 
     for _ in range(3):  # warm up: imports, DuckDB's threads, each thread's statements
@@ -360,7 +363,7 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
     for k, path in enumerate(paths):
         order = list(fns)[k % 3 :] + list(fns)[: k % 3]
         for how in order:
-            seconds = cpu(functools.partial(fns[how], path.name))
+            seconds = cpu(functools.partial(fns[how], path.name), how)
             totals[how] += seconds
             per_shard[how].append(seconds)
     mb = sum(p.stat().st_size for p in paths) / 1e6
@@ -371,6 +374,7 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
         "cpu_ms_per_shard_whole": round(1000 * median["whole"], 1),
         "cpu_ms_per_shard_pieces": round(1000 * median["pieces"], 1),
         "cpu_ms_per_shard_one_call_per_piece": round(1000 * median["each_piece"], 1),
+        "wall_ms_per_shard": {h: round(1000 * sorted(walls[h])[len(walls[h]) // 2], 1) for h in fns},
         "pieces_vs_whole": round(totals["pieces"] / totals["whole"], 3),
         "one_call_per_piece_vs_whole": round(totals["each_piece"] / totals["whole"], 3),
         "empty_call_cpu_ms_median": round(1000 * empty[len(empty) // 2], 2),
