@@ -16,13 +16,16 @@ cores free): ~550 MB/s, about 1.35x the previous reader (``read_json`` over a RA
 copy, with each body parsed twice: once to keep it as JSON text, once to type it) and
 ~4x a per-row ``orjson`` loop. Polars ``read_ndjson``/``str.json_decode`` and pyarrow's
 JSON reader were slower. Each call uses its own cursor on a per-process in-memory
-database, so threads never share a connection; small inputs (a job parses each file in
-4 MB pieces) run as prepared statements on a cursor kept per thread, which saves
-planning the query each time.
+database, so threads never share a connection; small inputs run as prepared
+statements on a cursor kept per thread, which saves planning the query each time. A
+job's output file, read in 4 MB pieces, goes through one prepared statement per file
+(:func:`read_file`): the statement's input is an Arrow stream that cuts each piece's
+lines as DuckDB asks for them.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -33,7 +36,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from batchframe._lines import read_text_lines
+from batchframe._lines import embeddings_are_base64, read_text_lines
 from batchframe._schemas import MODERATION_CATEGORIES, endpoint_key
 from batchframe._shapes import explain, shape_sql
 from batchframe.exceptions import ResultsError
@@ -464,38 +467,44 @@ class _Stop(Exception):
     """A piece of :func:`read_file` that the one-statement path does not take."""
 
 
-def read_file(pieces: Iterable[bytes], *, endpoint: str) -> pl.DataFrame | None:
+def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, bool] | None:
     """:func:`read_lines` of a whole file given as consecutive pieces of whole lines.
 
     The pieces run through one prepared statement per file (this thread's, with the
-    optimiser on), its input an Arrow stream that reads and cuts each piece's lines as
+    optimiser on), its input an Arrow stream that reads (and cuts) each piece's lines as
     DuckDB asks for them: binding, planning and the per-query fixed costs are paid once
     per file, not per piece, and only one piece's lines are held at a time. The rows
     are those of ``read_lines`` over the joined pieces (``_ordinal`` across the file,
     ``_lineno`` within each piece), except that ``line`` is null: the lines are not
-    kept (callers read the few they need again).
+    kept (callers read the few they need again). Also returned: whether embeddings
+    came as base64 (``read_lines``' ``base64``, from the first piece).
 
     Returns ``None`` where this path does not apply, for the caller to parse the pieces
-    one by one instead: endpoints whose lines are parsed whole (embeddings), a line
-    that is not in the layout OpenAI writes or whose cut is not one JSON value, a piece
-    that cannot be read as text lines.
+    one by one instead: a line that is not in the layout OpenAI writes or whose cut is
+    not one JSON value (embeddings: a ``response`` that is not an object), a piece that
+    cannot be read as text lines, embeddings of both encodings.
     """
     kind = _kind(endpoint, True)
-    if kind == "embeddings":
-        return None
-    sql = _query(kind, False, cut=True, lenient=False)
+    whole = kind == "embeddings"  # parsed whole, as in `read_lines`
     spans: list[pl.Series] = []
     linenos: list[pl.Series] = []
     stopped: list[bool] = []
+    base64 = False
 
-    def cut(data: bytes, offset: int) -> pa.Table:
-        lines = read_text_lines(data, cut=True)
-        if lines["_head"].null_count():  # a line of another layout (or no cut)
-            raise _Stop
-        spans.append(lines["_span"])
+    def read(data: bytes, offset: int) -> pa.Table:
+        lines = read_text_lines(data, cut=not whole)
+        if whole:
+            # A piece with vectors in the other encoding (one without any reads alike).
+            if b'"embedding"' in data and embeddings_are_base64(data) != base64:
+                raise _Stop
+            text = lines.select(pl.col("_ordinal") + offset, "line")
+        else:
+            if lines["_head"].null_count():  # a line of another layout (or no cut)
+                raise _Stop
+            spans.append(lines["_span"])
+            text = lines.select(pl.col("_ordinal") + offset, "_span", "_head")
         linenos.append(lines["_lineno"])
-        cuts = lines.select(pl.col("_ordinal") + offset, "_span", "_head")
-        return cuts.to_arrow(compat_level=pl.CompatLevel.newest())
+        return text.to_arrow(compat_level=pl.CompatLevel.newest())
 
     def batches(held: list[pa.Table], rest: Iterator[bytes]) -> Iterator[pa.RecordBatch]:
         first = held.pop()  # not held for the whole statement
@@ -504,7 +513,7 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> pl.DataFrame | None:
         del first
         try:
             for data in rest:
-                table = cut(data, offset)
+                table = read(data, offset)
                 offset += table.num_rows
                 yield from table.to_batches()
         except Exception:  # the caller parses the pieces one by one, which raises it again
@@ -512,9 +521,20 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> pl.DataFrame | None:
 
     it = iter(pieces)
     try:
-        first = cut(next(it, b""), 0)
+        data = next(it, b"")
+        if whole:  # the encoding of the first vector (looked for in a few pieces)
+            ahead = [data]
+            while b'"embedding"' not in ahead[-1] and len(ahead) < 4:
+                ahead.append(next(it, b""))
+                if not ahead[-1]:
+                    break
+            base64 = embeddings_are_base64(ahead[-1])
+            it = itertools.chain(ahead[1:], it)
+        first = read(data, 0)
     except Exception:  # as above
         return None
+    del data
+    sql = _query(kind, base64, cut=not whole, body=not whole, lenient=False)
     reader = pa.RecordBatchReader.from_batches(first.schema, batches([first], it))
     del first
     try:
@@ -525,19 +545,25 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> pl.DataFrame | None:
         return None
     parsed = pl.from_arrow(result)
     assert isinstance(parsed, pl.DataFrame)
-    span = pl.concat(spans) if len(spans) > 1 else spans[0]
-    if len(parsed) != len(span) or not parsed["_cut"].all():
+    lineno = pl.concat(linenos) if len(linenos) > 1 else linenos[0]
+    if len(parsed) != len(lineno):
+        return None
+    if whole:
+        if parsed["_bad_response"].any():  # the pieces one by one name the line
+            return None
+        parsed = parsed.drop("_bad_response")
+    elif not parsed["_cut"].all():
         return None
     if not parsed["_ordinal"].is_sorted():
         parsed = parsed.sort("_ordinal")
-    parsed = _explain_shapes(parsed, kind, False)
-    lineno = pl.concat(linenos) if len(linenos) > 1 else linenos[0]
-    columns = [lineno, pl.Series("line", dtype=pl.String).extend_constant(None, len(span))]
+    parsed = _explain_shapes(parsed, kind, base64)
+    columns = [lineno, pl.Series("line", dtype=pl.String).extend_constant(None, len(lineno))]
+    span = None if whole else pl.concat(spans) if len(spans) > 1 else spans[0]
     for column in parsed.get_columns():
         if column.name == "_cut":
             continue
-        columns.append(span.alias("body") if column.name == "body" else column)
-    return pl.DataFrame(columns)
+        columns.append(span.alias("body") if span is not None and column.name == "body" else column)
+    return pl.DataFrame(columns), base64
 
 
 def _run(con: duckdb.DuckDBPyConnection, sql: str, lines: pl.DataFrame) -> pl.DataFrame:

@@ -126,12 +126,13 @@ def parse_output_file(
     it is called (e.g. ``lambda: read_chunks(storage, path)``): the pieces normally go
     through one DuckDB statement per file, read once, holding one piece's lines at a
     time (``_duckdb_json.read_file``); the lines of failed rows are read again, and a
-    file that path does not take (embeddings, lines of another layout, damaged lines) is
-    parsed piece by piece, each read again.
+    file that path does not take (lines of another layout, damaged lines) is parsed
+    piece by piece, each read again.
     """
     from batchframe._duckdb_json import read_file  # duckdb loads on first parse
 
-    rows = read_file(pieces(), endpoint=endpoint)
+    read = read_file(pieces(), endpoint=endpoint)
+    rows, base64 = read if read is not None else (None, False)
     if rows is not None:
         ids = rows["custom_id"]
         if (ids.is_null() | (ids == "")).any():
@@ -159,7 +160,7 @@ def parse_output_file(
         attempts=attempts,
         embedding_dim=embedding_dim,
         model=model,
-        base64=False,
+        base64=base64,
         lines=pieces,
     )
 

@@ -137,7 +137,8 @@ def read_chunks(storage: Storage, rel: str, size: int | None = None) -> Iterator
     """The bytes of ``rel`` in pieces of about ``size`` bytes, each made of whole lines.
 
     Output files are parsed piece by piece: parsing holds several times its input in
-    memory, so a whole 50,000-line file at once would cost hundreds of MB.
+    memory, so a whole 50,000-line file at once would cost hundreds of MB. The pieces of
+    one file go through one DuckDB statement (``_parse.parse_output_file``).
     """
     size = size or PARSE_CHUNK_BYTES
     rest = b""

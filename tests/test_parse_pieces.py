@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from polars.testing import assert_frame_equal
 from test_parse_fast import _files
 from test_results_cut import _dump, _strings, output_line
-from test_results_lines import chat_body
+from test_results_lines import chat_body, embeddings_body, line
 
 from batchframe import _duckdb_json
 from batchframe._parse import parse_output_file
@@ -211,3 +211,48 @@ def test_a_damaged_piece_raises_as_piece_by_piece_does() -> None:
     _, again = _pieces_of(good + b"\n" + no_id + b"\n", 10**6)
     with pytest.raises(ResultsError, match="line 2 has no `custom_id`"):
         parse_output_file(again, **_file_kw(False))
+
+
+EMB = "/v1/embeddings"
+
+
+@st.composite
+def _embedding_files(draw: Any) -> bytes:
+    """Embedding output lines: vectors of 3 floats (some of 2, none), 4xx lines."""
+    b64 = draw(st.booleans())
+    out = []
+    vector = st.lists(st.floats(-1, 1, width=32), min_size=3, max_size=3)
+    for k, (kind, vectors) in enumerate(
+        draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["ok", "ok", "ok", "odd", "none", "404"]),
+                    st.lists(vector, min_size=1, max_size=3),
+                ),
+                max_size=30,
+            )
+        )
+    ):
+        if kind == "404":
+            out.append(line(f"e{k}", {"error": {"code": "x", "message": "no"}}, status=404))
+            continue
+        if kind == "odd":
+            vectors = [*vectors, [0.5, 0.25]]
+        out.append(line(f"e{k}", embeddings_body([] if kind == "none" else vectors, b64=b64)))
+    return b"\n".join(out) + b"\n"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_embedding_files(), size=st.integers(1, 3000))
+def test_embeddings_one_statement_per_file(data: bytes, size: int) -> None:
+    """Embeddings (lines parsed whole) through one statement: the frames of each piece."""
+    pieces, again = _pieces_of(data, size)
+    assert _duckdb_json.read_file(again(), endpoint=EMB) is not None
+    kw = {"endpoint": EMB, "batch_id": "b", "embedding_dim": 3, "attempts": 1}
+    ok, failed = parse_output_file(again, **kw)
+    want_ok, want_failed = _per_piece(pieces, kw)
+    assert_frame_equal(ok, want_ok)
+    assert_frame_equal(failed, want_failed)
+    whole_ok, whole_failed = parse_output(data, **kw)
+    assert_frame_equal(ok, whole_ok)
+    assert_frame_equal(failed, whole_failed)
