@@ -488,7 +488,7 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, 
     whole = kind == "embeddings"  # parsed whole, as in `read_lines`
     spans: list[pl.Series] = []
     linenos: list[pl.Series] = []
-    stopped: list[bool] = []
+    stopped: list[BaseException | None] = []
     base64 = False
 
     def read(data: bytes, offset: int) -> pa.Table:
@@ -517,7 +517,9 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, 
                 offset += table.num_rows
                 yield from table.to_batches()
         except Exception:  # the caller parses the pieces one by one, which raises it again
-            stopped.append(True)
+            stopped.append(None)
+        except BaseException as exc:  # an interrupt: raised again once DuckDB returns
+            stopped.append(exc)
 
     it = iter(pieces)
     try:
@@ -540,8 +542,10 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, 
     try:
         result = _prepared(optimize=True).run(sql, reader)
     except duckdb.Error:  # some cut is not one JSON value
-        return None
-    if stopped:
+        result = None
+    if stopped and stopped[0] is not None:
+        raise stopped[0]
+    if stopped or result is None:
         return None
     parsed = pl.from_arrow(result)
     assert isinstance(parsed, pl.DataFrame)

@@ -1,8 +1,9 @@
 """Parsing a file in pieces (as a job does) gives the frames of parsing it in one call.
 
 A job reads each output file with :func:`batchframe._retry.read_chunks` and parses
-the pieces one by one; small inputs run as a prepared statement per thread
-(:mod:`batchframe._duckdb_json`), a whole file as a query planned for it. Both must
+the pieces through one prepared statement per file (``parse_output_file``), or one by
+one where that path does not apply; small inputs run as a prepared statement per thread
+(:mod:`batchframe._duckdb_json`), a whole file as a query planned for it. All must
 give the same rows, in the same order, with the same dtypes.
 """
 
@@ -256,3 +257,21 @@ def test_embeddings_one_statement_per_file(data: bytes, size: int) -> None:
     whole_ok, whole_failed = parse_output(data, **kw)
     assert_frame_equal(ok, whole_ok)
     assert_frame_equal(failed, whole_failed)
+
+
+class _Interrupt(BaseException):
+    """Stands for KeyboardInterrupt (which pytest would take as the user's)."""
+
+
+@pytest.mark.parametrize("error", [OSError("connection reset"), _Interrupt()])
+def test_an_error_reading_the_pieces_is_raised(error: BaseException) -> None:
+    """A storage error while DuckDB pulls the pieces reaches the caller, not a partial file."""
+    good = _dump(output_line("a", chat_body("x")), "orjson") + b"\n"
+
+    def pieces() -> Iterator[bytes]:
+        yield good
+        yield good.replace(b'"a"', b'"b"')
+        raise error
+
+    with pytest.raises(type(error)):
+        parse_output_file(pieces, **_file_kw(False))
