@@ -16,15 +16,19 @@ cores free): ~550 MB/s, about 1.35x the previous reader (``read_json`` over a RA
 copy, with each body parsed twice: once to keep it as JSON text, once to type it) and
 ~4x a per-row ``orjson`` loop. Polars ``read_ndjson``/``str.json_decode`` and pyarrow's
 JSON reader were slower. Each call uses its own cursor on a per-process in-memory
-database, so threads never share a connection; small inputs (a job parses each file in
-4 MB pieces) run as prepared statements on a cursor kept per thread, which saves
-planning the query each time.
+database, so threads never share a connection; small inputs run as prepared
+statements on a cursor kept per thread, which saves planning the query each time. A
+job's output file, read in 4 MB pieces, goes through one prepared statement per file
+(:func:`read_file`): the statement's input is an Arrow stream that cuts each piece's
+lines as DuckDB asks for them.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import duckdb
@@ -32,12 +36,12 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from batchframe._lines import read_text_lines
+from batchframe._lines import embeddings_are_base64, read_text_lines
 from batchframe._schemas import MODERATION_CATEGORIES, endpoint_key
 from batchframe._shapes import explain, shape_sql
 from batchframe.exceptions import ResultsError
 
-__all__ = ["read_lines"]
+__all__ = ["read_file", "read_lines"]
 
 _S, _I = "VARCHAR", "BIGINT"
 _ERROR = {"code": _S, "message": _S, "type": _S}
@@ -433,11 +437,7 @@ def read_lines(
     finally:
         con.close()
     parsed = parts[0] if len(parts) == 1 else pl.concat(parts).sort("_ordinal")
-    if parsed["_shape"].null_count() < len(parsed):  # rare: messages for the bad bodies
-        shape = parsed["_shape"].map_elements(
-            lambda code: explain(kind, base64, code), return_dtype=pl.String
-        )
-        parsed = parsed.with_columns(shape)
+    parsed = _explain_shapes(parsed, kind, base64)
     # Assembled from Series (no query per step: a job parses many small pieces).
     columns = [lines["_lineno"], lines["line"]]
     for column in parsed.get_columns():
@@ -451,6 +451,123 @@ def read_lines(
                 column = pl.select(pl.coalesce(column, take).alias("body")).to_series()
         columns.append(column)
     return pl.DataFrame(columns)
+
+
+def _explain_shapes(parsed: pl.DataFrame, kind: str, base64: bool) -> pl.DataFrame:
+    """``_shape`` codes as messages (:func:`batchframe._shapes.explain`)."""
+    if parsed["_shape"].null_count() == len(parsed):  # the usual case: every body fits
+        return parsed
+    shape = parsed["_shape"].map_elements(
+        lambda code: explain(kind, base64, code), return_dtype=pl.String
+    )
+    return parsed.with_columns(shape)
+
+
+class _Stop(Exception):
+    """A piece of :func:`read_file` that the one-statement path does not take."""
+
+
+def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, bool] | None:
+    """:func:`read_lines` of a whole file given as consecutive pieces of whole lines.
+
+    The pieces run through one prepared statement per file (this thread's, with the
+    optimiser on), its input an Arrow stream that reads (and cuts) each piece's lines as
+    DuckDB asks for them: binding, planning and the per-query fixed costs are paid once
+    per file, not per piece, and only one piece's lines are held at a time. The rows
+    are those of ``read_lines`` over the joined pieces (``_ordinal`` across the file,
+    ``_lineno`` within each piece), except that ``line`` is null: the lines are not
+    kept (callers read the few they need again). Also returned: whether embeddings
+    came as base64 (``read_lines``' ``base64``, from the first piece).
+
+    Returns ``None`` where this path does not apply, for the caller to parse the pieces
+    one by one instead: a line that is not in the layout OpenAI writes or whose cut is
+    not one JSON value (embeddings: a ``response`` that is not an object), a piece that
+    cannot be read as text lines, embeddings of both encodings.
+    """
+    kind = _kind(endpoint, True)
+    whole = kind == "embeddings"  # parsed whole, as in `read_lines`
+    spans: list[pl.Series] = []
+    linenos: list[pl.Series] = []
+    stopped: list[BaseException | None] = []
+    base64 = False
+
+    def read(data: bytes, offset: int) -> pa.Table:
+        lines = read_text_lines(data, cut=not whole)
+        if whole:
+            # A piece with vectors in the other encoding (one without any reads alike).
+            if b'"embedding"' in data and embeddings_are_base64(data) != base64:
+                raise _Stop
+            text = lines.select(pl.col("_ordinal") + offset, "line")
+        else:
+            if lines["_head"].null_count():  # a line of another layout (or no cut)
+                raise _Stop
+            spans.append(lines["_span"])
+            text = lines.select(pl.col("_ordinal") + offset, "_span", "_head")
+        linenos.append(lines["_lineno"])
+        return text.to_arrow(compat_level=pl.CompatLevel.newest())
+
+    def batches(held: list[pa.Table], rest: Iterator[bytes]) -> Iterator[pa.RecordBatch]:
+        first = held.pop()  # not held for the whole statement
+        offset = first.num_rows
+        yield from first.to_batches()
+        del first
+        try:
+            for data in rest:
+                table = read(data, offset)
+                offset += table.num_rows
+                yield from table.to_batches()
+        except Exception:  # the caller parses the pieces one by one, which raises it again
+            stopped.append(None)
+        except BaseException as exc:  # an interrupt: raised again once DuckDB returns
+            stopped.append(exc)
+
+    it = iter(pieces)
+    try:
+        data = next(it, b"")
+        if whole:  # the encoding of the first vector (looked for in a few pieces)
+            ahead = [data]
+            while b'"embedding"' not in ahead[-1] and len(ahead) < 4:
+                ahead.append(next(it, b""))
+                if not ahead[-1]:
+                    break
+            base64 = embeddings_are_base64(ahead[-1])
+            it = itertools.chain(ahead[1:], it)
+        first = read(data, 0)
+    except Exception:  # as above
+        return None
+    del data
+    sql = _query(kind, base64, cut=not whole, body=not whole, lenient=False)
+    reader = pa.RecordBatchReader.from_batches(first.schema, batches([first], it))
+    del first
+    try:
+        result = _prepared(optimize=True).run(sql, reader)
+    except duckdb.Error:  # some cut is not one JSON value
+        result = None
+    if stopped and stopped[0] is not None:
+        raise stopped[0]
+    if stopped or result is None:
+        return None
+    parsed = pl.from_arrow(result)
+    assert isinstance(parsed, pl.DataFrame)
+    lineno = pl.concat(linenos) if len(linenos) > 1 else linenos[0]
+    if len(parsed) != len(lineno):
+        return None
+    if whole:
+        if parsed["_bad_response"].any():  # the pieces one by one name the line
+            return None
+        parsed = parsed.drop("_bad_response")
+    elif not parsed["_cut"].all():
+        return None
+    if not parsed["_ordinal"].is_sorted():
+        parsed = parsed.sort("_ordinal")
+    parsed = _explain_shapes(parsed, kind, base64)
+    columns = [lineno, pl.Series("line", dtype=pl.String).extend_constant(None, len(lineno))]
+    span = None if whole else pl.concat(spans) if len(spans) > 1 else spans[0]
+    for column in parsed.get_columns():
+        if column.name == "_cut":
+            continue
+        columns.append(span.alias("body") if span is not None and column.name == "body" else column)
+    return pl.DataFrame(columns), base64
 
 
 def _run(con: duckdb.DuckDBPyConnection, sql: str, lines: pl.DataFrame) -> pl.DataFrame:
@@ -489,7 +606,7 @@ class _Current:
     __slots__ = ("table",)
 
     def __init__(self, table: pa.Table) -> None:
-        self.table: pa.Table | None = table
+        self.table: pa.Table | pa.RecordBatchReader | None = table
 
     def __arrow_c_stream__(self, requested_schema: object = None) -> object:
         assert self.table is not None
@@ -504,21 +621,23 @@ class _Prepared:
     the table is dropped again after the call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, optimize: bool = False) -> None:
         self.pid = os.getpid()
         self.con = _cursor()
         # DuckDB re-optimises a prepared statement at every EXECUTE: for these queries
         # (projections over `from_json`, no joins or filters to push down) that was
         # ~2 of the ~2.8 ms of an empty call, and a 4 MB chat piece took 9.6 ms without
-        # it against 14.9 ms with it. This cursor's session only.
-        self.con.execute("SET SESSION enable_optimizer = false")
+        # it against 14.9 ms with it. This cursor's session only. A statement executed
+        # once per file (`read_file`) keeps the optimiser: its plan costs less per line.
+        if not optimize:
+            self.con.execute("SET SESSION enable_optimizer = false")
         self.statements: dict[tuple[str, pa.Schema], tuple[str, _Current]] = {}
 
-    def run(self, sql: str, table: pa.Table) -> pa.Table:
+    def run(self, sql: str, table: pa.Table | pa.RecordBatchReader) -> pa.Table:
         key = (sql, table.schema)
         if key not in self.statements:
             n = len(self.statements)
-            source = _Current(table)
+            source = _Current(table if isinstance(table, pa.Table) else table.schema.empty_table())
             self.con.register(f"lines_{n}", source)
             self.con.execute(f"PREPARE q_{n} AS WITH lines AS (SELECT * FROM lines_{n}) {sql}")
             self.statements[key] = (f"q_{n}", source)
@@ -555,9 +674,11 @@ _submit = _find_submit()
 _LOCAL = threading.local()
 
 
-def _prepared() -> _Prepared:
+def _prepared(*, optimize: bool = False) -> _Prepared:
     """The calling thread's :class:`_Prepared` (a new one in a forked child)."""
-    state: _Prepared | None = getattr(_LOCAL, "prepared", None)
+    attr = "optimized" if optimize else "prepared"
+    state: _Prepared | None = getattr(_LOCAL, attr, None)
     if state is None or state.pid != os.getpid():
-        state = _LOCAL.prepared = _Prepared()
+        state = _Prepared(optimize=optimize)
+        setattr(_LOCAL, attr, state)
     return state

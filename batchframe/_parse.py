@@ -16,7 +16,7 @@ The lines are read by :mod:`batchframe._lines` and typed by DuckDB
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -32,7 +32,7 @@ from batchframe._schemas import (
 )
 from batchframe.exceptions import ResultsError
 
-__all__ = ["parse_errors", "parse_output"]
+__all__ = ["parse_errors", "parse_output", "parse_output_file"]
 
 _RETRYABLE_CODES = frozenset(
     {"batch_expired", "request_timeout", "rate_limit_exceeded", "server_error"}
@@ -93,10 +93,97 @@ def parse_output(
         the line number).
     """
     key = endpoint_key(endpoint)
-    parsed_dtype, convert = compile_json_schema(json_schema) if json_schema else (None, None)
     raw = as_bytes(data)  # held until the end: measured faster than reading it later
     base64 = key == "embeddings" and embeddings_are_base64(raw)
     rows = _read(raw, endpoint=endpoint, typed=True, base64=base64)
+    return _frames(
+        rows,
+        endpoint=endpoint,
+        batch_id=batch_id,
+        json_schema=json_schema,
+        attempts=attempts,
+        embedding_dim=embedding_dim,
+        model=model,
+        base64=base64,
+    )
+
+
+def parse_output_file(
+    pieces: Callable[[], Iterable[bytes]],
+    *,
+    endpoint: str,
+    batch_id: str,
+    json_schema: Mapping[str, Any] | None = None,
+    attempts: int = 1,
+    embedding_dim: int | None = None,
+    model: str | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`parse_output` of a file given as consecutive pieces of whole lines.
+
+    The frames are those of parsing each piece with :func:`parse_output` and
+    concatenating the results (leaving out empty ok frames), which is also what one call
+    on the whole file gives. ``pieces`` returns a new iterator over the pieces each time
+    it is called (e.g. ``lambda: read_chunks(storage, path)``): the pieces normally go
+    through one DuckDB statement per file, read once, holding one piece's lines at a
+    time (``_duckdb_json.read_file``); the lines of failed rows are read again, and a
+    file that path does not take (lines of another layout, damaged lines) is parsed
+    piece by piece, each read again.
+    """
+    from batchframe._duckdb_json import read_file  # duckdb loads on first parse
+
+    read = read_file(pieces(), endpoint=endpoint)
+    rows, base64 = read if read is not None else (None, False)
+    if rows is not None:
+        ids = rows["custom_id"]
+        if (ids.is_null() | (ids == "")).any():
+            rows = None  # parsed piece by piece below, which names the line
+    if rows is None:
+        kw: dict[str, Any] = {
+            "endpoint": endpoint,
+            "batch_id": batch_id,
+            "json_schema": json_schema,
+            "attempts": attempts,
+            "embedding_dim": embedding_dim,
+            "model": model,
+        }
+        parts = [parse_output(data, **kw) for data in pieces()]
+        if not parts:
+            return parse_output(b"", **kw)
+        oks = [ok for ok, _ in parts if ok.height] or [parts[0][0]]
+        ok = oks[0] if len(oks) == 1 else pl.concat(oks, how="vertical")
+        return ok, pl.concat([failed for _, failed in parts], how="vertical")
+    return _frames(
+        rows,
+        endpoint=endpoint,
+        batch_id=batch_id,
+        json_schema=json_schema,
+        attempts=attempts,
+        embedding_dim=embedding_dim,
+        model=model,
+        base64=base64,
+        lines=pieces,
+    )
+
+
+def _frames(
+    rows: pl.DataFrame,
+    *,
+    endpoint: str,
+    batch_id: str,
+    json_schema: Mapping[str, Any] | None,
+    attempts: int,
+    embedding_dim: int | None,
+    model: str | None,
+    base64: bool,
+    lines: Callable[[], Iterable[bytes]] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The ``(ok, failed)`` frames of :func:`parse_output` from the rows of ``read_lines``.
+
+    ``lines``: the pieces of the file, where ``rows`` holds no ``line`` text (the lines
+    of the failed rows are then read from them).
+    """
+    key = endpoint_key(endpoint)
+    parsed_dtype, convert = compile_json_schema(json_schema) if json_schema else (None, None)
     # `_shape`: why a 2xx body does not have the endpoint's declared shape (else null).
     good = rows["_ok"] & rows["_shape"].is_null()
     if good.all():  # the usual case: skip copying every column through a filter
@@ -130,7 +217,31 @@ def parse_output(
     failures = [f for f in failures if len(f)]
     if not failures:
         return ok, pl.DataFrame(schema=FAILED_SCHEMA)
-    return ok, _failed_frame(pl.concat(failures), batch_id=batch_id, attempts=attempts)
+    failed = pl.concat(failures)
+    if lines is not None:
+        failed = _with_lines(failed, lines)
+    return ok, _failed_frame(failed, batch_id=batch_id, attempts=attempts)
+
+
+def _with_lines(failed: pl.DataFrame, pieces: Callable[[], Iterable[bytes]]) -> pl.DataFrame:
+    """``failed`` with the text of each row's line (by ``_ordinal``), read from ``pieces``."""
+    from batchframe._lines import read_text_lines
+
+    wanted = failed["_ordinal"].sort()
+    last = wanted[-1]
+    found: list[pl.DataFrame] = []
+    offset = 0
+    for data in pieces():
+        lines = read_text_lines(data, cut=False).select(
+            pl.col("_ordinal").cast(wanted.dtype) + offset, "line"
+        )
+        offset += len(lines)
+        found.append(lines.filter(pl.col("_ordinal").is_in(wanted.implode())))
+        if offset > last:
+            break
+    text = pl.concat(found)
+    joined = failed.drop("line").join(text, on="_ordinal", how="left", maintain_order="left")
+    return joined.select(failed.columns)
 
 
 def parse_errors(

@@ -137,7 +137,8 @@ def read_chunks(storage: Storage, rel: str, size: int | None = None) -> Iterator
     """The bytes of ``rel`` in pieces of about ``size`` bytes, each made of whole lines.
 
     Output files are parsed piece by piece: parsing holds several times its input in
-    memory, so a whole 50,000-line file at once would cost hundreds of MB.
+    memory, so a whole 50,000-line file at once would cost hundreds of MB. The pieces of
+    one file go through one DuckDB statement (``_parse.parse_output_file``).
     """
     size = size or PARSE_CHUNK_BYTES
     rest = b""
@@ -217,6 +218,7 @@ def record_outcome(
     ``embedding`` column, also of an attempt without a single success; the shard's
     model fills ``model`` where a response names none.
     """
+    from batchframe._parse import parse_output_file
     from batchframe._results import parse_errors, parse_output
 
     attempts = record.attempt + 1
@@ -262,13 +264,21 @@ def record_outcome(
         )
         return Outcome(parse(b"")[0], failed)
     fails: list[pl.DataFrame] = []
-    oks: list[pl.DataFrame] = []
     if record.output_path is not None:
-        for data in read_chunks(storage, record.output_path):
-            ok_part, bad = parse(data)
-            oks.append(ok_part)
-            fails.append(bad)
-    ok = _concat(oks) if oks else parse(b"")[0]
+        output = record.output_path
+        # One DuckDB statement over the file's pieces (see `parse_output_file`).
+        ok, bad = parse_output_file(
+            lambda: read_chunks(storage, output),
+            endpoint=endpoint,
+            batch_id=batch_id or "",
+            json_schema=json_schema,
+            attempts=attempts,
+            embedding_dim=embedding_dim,
+            model=record.model,
+        )
+        fails.append(bad)
+    else:
+        ok = parse(b"")[0]
     if record.error_path is not None:
         fails.extend(
             parse_errors(data, endpoint=endpoint, batch_id=batch_id or "", attempts=attempts)

@@ -312,10 +312,11 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
     """Each chat shard parsed in one call and in a job's 4 MB pieces, CPU of each.
 
     A job's ``record_outcome`` reads an output file with ``read_chunks`` and parses the
-    pieces one by one (flat memory); both sides here include reading the file (the
-    whole call: ``read_bytes``). The two are interleaved shard by shard, so other load
-    on the machine hits both alike. Also: the CPU of ``parse_output(b"")``, the fixed
-    cost every call pays.
+    pieces through one DuckDB statement per file (``parse_output_file``; flat memory);
+    ``each_piece`` is the path before that, one ``parse_output`` call per piece. All
+    include reading the file (the whole call: ``read_bytes``) and are interleaved
+    shard by shard, so other load on the machine hits them alike. Also: the CPU of
+    ``parse_output(b"")``, the fixed cost every call pays.
     """
     from batchframe._retry import PARSE_CHUNK_BYTES, read_chunks
     from batchframe._storage import Storage
@@ -325,28 +326,44 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
     def whole(name: str) -> int:
         return len(parse_output(storage.read_bytes(name), endpoint=CHAT, batch_id="b")[0])
 
-    def pieces(name: str) -> int:
+    size = args.piece_bytes or PARSE_CHUNK_BYTES
+
+    def each_piece(name: str) -> int:
         return sum(
             len(parse_output(data, endpoint=CHAT, batch_id="b")[0])
-            for data in read_chunks(storage, name, args.piece_bytes or PARSE_CHUNK_BYTES)
+            for data in read_chunks(storage, name, size)
         )
 
-    def cpu(fn: Callable[[], object]) -> float:
-        c0 = time.process_time()
+    try:  # what a job runs since the one-statement path (one DuckDB statement per file)
+        from batchframe._parse import parse_output_file
+
+        def pieces(name: str) -> int:
+            ok, _ = parse_output_file(
+                lambda: read_chunks(storage, name, size), endpoint=CHAT, batch_id="b"
+            )
+            return len(ok)
+    except ImportError:  # the code before it: one call per piece
+        pieces = each_piece
+
+    walls: dict[str, list[float]] = {}
+
+    def cpu(fn: Callable[[], object], how: str = "") -> float:
+        c0, w0 = time.process_time(), time.perf_counter()
         fn()
+        walls.setdefault(how, []).append(time.perf_counter() - w0)
         return time.process_time() - c0
 
     for _ in range(3):  # warm up: imports, DuckDB's threads, each thread's statements
-        whole(paths[0].name), pieces(paths[0].name)
+        whole(paths[0].name), pieces(paths[0].name), each_piece(paths[0].name)
     empty = sorted(cpu(lambda: parse_output(b"", endpoint=CHAT, batch_id="b")) for _ in range(51))
     n_pieces = len(list(read_chunks(storage, paths[0].name, args.piece_bytes or None)))
-    totals = {"whole": 0.0, "pieces": 0.0}
-    per_shard: dict[str, list[float]] = {"whole": [], "pieces": []}
+    fns = {"whole": whole, "pieces": pieces, "each_piece": each_piece}
+    totals = dict.fromkeys(fns, 0.0)
+    per_shard: dict[str, list[float]] = {how: [] for how in fns}
     for k, path in enumerate(paths):
-        order = ("whole", "pieces") if k % 2 == 0 else ("pieces", "whole")
+        order = list(fns)[k % 3 :] + list(fns)[: k % 3]
         for how in order:
-            fn = whole if how == "whole" else pieces
-            seconds = cpu(functools.partial(fn, path.name))
+            seconds = cpu(functools.partial(fns[how], path.name), how)
             totals[how] += seconds
             per_shard[how].append(seconds)
     mb = sum(p.stat().st_size for p in paths) / 1e6
@@ -356,7 +373,10 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
         "mb_per_shard": round(mb / len(paths), 1), "pieces_per_shard": n_pieces,
         "cpu_ms_per_shard_whole": round(1000 * median["whole"], 1),
         "cpu_ms_per_shard_pieces": round(1000 * median["pieces"], 1),
+        "cpu_ms_per_shard_one_call_per_piece": round(1000 * median["each_piece"], 1),
+        "wall_ms_per_shard": {h: round(1000 * sorted(walls[h])[len(walls[h]) // 2], 1) for h in fns},
         "pieces_vs_whole": round(totals["pieces"] / totals["whole"], 3),
+        "one_call_per_piece_vs_whole": round(totals["each_piece"] / totals["whole"], 3),
         "empty_call_cpu_ms_median": round(1000 * empty[len(empty) // 2], 2),
         "load_1min": round(os.getloadavg()[0], 2),
     }))  # fmt: skip

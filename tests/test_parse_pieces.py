@@ -1,8 +1,9 @@
 """Parsing a file in pieces (as a job does) gives the frames of parsing it in one call.
 
 A job reads each output file with :func:`batchframe._retry.read_chunks` and parses
-the pieces one by one; small inputs run as a prepared statement per thread
-(:mod:`batchframe._duckdb_json`), a whole file as a query planned for it. Both must
+the pieces through one prepared statement per file (``parse_output_file``), or one by
+one where that path does not apply; small inputs run as a prepared statement per thread
+(:mod:`batchframe._duckdb_json`), a whole file as a query planned for it. All must
 give the same rows, in the same order, with the same dtypes.
 """
 
@@ -10,18 +11,24 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from polars.testing import assert_frame_equal
 from test_parse_fast import _files
+from test_results_cut import _dump, _strings, output_line
+from test_results_lines import chat_body, embeddings_body, line
 
 from batchframe import _duckdb_json
+from batchframe._parse import parse_output_file
 from batchframe._results import parse_errors, parse_output
 from batchframe._retry import _concat, read_chunks
 from batchframe._storage import Storage
+from batchframe.exceptions import ResultsError
 
 CHAT = "/v1/chat/completions"
 
@@ -90,3 +97,181 @@ def test_threads_each_parse_with_their_own_statements() -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+# -- one statement per file (`parse_output_file`, the job's path) ---------------------------
+
+
+def _pieces_of(data: bytes, size: int) -> tuple[list[bytes], Callable[[], Iterator[bytes]]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "out.jsonl").write_bytes(data)
+        pieces = list(read_chunks(Storage(tmp), "out.jsonl", size))
+    return pieces, lambda: iter(pieces)
+
+
+_SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string"}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
+#: Bodies in the API's layout that parse, fail the request, fail the shape checks or
+#: fail structured output (content that is not JSON, or JSON of another schema).
+_CONTENTS = st.one_of(
+    _strings,
+    st.sampled_from(['{"label": "x"}', '{"label": 3}', "{not json", '{"label": "\\u00e9"}']),
+)
+
+
+@st.composite
+def _api_files(draw: Any) -> bytes:
+    """Files in the layout OpenAI writes: every line cut, some rows failed."""
+    out = []
+    for k, (content, status, broken, how) in enumerate(
+        draw(
+            st.lists(
+                st.tuples(
+                    _CONTENTS,
+                    st.sampled_from([200, 200, 200, 404, 500]),
+                    st.sampled_from([None, None, None, "content", "usage", "choices"]),
+                    st.sampled_from(["orjson", "spaced"]),
+                ),
+                max_size=40,
+            )
+        )
+    ):
+        body = chat_body(content)
+        if broken == "content":
+            body["choices"][0]["message"]["content"] = 7  # a number where text is declared
+        elif broken == "usage":
+            body["usage"] = "many"
+        elif broken == "choices":
+            body["choices"] = {"0": body["choices"][0]}
+        if status != 200:
+            body = {"error": {"code": "oops", "message": content, "type": "server_error"}}
+        obj = output_line(f"c{k}", body)
+        obj["response"]["status_code"] = status
+        out.append(_dump(obj, how))
+        if draw(st.booleans()):
+            out.append(b"")
+    return b"\n".join(out) + b"\n"
+
+
+def _file_kw(schema: bool) -> dict[str, Any]:
+    return {"endpoint": CHAT, "batch_id": "b", "model": "m", "attempts": 2} | (
+        {"json_schema": _SCHEMA} if schema else {}
+    )
+
+
+def _per_piece(pieces: list[bytes], kw: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    parts = [parse_output(p, **kw) for p in pieces]
+    if not parts:
+        return parse_output(b"", **kw)
+    return _concat([ok for ok, _ in parts]), pl.concat([f for _, f in parts])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_api_files(), size=st.integers(1, 3000), schema=st.booleans())
+def test_one_statement_per_file_gives_the_frames_of_each_piece(
+    data: bytes, size: int, schema: bool
+) -> None:
+    """API-layout files (which take the one-statement path), with failed rows of all kinds."""
+    pieces, again = _pieces_of(data, size)
+    assert _duckdb_json.read_file(again(), endpoint=CHAT) is not None  # the path under test
+    kw = _file_kw(schema)
+    ok, failed = parse_output_file(again, **kw)
+    want_ok, want_failed = _per_piece(pieces, kw)
+    assert_frame_equal(ok, want_ok)
+    assert_frame_equal(failed, want_failed)
+    whole_ok, whole_failed = parse_output(data, **kw)
+    assert_frame_equal(ok, whole_ok)
+    assert_frame_equal(failed, whole_failed)
+    assert failed["line"].null_count() == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_files(), size=st.integers(1, 3000))
+def test_one_statement_per_file_falls_back_to_pieces(data: bytes, size: int) -> None:
+    """Any layout: lines the cut does not take send the file back to piece by piece."""
+    pieces, again = _pieces_of(data, size)
+    kw = _file_kw(False)
+    ok, failed = parse_output_file(again, **kw)
+    want_ok, want_failed = _per_piece(pieces, kw)
+    assert_frame_equal(ok, want_ok)
+    assert_frame_equal(failed, want_failed)
+
+
+def test_a_damaged_piece_raises_as_piece_by_piece_does() -> None:
+    good = _dump(output_line("a", chat_body("x")), "orjson")
+    data = good + b"\n" + good.replace(b'"a"', b'"b"') + b"\n" + good[:40] + b"\n"
+    pieces, again = _pieces_of(data, len(good) + 1)
+    assert len(pieces) == 3
+    with pytest.raises(ResultsError, match="line 1 is not valid JSON"):
+        parse_output_file(again, **_file_kw(False))
+    no_id = good.replace(b'"custom_id":"a"', b'"custom_id":""')
+    _, again = _pieces_of(good + b"\n" + no_id + b"\n", 10**6)
+    with pytest.raises(ResultsError, match="line 2 has no `custom_id`"):
+        parse_output_file(again, **_file_kw(False))
+
+
+EMB = "/v1/embeddings"
+
+
+@st.composite
+def _embedding_files(draw: Any) -> bytes:
+    """Embedding output lines: vectors of 3 floats (some of 2, none), 4xx lines."""
+    b64 = draw(st.booleans())
+    out = []
+    vector = st.lists(st.floats(-1, 1, width=32), min_size=3, max_size=3)
+    for k, (kind, vectors) in enumerate(
+        draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["ok", "ok", "ok", "odd", "none", "404"]),
+                    st.lists(vector, min_size=1, max_size=3),
+                ),
+                max_size=30,
+            )
+        )
+    ):
+        if kind == "404":
+            out.append(line(f"e{k}", {"error": {"code": "x", "message": "no"}}, status=404))
+            continue
+        if kind == "odd":
+            vectors = [*vectors, [0.5, 0.25]]
+        out.append(line(f"e{k}", embeddings_body([] if kind == "none" else vectors, b64=b64)))
+    return b"\n".join(out) + b"\n"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_embedding_files(), size=st.integers(1, 3000))
+def test_embeddings_one_statement_per_file(data: bytes, size: int) -> None:
+    """Embeddings (lines parsed whole) through one statement: the frames of each piece."""
+    pieces, again = _pieces_of(data, size)
+    assert _duckdb_json.read_file(again(), endpoint=EMB) is not None
+    kw = {"endpoint": EMB, "batch_id": "b", "embedding_dim": 3, "attempts": 1}
+    ok, failed = parse_output_file(again, **kw)
+    want_ok, want_failed = _per_piece(pieces, kw)
+    assert_frame_equal(ok, want_ok)
+    assert_frame_equal(failed, want_failed)
+    whole_ok, whole_failed = parse_output(data, **kw)
+    assert_frame_equal(ok, whole_ok)
+    assert_frame_equal(failed, whole_failed)
+
+
+class _Interrupt(BaseException):
+    """Stands for KeyboardInterrupt (which pytest would take as the user's)."""
+
+
+@pytest.mark.parametrize("error", [OSError("connection reset"), _Interrupt()])
+def test_an_error_reading_the_pieces_is_raised(error: BaseException) -> None:
+    """A storage error while DuckDB pulls the pieces reaches the caller, not a partial file."""
+    good = _dump(output_line("a", chat_body("x")), "orjson") + b"\n"
+
+    def pieces() -> Iterator[bytes]:
+        yield good
+        yield good.replace(b'"a"', b'"b"')
+        raise error
+
+    with pytest.raises(type(error)):
+        parse_output_file(pieces, **_file_kw(False))
