@@ -236,12 +236,17 @@ def _polars_json(s: pl.Series, open_quote: str, close_quote: str) -> pl.Series:
 
     ``open_quote``/``close_quote`` (``'"'``) also cut a string's own quotes.
     """
-    return pl.select(
-        pl.struct(pl.lit(s).alias("s"))
+    return pl.select(polars_json_expr(pl.lit(s), open_quote, close_quote)).to_series()
+
+
+def polars_json_expr(e: pl.Expr, open_quote: str = "", close_quote: str = "") -> pl.Expr:
+    """The expression behind :func:`_polars_json` (and :func:`escape_json_chars`, with ``'"'``)."""
+    return (
+        pl.struct(e.alias("s"))
         .struct.json_encode()
         .str.strip_prefix('{"s":' + open_quote)
         .str.strip_suffix(close_quote + "}")
-    ).to_series()
+    )
 
 
 def _encode_nested(s: pl.Series, path: str, offset: int) -> pl.Series:
