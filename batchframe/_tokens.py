@@ -18,8 +18,9 @@ errs slightly high is safer than one that errs low.
 * ``"auto"`` (default): with ``bpe-openai`` installed, :func:`quick_estimate_tokens`
   scaled per template leaf by exact counts of sample blocks of rows (see
   :mod:`batchframe._calibrate`; +0.1 % of exact on the benchmark), and the template's
-  constant text counted exactly (see :func:`const_counter`; loading ``bpe-openai`` costs
-  ~0.7 s once per process); without it, the estimate.
+  constant text counted exactly (see :func:`const_counter`; loading ``bpe-openai``'s
+  tokenizer costs ~0.1 s once per process, see :func:`_backend`); without it, the
+  estimate.
 
 Every counter is a pure function of each text: a text's count never depends on the other
 texts of a call or on call order, so a build cut into chunks anywhere gets the same
@@ -33,7 +34,10 @@ Tokens are counted over the text the model reads: every string in the body excep
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import importlib.util
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, Literal
@@ -177,6 +181,46 @@ def _encoding(name: str) -> Any:
         return bpe_openai.get_encoding(name)
 
 
+@functools.cache
+def _backend(name: str) -> Any:
+    """bpe-openai's Rust tokenizer for an encoding (what ``_encoding(name)._backend`` is).
+
+    Its extension module is loaded on its own when it can be: importing the
+    ``bpe_openai`` package decodes the rank tables of all its encodings in Python
+    (~0.6 s once per process on a quiet machine, 2 s under load), which counting never
+    uses; the extension builds its tokenizer from data inside it (~0.1 s). Falls back
+    to the package if the extension cannot be found or loaded that way.
+    """
+    try:
+        return _bindings().tokenizer_for_encoding(name)
+    except Exception:  # an unexpected layout of the package: import it whole
+        return _encoding(name)._backend
+
+
+def _bindings() -> Any:
+    name = "bpe_openai._bindings"
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    package = importlib.util.find_spec("bpe_openai")  # finds it without importing it
+    where = package.submodule_search_locations if package is not None else None
+    for folder in where or []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "_bindings" + suffix)
+            if os.path.exists(path):
+                loader = importlib.machinery.ExtensionFileLoader(name, path)
+                spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+                assert spec is not None
+                module = importlib.util.module_from_spec(spec)
+                # Registered first: the package, if imported later, must find this one
+                # (a PyO3 module can be initialised only once per process).
+                sys.modules[name] = module
+                loader.exec_module(module)
+                return module
+    msg = "bpe_openai's extension module was not found"
+    raise ImportError(msg)
+
+
 def has_exact() -> bool:
     """Whether an offline BPE tokenizer (``bpe-openai``) is installed."""
     return importlib.util.find_spec("bpe_openai") is not None
@@ -212,7 +256,7 @@ def exact_counter(model: str | None) -> Counter:
         raise InputError(msg)
     # The Rust tokenizer under bpe-openai's tiktoken-like wrapper: `count` skips building
     # the token list (about 1.4x faster than len(encode_ordinary(...))).
-    backend = _encoding(encoding_name(model))._backend
+    backend = _backend(encoding_name(model))
     count_till_limit = backend.count_till_limit
 
     def one(text: str) -> int:
