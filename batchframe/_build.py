@@ -518,7 +518,7 @@ class Builder:
         The counts are unscaled (``"auto"`` scales them once the ratios are known).
         """
         n = evaluated.height
-        frame = query.collect()
+        frame = query.collect(engine="in-memory")
         leaves = {leaf.path: evaluated[f"__leaf{i}"] for i, leaf in enumerate(self.template.leaves)}
         if "model" in leaves:
             models = leaves["model"]
