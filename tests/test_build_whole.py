@@ -22,8 +22,11 @@ TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]),
 
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks of 7 rows and "auto" sample blocks of 5, so both cross everywhere."""
+    """Chunks of 7 rows, query slices of 1-4 rows and "auto" sample blocks of 5, so they
+    all cross everywhere."""
     monkeypatch.setattr(_build, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(_build, "_SLICE_MIN", 1)
+    monkeypatch.setattr(_build, "_SLICE_MAX", 4)
     monkeypatch.setattr(_calibrate, "CALIBRATION_ROWS", 5)
 
 
