@@ -518,9 +518,16 @@ class Builder:
         line = pl.concat_str([pl.lit(p) if isinstance(p, str) else p for p in parts])
         start = id_chars.str.len_chars().cast(pl.Int64) + len(head + '""' + mid)
 
+        # "auto"'s estimate is counted in the same query (``__tok<i>``, unscaled).
+        quick = [
+            _tokens.quick_estimate_expr(pl.col(f"__leaf{i}")).alias(f"__tok{i}")
+            for i in self._text_leaves(evaluated)
+            if self.counter is _tokens.quick_estimate_tokens
+        ]
+
         def query(lf: pl.LazyFrame) -> pl.LazyFrame:
             return lf.select(
-                ids.alias("custom_id"), line.alias("line"), start.alias("body_start")
+                ids.alias("custom_id"), line.alias("line"), start.alias("body_start"), *quick
             ).with_columns(pl.col("line").str.len_bytes().cast(pl.Int64).alias("n_bytes"))
 
         return query
@@ -558,11 +565,20 @@ class Builder:
         )
         frame = frame.with_columns(models.alias("model"), n_inputs.alias("n_inputs"))
         counted = {
-            i: self.counter(evaluated[f"__leaf{i}"])
-            for i, leaf in enumerate(self.template.leaves)
-            if leaf.path != "model" and evaluated[f"__leaf{i}"].dtype == pl.String
+            i: frame[f"__tok{i}"]
+            if f"__tok{i}" in frame.columns
+            else self.counter(evaluated[f"__leaf{i}"])
+            for i in self._text_leaves(evaluated)
         }
         return frame, counted
+
+    def _text_leaves(self, evaluated: pl.DataFrame) -> list[int]:
+        """The leaves whose text is counted (as :func:`_encode_chunk` counts them)."""
+        return [
+            i
+            for i, leaf in enumerate(self.template.leaves)
+            if leaf.path != "model" and evaluated[f"__leaf{i}"].dtype == pl.String
+        ]
 
     def _check_whole(self, evaluated: pl.DataFrame) -> None:
         """The checks a chunked build makes, in its order (ids, then chunks and leaves)."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import importlib.machinery
 import importlib.util
+import itertools
 import os
 import sys
 import warnings
@@ -144,17 +145,16 @@ def quick_estimate_tokens(texts: pl.Series) -> pl.Series:
     length kernels), for ``"auto"``, which scales it per template leaf by exact counts
     of the input's first rows: the scale absorbs what the other terms would add.
     """
-    t = pl.col("t")
+    out = texts.to_frame("t").lazy().select(quick_estimate_expr(pl.col("t")).alias("est_tokens"))
+    return out.collect().to_series()
+
+
+def quick_estimate_expr(texts: pl.Expr) -> pl.Expr:
+    """:func:`quick_estimate_tokens` as an expression over a String column."""
+    t = texts.fill_null("")
     c = t.str.len_chars().cast(pl.Int64)
     extra = t.str.len_bytes().cast(pl.Int64) - c
-    out = (
-        texts.fill_null("")
-        .rename("t")
-        .to_frame()
-        .lazy()
-        .select(((_W_CHAR * c + _W_EXTRA_BYTE * extra + 999) // 1000).alias("est_tokens"))
-    )
-    return out.collect().to_series()
+    return (_W_CHAR * c + _W_EXTRA_BYTE * extra + 999) // 1000
 
 
 def _estimate_one(text: str) -> int:
@@ -267,10 +267,22 @@ def exact_counter(model: str | None) -> Counter:
         n: int | None = count_till_limit(text, EXACT_MAX_TOKENS)
         return _estimate_one(text) if n is None else n
 
+    def all_of(values: list[str]) -> list[int]:
+        # The usual case in one C-level map (no Python call per text): every text short
+        # enough for the tokenizer, which then only returns None past the token limit.
+        if max(map(len, values), default=0) >= EXACT_MAX_CHARS:
+            return [one(t) for t in values]
+        counts: list[int | None] = list(
+            map(count_till_limit, values, itertools.repeat(EXACT_MAX_TOKENS))
+        )
+        if None in counts:
+            return [one(t) for t in values]
+        return counts  # type: ignore[return-value]
+
     def count(texts: pl.Series) -> pl.Series:
         texts = texts.fill_null("")
         distinct = texts.unique(maintain_order=True)
-        counts = pl.Series([one(t) for t in distinct.to_list()], dtype=pl.Int64)
+        counts = pl.Series(all_of(distinct.to_list()), dtype=pl.Int64)
         if len(distinct) == len(texts):
             return counts.alias("est_tokens")
         return texts.replace_strict(distinct, counts, return_dtype=pl.Int64).alias("est_tokens")
