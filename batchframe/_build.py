@@ -439,8 +439,8 @@ class Builder:
         """Lines and per-row facts of a whole in-memory table.
 
         Tables whose leaves cannot fail to encode (text and integers without nulls, see
-        :meth:`whole_query`) are built by one Polars query over every row, which spreads
-        itself over the cores without the GIL, while this thread counts the calibration
+        :meth:`whole_query`) are built by one Polars query, run over slices of the rows
+        on a thread per core without the GIL, while this thread counts the calibration
         samples exactly (``bpe-openai`` holds the GIL) and runs the checks. Any refusal
         re-runs the build chunk by chunk (:meth:`build_chunks`), so errors are exactly
         those of a chunked build, raised in the same order.
@@ -483,11 +483,12 @@ class Builder:
         return out["line"], meta
 
     def whole_query(self, evaluated: pl.DataFrame) -> Callable[[pl.LazyFrame], pl.LazyFrame] | None:
-        """``custom_id``, ``line``, ``n_bytes`` and ``body_start`` of every row, as one query.
+        """The query giving ``custom_id``, ``line``, ``n_bytes`` and ``body_start`` of rows.
 
         None unless every row is sure to encode: ids given (integers or text), every
         leaf text or integers without nulls (a text ``model``). The lines are the ones
-        :meth:`encode` makes (the same expressions, applied to all rows at once).
+        :meth:`encode` makes (the same expressions, applied to any slice of the rows).
+        With ``"auto"`` it also gives each text leaf's unscaled estimate (``__tok<i>``).
         """
         if self.id_expr is None or evaluated.height == 0:
             return None
@@ -540,10 +541,10 @@ class Builder:
         The counts are unscaled (``"auto"`` scales them once the ratios are known).
         """
         n = evaluated.height
-        # Slices run on two threads: each query materialises its intermediates (escaped
+        # Slices run on a thread per core: each query materialises its intermediates (escaped
         # text, lines) for its rows only, so memory is reused from slice to slice instead
         # of faulted in afresh (one query over 1M rows: up to 90k page faults per build).
-        workers = 2
+        workers = max(2, os.cpu_count() or 2)
         step = _slice_rows(n, workers)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             frames = list(
