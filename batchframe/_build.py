@@ -406,13 +406,20 @@ class Builder:
         """
         escape = False
         ids: pl.Series | None = None
+        query = None
         if "__cid" in chunk.columns:
             raw = chunk["__cid"]
             ids = chunk_ids(raw, offset)
+            query = self.whole_query(chunk)  # ids checked first, as below
             # Integers as text never need escaping; other ids are checked once, here.
             escape = not raw.dtype.is_integer() and _ids_need_escaping(ids)
             chunk = chunk.with_columns(ids.alias("__cid"))
         try:
+            if query is not None:
+                # Leaves that cannot fail to encode: their checks, then one query.
+                self._check_chunk(chunk, offset)
+                frame, counted = self._run_whole(chunk, query, workers=1)
+                return self._finish_whole(frame, counted, offset, ratios or {})
             return _encode_chunk(
                 chunk,
                 offset,
@@ -461,7 +468,9 @@ class Builder:
                 return self.build_chunks(evaluated)  # raises the chunked build's error
             except pl.exceptions.PolarsError:
                 return self.build_chunks(evaluated)
-        return self._finish_whole(evaluated.height, frame, counted, ratios)
+        out = self._finish_whole(frame, counted, 0, ratios)
+        meta = pl.DataFrame([out[c].cast(META_SCHEMA[c]) for c in META_SCHEMA])
+        return out["line"], meta
 
     def build_chunks(self, evaluated: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame]:
         """Lines and per-row facts of evaluated rows, chunk by chunk on every core."""
@@ -534,7 +543,10 @@ class Builder:
         return query
 
     def _run_whole(
-        self, evaluated: pl.DataFrame, query: Callable[[pl.LazyFrame], pl.LazyFrame]
+        self,
+        evaluated: pl.DataFrame,
+        query: Callable[[pl.LazyFrame], pl.LazyFrame],
+        workers: int | None = None,
     ) -> tuple[pl.DataFrame, dict[int, pl.Series]]:
         """The query's frame with ``model`` and ``n_inputs``; each text leaf's token count.
 
@@ -544,16 +556,21 @@ class Builder:
         # Slices run on a thread per core: each query materialises its intermediates (escaped
         # text, lines) for its rows only, so memory is reused from slice to slice instead
         # of faulted in afresh (one query over 1M rows: up to 90k page faults per build).
-        workers = max(2, os.cpu_count() or 2)
+        workers = workers or max(2, os.cpu_count() or 2)
         step = _slice_rows(n, workers)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            frames = list(
-                pool.map(
-                    lambda o: query(evaluated.slice(o, step).lazy()).collect(engine="in-memory"),
-                    range(0, n, step),
+        if workers == 1:
+            frame = query(evaluated.lazy()).collect(engine="in-memory")
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                frames = list(
+                    pool.map(
+                        lambda o: query(evaluated.slice(o, step).lazy()).collect(
+                            engine="in-memory"
+                        ),
+                        range(0, n, step),
+                    )
                 )
-            )
-        frame = pl.concat(frames, rechunk=False)
+            frame = pl.concat(frames, rechunk=False)
         leaves = {leaf.path: evaluated[f"__leaf{i}"] for i, leaf in enumerate(self.template.leaves)}
         if "model" in leaves:
             models = leaves["model"]
@@ -588,21 +605,25 @@ class Builder:
             chunk_ids(raw)
         check_unique(raw)
         for offset in range(0, evaluated.height, CHUNK_ROWS):
-            for i, leaf in enumerate(self.template.leaves):
-                check = self.checks.get(leaf.path)
-                if check is not None:
-                    check(evaluated[f"__leaf{i}"].slice(offset, CHUNK_ROWS), offset)
+            self._check_chunk(evaluated.slice(offset, CHUNK_ROWS), offset)
+
+    def _check_chunk(self, chunk: pl.DataFrame, offset: int) -> None:
+        """The per-row checks of the template's leaves on one chunk, leaf by leaf."""
+        for i, leaf in enumerate(self.template.leaves):
+            check = self.checks.get(leaf.path)
+            if check is not None:
+                check(chunk[f"__leaf{i}"], offset)
 
     def _finish_whole(
-        self, n: int, frame: pl.DataFrame, counted: dict[int, pl.Series], ratios: Ratios
-    ) -> tuple[pl.Series, pl.DataFrame]:
-        tokens = pl.Series([self.const_tokens], dtype=pl.Int64).new_from_index(0, n)
+        self, frame: pl.DataFrame, counted: dict[int, pl.Series], offset: int, ratios: Ratios
+    ) -> pl.DataFrame:
+        """The rows' frame as :func:`_encode_chunk` gives it, est_tokens scaled."""
+        tokens = pl.Series([self.const_tokens], dtype=pl.Int64).new_from_index(0, frame.height)
         for i, c in counted.items():
-            tokens = tokens + scale(c, i, 0, ratios, _calibrate.CALIBRATION_ROWS)
-        # A frame of the columns as they are (a select would copy them: ~2 ms per 500k rows).
-        columns = {c: tokens if c == "est_tokens" else frame[c] for c in META_SCHEMA}
-        meta = pl.DataFrame([s.alias(c).cast(META_SCHEMA[c]) for c, s in columns.items()])
-        return frame["line"], meta
+            tokens = tokens + scale(c, i, offset, ratios, _calibrate.CALIBRATION_ROWS)
+        # Columns as they are (a select would copy them: ~2 ms per 500k rows).
+        names = ("model", "n_inputs", "est_tokens", "custom_id", "line", "n_bytes", "body_start")
+        return pl.DataFrame([tokens.alias(c) if c == "est_tokens" else frame[c] for c in names])
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import batchframe as bf
-from batchframe import _build, _calibrate
+from batchframe import _build, _calibrate, _stream
 from batchframe.exceptions import InputError
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60)
@@ -25,6 +25,7 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of 7 rows, query slices of 1-4 rows and "auto" sample blocks of 5, so they
     all cross everywhere."""
     monkeypatch.setattr(_build, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(_stream, "CHUNK_ROWS", 6)
     monkeypatch.setattr(_build, "_SLICE_MIN", 1)
     monkeypatch.setattr(_build, "_SLICE_MAX", 4)
     monkeypatch.setattr(_calibrate, "CALIBRATION_ROWS", 5)
@@ -75,16 +76,19 @@ def test_one_query_and_chunks_build_the_same_requests(
         max_tokens=pl.col("cap") if int_leaf else 5,
     )
 
-    def build() -> bf.Requests:
+    def build(frame: Any) -> bf.Requests:
         return bf.build_requests(
-            df, endpoint="/v1/chat/completions", body=body, custom_id="id", tokenizer=tokenizer
+            frame, endpoint="/v1/chat/completions", body=body, custom_id="id", tokenizer=tokenizer
         )
 
-    whole = _facts(build())
+    # In memory and streamed (a LazyFrame: chunk by chunk), each way against the chunked
+    # build without the query.
+    whole = [_facts(build(df)), _facts(build(df.lazy()))]
     with monkeypatch.context() as m:
         _chunked_only(m)
-        chunked = _facts(build())
+        chunked = [_facts(build(df)), _facts(build(df.lazy()))]
     assert whole == chunked
+    assert whole[0] == whole[1]
 
 
 def test_one_query_path_is_taken_for_plain_text_and_integers() -> None:
@@ -109,7 +113,8 @@ def test_one_query_path_is_taken_for_plain_text_and_integers() -> None:
                 body=body,
                 custom_id="id",
             )
-    assert seen == [True, False]
+    # The second build: no query for the whole table, nor for its chunks.
+    assert seen[0] and len(seen) > 1 and not any(seen[1:])
 
 
 BAD_INPUTS = {
