@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -24,6 +24,7 @@ from batchframe._encode import (
     encode_leaf,
     escape_json_chars,
     first_rows,
+    polars_json_expr,
 )
 from batchframe._ids import ContentIds, check_unique, chunk_ids
 from batchframe._plan import check_rows
@@ -40,6 +41,8 @@ from batchframe.exceptions import (
 )
 
 CHUNK_ROWS = 100_000
+
+_V = TypeVar("_V", pl.Series, pl.Expr)
 
 
 def _check_columns(template: Template, id_expr: pl.Expr | None, names: list[str]) -> None:
@@ -125,7 +128,7 @@ def _encode_chunk(
             if text is not None:
                 counted = counter(text.cast(pl.String))
                 tokens = tokens + scale(counted, i, offset, ratios, _calibrate.CALIBRATION_ROWS)
-    parts = _body_parts(template, encoded)
+    parts = _body_parts(template, [(e.values, e.quoted) for e in encoded])
     if "model" in evaluated:
         models = evaluated["model"]
         if models.dtype == pl.Categorical or isinstance(models.dtype, pl.Enum):
@@ -153,30 +156,49 @@ def _encode_chunk(
     )
 
 
-def _body_parts(template: Template, encoded: list[Encoded]) -> list[str | pl.Series]:
-    """A body as constant text and encoded columns, in order."""
-    parts: list[str | pl.Series] = []
-    pieces: list[Encoded | None] = [*encoded, None]
+#: Rows per slice of the one-query build: at most this many (memory per slice)...
+_SLICE_MAX = 250_000
+#: ... and at least this many (fixed cost per query).
+_SLICE_MIN = 20_000
+
+
+def _slice_rows(n: int, workers: int) -> int:
+    """Rows per slice: two slices per worker at least, whole multiples of workers."""
+    k = max(2 * workers, -(-n // _SLICE_MAX))
+    k += -k % workers
+    return max(_SLICE_MIN, -(-n // k))
+
+
+def _body_parts(template: Template, encoded: Sequence[tuple[_V, bool]]) -> list[str | _V]:
+    """A body as constant text and encoded leaves (``(values, quoted)``), in order."""
+    parts: list[str | _V] = []
+    pieces: list[tuple[_V, bool] | None] = list(encoded)
+    pieces.append(None)
     closing = ""  # the quote that ends the previous string leaf
     for frag, piece in zip(template.fragments, pieces, strict=True):
-        literal = closing + frag + ('"' if piece is not None and piece.quoted else "")
+        literal = closing + frag + ('"' if piece is not None and piece[1] else "")
         if literal:
             parts.append(literal)
         if piece is not None:
-            parts.append(piece.values)
-            closing = '"' if piece.quoted else ""
+            parts.append(piece[0])
+            closing = '"' if piece[1] else ""
     return parts
 
 
-def _concat(parts: list[str | pl.Series]) -> pl.Series:
-    """Row-wise concatenation of constant text and columns (adjacent texts merged)."""
-    merged: list[str | pl.Series] = []
+def _merged(parts: Sequence[str | _V]) -> list[str | _V]:
+    """``parts`` with adjacent texts joined."""
+    merged: list[str | _V] = []
     for part in parts:
         if isinstance(part, str) and merged and isinstance(merged[-1], str):
             merged[-1] += part
         else:
             merged.append(part)
-    return pl.select(pl.concat_str([pl.lit(p) for p in merged])).to_series()
+    return merged
+
+
+def _concat(parts: list[str | pl.Series]) -> pl.Series:
+    """Row-wise concatenation of constant text and columns (adjacent texts merged)."""
+    return pl.select(pl.concat_str([pl.lit(p) for p in _merged(parts)])).to_series()
 
 
 def _lines(endpoint: str, id_chars: pl.Series, body: list[str | pl.Series]) -> list[pl.Series]:
@@ -384,13 +406,20 @@ class Builder:
         """
         escape = False
         ids: pl.Series | None = None
+        query = None
         if "__cid" in chunk.columns:
             raw = chunk["__cid"]
             ids = chunk_ids(raw, offset)
+            query = self.whole_query(chunk)  # ids checked first, as below
             # Integers as text never need escaping; other ids are checked once, here.
             escape = not raw.dtype.is_integer() and _ids_need_escaping(ids)
             chunk = chunk.with_columns(ids.alias("__cid"))
         try:
+            if query is not None:
+                # Leaves that cannot fail to encode: their checks, then one query.
+                self._check_chunk(chunk, offset)
+                frame, counted = self._run_whole(chunk, query, workers=1)
+                return self._finish_whole(frame, counted, offset, ratios or {})
             return _encode_chunk(
                 chunk,
                 offset,
@@ -414,13 +443,42 @@ class Builder:
         return out.with_columns(ids, *_lines(self.endpoint, ids, [out["body"]]))
 
     def build_all(self, lf: pl.LazyFrame) -> tuple[pl.Series, pl.DataFrame]:
-        """Lines and per-row facts of a whole in-memory table (chunks on every core)."""
+        """Lines and per-row facts of a whole in-memory table.
+
+        Tables whose leaves cannot fail to encode (text and integers without nulls, see
+        :meth:`whole_query`) are built by one Polars query, run over slices of the rows
+        on a thread per core without the GIL, while this thread counts the calibration
+        samples exactly (``bpe-openai`` holds the GIL) and runs the checks. Any refusal
+        re-runs the build chunk by chunk (:meth:`build_chunks`), so errors are exactly
+        those of a chunked build, raised in the same order.
+        """
         with evaluating(0):
             evaluated = lf.select(self.selects).collect()
+        query = self.whole_query(evaluated)
+        if query is None:
+            return self.build_chunks(evaluated)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchframe-build") as pool:
+            built = pool.submit(self._run_whole, evaluated, query)
+            try:
+                ratios = self.all_ratios(evaluated)
+                self._check_whole(evaluated)
+                frame, counted = built.result()
+            except InputError:
+                built.exception()  # let the query finish before building again
+                return self.build_chunks(evaluated)  # raises the chunked build's error
+            except pl.exceptions.PolarsError:
+                return self.build_chunks(evaluated)
+        out = self._finish_whole(frame, counted, 0, ratios)
+        meta = pl.DataFrame([out[c].cast(META_SCHEMA[c]) for c in META_SCHEMA])
+        return out["line"], meta
+
+    def build_chunks(self, evaluated: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame]:
+        """Lines and per-row facts of evaluated rows, chunk by chunk on every core."""
         ratios = self.all_ratios(evaluated)
         if self.id_expr is not None:
             raw = evaluated["__cid"]
-            chunk_ids(raw)  # nulls, types and empty ids first, as a chunk would
+            if not raw.dtype.is_integer() or raw.null_count():
+                chunk_ids(raw)  # nulls, types and empty ids first, as a chunk would
             check_unique(raw)  # cheaper on integers than on their text
         offsets = range(0, max(evaluated.height, 1), CHUNK_ROWS)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -432,6 +490,140 @@ class Builder:
             out = self.with_content_ids(out, ContentIds())
         meta = out.select(list(META_SCHEMA)).cast(META_SCHEMA)  # type: ignore[arg-type]
         return out["line"], meta
+
+    def whole_query(self, evaluated: pl.DataFrame) -> Callable[[pl.LazyFrame], pl.LazyFrame] | None:
+        """The query giving ``custom_id``, ``line``, ``n_bytes`` and ``body_start`` of rows.
+
+        None unless every row is sure to encode: ids given (integers or text), every
+        leaf text or integers without nulls (a text ``model``). The lines are the ones
+        :meth:`encode` makes (the same expressions, applied to any slice of the rows).
+        With ``"auto"`` it also gives each text leaf's unscaled estimate (``__tok<i>``).
+        """
+        if self.id_expr is None or evaluated.height == 0:
+            return None
+        raw = evaluated["__cid"]
+        if not (raw.dtype.is_integer() or raw.dtype == pl.String):
+            return None
+        encoded: list[tuple[pl.Expr, bool]] = []
+        for i, leaf in enumerate(self.template.leaves):
+            s = evaluated[f"__leaf{i}"]
+            col = pl.col(f"__leaf{i}")
+            if s.null_count():
+                return None
+            if s.dtype == pl.String:
+                encoded.append((polars_json_expr(col, '"', '"'), True))  # escape_json_chars
+            elif s.dtype.is_integer() and leaf.path != "model":
+                encoded.append((col.cast(pl.String), False))  # as _encode_value
+            else:
+                return None
+        cid = pl.col("__cid")
+        if raw.dtype.is_integer():
+            ids = id_chars = cid.cast(pl.String)
+        else:
+            ids = cid
+            id_chars = polars_json_expr(cid, '"', '"') if _ids_need_escaping(raw) else cid
+        head, mid, tail = line_affixes(self.endpoint)
+        body = _body_parts(self.template, encoded)
+        parts = _merged([head + '"', id_chars, '"' + mid, *body, tail])
+        line = pl.concat_str([pl.lit(p) if isinstance(p, str) else p for p in parts])
+        start = id_chars.str.len_chars().cast(pl.Int64) + len(head + '""' + mid)
+
+        # "auto"'s estimate is counted in the same query (``__tok<i>``, unscaled).
+        quick = [
+            _tokens.quick_estimate_expr(pl.col(f"__leaf{i}")).alias(f"__tok{i}")
+            for i in self._text_leaves(evaluated)
+            if self.counter is _tokens.quick_estimate_tokens
+        ]
+
+        def query(lf: pl.LazyFrame) -> pl.LazyFrame:
+            return lf.select(
+                ids.alias("custom_id"), line.alias("line"), start.alias("body_start"), *quick
+            ).with_columns(pl.col("line").str.len_bytes().cast(pl.Int64).alias("n_bytes"))
+
+        return query
+
+    def _run_whole(
+        self,
+        evaluated: pl.DataFrame,
+        query: Callable[[pl.LazyFrame], pl.LazyFrame],
+        workers: int | None = None,
+    ) -> tuple[pl.DataFrame, dict[int, pl.Series]]:
+        """The query's frame with ``model`` and ``n_inputs``; each text leaf's token count.
+
+        The counts are unscaled (``"auto"`` scales them once the ratios are known).
+        """
+        n = evaluated.height
+        # Slices run on a thread per core: each query materialises its intermediates (escaped
+        # text, lines) for its rows only, so memory is reused from slice to slice instead
+        # of faulted in afresh (one query over 1M rows: up to 90k page faults per build).
+        workers = workers or max(2, os.cpu_count() or 2)
+        step = _slice_rows(n, workers)
+        if workers == 1:
+            frame = query(evaluated.lazy()).collect(engine="in-memory")
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                frames = list(
+                    pool.map(
+                        lambda o: query(evaluated.slice(o, step).lazy()).collect(
+                            engine="in-memory"
+                        ),
+                        range(0, n, step),
+                    )
+                )
+            frame = pl.concat(frames, rechunk=False)
+        leaves = {leaf.path: evaluated[f"__leaf{i}"] for i, leaf in enumerate(self.template.leaves)}
+        if "model" in leaves:
+            models = leaves["model"]
+        else:
+            models = pl.Series([self.body.get("model")], dtype=pl.String).new_from_index(0, n)
+        n_inputs = (
+            _n_inputs(self.body, leaves, n)
+            if self.endpoint == "/v1/embeddings"
+            else pl.Series([1], dtype=pl.Int64).new_from_index(0, n)
+        )
+        frame = frame.with_columns(models.alias("model"), n_inputs.alias("n_inputs"))
+        counted = {
+            i: frame[f"__tok{i}"]
+            if f"__tok{i}" in frame.columns
+            else self.counter(evaluated[f"__leaf{i}"])
+            for i in self._text_leaves(evaluated)
+        }
+        return frame, counted
+
+    def _text_leaves(self, evaluated: pl.DataFrame) -> list[int]:
+        """The leaves whose text is counted (as :func:`_encode_chunk` counts them)."""
+        return [
+            i
+            for i, leaf in enumerate(self.template.leaves)
+            if leaf.path != "model" and evaluated[f"__leaf{i}"].dtype == pl.String
+        ]
+
+    def _check_whole(self, evaluated: pl.DataFrame) -> None:
+        """The checks a chunked build makes, in its order (ids, then chunks and leaves)."""
+        raw = evaluated["__cid"]
+        if not raw.dtype.is_integer() or raw.null_count():
+            chunk_ids(raw)
+        check_unique(raw)
+        for offset in range(0, evaluated.height, CHUNK_ROWS):
+            self._check_chunk(evaluated.slice(offset, CHUNK_ROWS), offset)
+
+    def _check_chunk(self, chunk: pl.DataFrame, offset: int) -> None:
+        """The per-row checks of the template's leaves on one chunk, leaf by leaf."""
+        for i, leaf in enumerate(self.template.leaves):
+            check = self.checks.get(leaf.path)
+            if check is not None:
+                check(chunk[f"__leaf{i}"], offset)
+
+    def _finish_whole(
+        self, frame: pl.DataFrame, counted: dict[int, pl.Series], offset: int, ratios: Ratios
+    ) -> pl.DataFrame:
+        """The rows' frame as :func:`_encode_chunk` gives it, est_tokens scaled."""
+        tokens = pl.Series([self.const_tokens], dtype=pl.Int64).new_from_index(0, frame.height)
+        for i, c in counted.items():
+            tokens = tokens + scale(c, i, offset, ratios, _calibrate.CALIBRATION_ROWS)
+        # Columns as they are (a select would copy them: ~2 ms per 500k rows).
+        names = ("model", "n_inputs", "est_tokens", "custom_id", "line", "n_bytes", "body_start")
+        return pl.DataFrame([tokens.alias(c) if c == "est_tokens" else frame[c] for c in names])
 
 
 @contextmanager

@@ -68,12 +68,13 @@ def scale(
     if not n or not ratios:
         return counted
     first, last = _block(offset, size), _block(offset + n - 1, size)
-    factors = [(ratios[b][leaf] or 1.0) for b in range(first, last + 1)]
-    if first == last:
-        factor = pl.repeat(factors[0], n, dtype=pl.Float64, eager=True)
-    else:
-        rows = pl.int_range(offset, offset + n, dtype=pl.Int64, eager=True)
-        starts = pl.Series([block_range(b, size)[0] for b in range(first, last + 1)])
-        at = starts.search_sorted(rows, side="right") - 1  # the last block start <= row
-        factor = pl.Series(factors, dtype=pl.Float64).gather(at)
+    # Blocks scale contiguous runs of rows: one run of the block's factor per block.
+    runs = []
+    for b in range(first, last + 1):
+        lo = max(block_range(b, size)[0], offset)
+        hi = min(block_range(b + 1, size)[0], offset + n)
+        runs.append(
+            pl.Series([ratios[b][leaf] or 1.0], dtype=pl.Float64).new_from_index(0, hi - lo)
+        )
+    factor = runs[0] if len(runs) == 1 else pl.concat(runs)
     return (counted * factor).round().cast(pl.Int64).alias(counted.name)

@@ -236,12 +236,19 @@ def _polars_json(s: pl.Series, open_quote: str, close_quote: str) -> pl.Series:
 
     ``open_quote``/``close_quote`` (``'"'``) also cut a string's own quotes.
     """
-    return pl.select(
-        pl.struct(pl.lit(s).alias("s"))
-        .struct.json_encode()
-        .str.strip_prefix('{"s":' + open_quote)
-        .str.strip_suffix(close_quote + "}")
-    ).to_series()
+    return pl.select(polars_json_expr(pl.lit(s), open_quote, close_quote)).to_series()
+
+
+def polars_json_expr(e: pl.Expr, open_quote: str = "", close_quote: str = "") -> pl.Expr:
+    """The expression behind :func:`_polars_json` (and :func:`escape_json_chars`, with ``'"'``).
+
+    The wrapper is cut by position (its text is ASCII and always there): about twice as
+    fast as ``strip_prefix``/``strip_suffix``.
+    """
+    prefix, suffix = '{"s":' + open_quote, close_quote + "}"
+    return (
+        pl.struct(e.alias("s")).struct.json_encode().str.slice(len(prefix)).str.head(-len(suffix))
+    )
 
 
 def _encode_nested(s: pl.Series, path: str, offset: int) -> pl.Series:

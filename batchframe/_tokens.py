@@ -18,8 +18,9 @@ errs slightly high is safer than one that errs low.
 * ``"auto"`` (default): with ``bpe-openai`` installed, :func:`quick_estimate_tokens`
   scaled per template leaf by exact counts of sample blocks of rows (see
   :mod:`batchframe._calibrate`; +0.1 % of exact on the benchmark), and the template's
-  constant text counted exactly (see :func:`const_counter`; loading ``bpe-openai`` costs
-  ~0.7 s once per process); without it, the estimate.
+  constant text counted exactly (see :func:`const_counter`; loading ``bpe-openai``'s
+  tokenizer costs ~0.1 s once per process, see :func:`_backend`); without it, the
+  estimate.
 
 Every counter is a pure function of each text: a text's count never depends on the other
 texts of a call or on call order, so a build cut into chunks anywhere gets the same
@@ -33,7 +34,11 @@ Tokens are counted over the text the model reads: every string in the body excep
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import importlib.util
+import itertools
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, Literal
@@ -140,17 +145,16 @@ def quick_estimate_tokens(texts: pl.Series) -> pl.Series:
     length kernels), for ``"auto"``, which scales it per template leaf by exact counts
     of the input's first rows: the scale absorbs what the other terms would add.
     """
-    t = pl.col("t")
+    out = texts.to_frame("t").lazy().select(quick_estimate_expr(pl.col("t")).alias("est_tokens"))
+    return out.collect().to_series()
+
+
+def quick_estimate_expr(texts: pl.Expr) -> pl.Expr:
+    """:func:`quick_estimate_tokens` as an expression over a String column."""
+    t = texts.fill_null("")
     c = t.str.len_chars().cast(pl.Int64)
     extra = t.str.len_bytes().cast(pl.Int64) - c
-    out = (
-        texts.fill_null("")
-        .rename("t")
-        .to_frame()
-        .lazy()
-        .select(((_W_CHAR * c + _W_EXTRA_BYTE * extra + 999) // 1000).alias("est_tokens"))
-    )
-    return out.collect().to_series()
+    return (_W_CHAR * c + _W_EXTRA_BYTE * extra + 999) // 1000
 
 
 def _estimate_one(text: str) -> int:
@@ -175,6 +179,46 @@ def _encoding(name: str) -> Any:
         import bpe_openai
 
         return bpe_openai.get_encoding(name)
+
+
+@functools.cache
+def _backend(name: str) -> Any:
+    """bpe-openai's Rust tokenizer for an encoding (what ``_encoding(name)._backend`` is).
+
+    Its extension module is loaded on its own when it can be: importing the
+    ``bpe_openai`` package decodes the rank tables of all its encodings in Python
+    (~0.6 s once per process on a quiet machine, 2 s under load), which counting never
+    uses; the extension builds its tokenizer from data inside it (~0.1 s). Falls back
+    to the package if the extension cannot be found or loaded that way.
+    """
+    try:
+        return _bindings().tokenizer_for_encoding(name)
+    except Exception:  # an unexpected layout of the package: import it whole
+        return _encoding(name)._backend
+
+
+def _bindings() -> Any:
+    name = "bpe_openai._bindings"
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    package = importlib.util.find_spec("bpe_openai")  # finds it without importing it
+    where = package.submodule_search_locations if package is not None else None
+    for folder in where or []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "_bindings" + suffix)
+            if os.path.exists(path):
+                loader = importlib.machinery.ExtensionFileLoader(name, path)
+                spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+                assert spec is not None
+                module = importlib.util.module_from_spec(spec)
+                # Registered first: the package, if imported later, must find this one
+                # (a PyO3 module can be initialised only once per process).
+                sys.modules[name] = module
+                loader.exec_module(module)
+                return module
+    msg = "bpe_openai's extension module was not found"
+    raise ImportError(msg)
 
 
 def has_exact() -> bool:
@@ -212,7 +256,7 @@ def exact_counter(model: str | None) -> Counter:
         raise InputError(msg)
     # The Rust tokenizer under bpe-openai's tiktoken-like wrapper: `count` skips building
     # the token list (about 1.4x faster than len(encode_ordinary(...))).
-    backend = _encoding(encoding_name(model))._backend
+    backend = _backend(encoding_name(model))
     count_till_limit = backend.count_till_limit
 
     def one(text: str) -> int:
@@ -223,10 +267,22 @@ def exact_counter(model: str | None) -> Counter:
         n: int | None = count_till_limit(text, EXACT_MAX_TOKENS)
         return _estimate_one(text) if n is None else n
 
+    def all_of(values: list[str]) -> list[int]:
+        # The usual case in one C-level map (no Python call per text): every text short
+        # enough for the tokenizer, which then only returns None past the token limit.
+        if max(map(len, values), default=0) >= EXACT_MAX_CHARS:
+            return [one(t) for t in values]
+        counts: list[int | None] = list(
+            map(count_till_limit, values, itertools.repeat(EXACT_MAX_TOKENS))
+        )
+        if None in counts:
+            return [one(t) for t in values]
+        return counts  # type: ignore[return-value]
+
     def count(texts: pl.Series) -> pl.Series:
         texts = texts.fill_null("")
         distinct = texts.unique(maintain_order=True)
-        counts = pl.Series([one(t) for t in distinct.to_list()], dtype=pl.Int64)
+        counts = pl.Series(all_of(distinct.to_list()), dtype=pl.Int64)
         if len(distinct) == len(texts):
             return counts.alias("est_tokens")
         return texts.replace_strict(distinct, counts, return_dtype=pl.Int64).alias("est_tokens")

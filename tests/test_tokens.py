@@ -8,6 +8,8 @@ import json
 import math
 import random
 import re
+import subprocess
+import sys
 
 import polars as pl
 import pytest
@@ -294,3 +296,25 @@ def test_auto_calibrates_rows_and_counts_the_constant_text_exactly() -> None:
     assert abs(sum(a - overhead - exact_const for a in auto) - sum(exact_rows)) <= 1
     estimate = built["estimate"].frame["est_tokens"].to_list()
     assert estimate == [overhead + sum(map(_tokens._estimate_one, const)) + r for r in rows]
+
+
+def test_exact_counts_load_the_extension_without_the_package() -> None:
+    """Counting loads bpe-openai's Rust extension alone (~0.1 s), not the whole package
+    (which decodes every encoding's rank tables in Python); importing the package later
+    still works and counts the same."""
+    code = """
+import sys
+import polars as pl
+from batchframe import _tokens
+texts = pl.Series(["hello world", "日本語のテキスト", "emoji 😀 and code {x: [1, 2]}", ""])
+got = _tokens.exact_counter("gpt-4o-mini")(texts).to_list()
+print("bpe_openai" in sys.modules)
+import bpe_openai
+enc = bpe_openai.get_encoding("o200k_base")
+print(got == [len(enc.encode_ordinary(t)) for t in texts.to_list()], got)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "False"
+    assert out[1].startswith("True [2, ")
