@@ -215,7 +215,13 @@ def _bindings() -> Any:
                 # Registered first: the package, if imported later, must find this one
                 # (a PyO3 module can be initialised only once per process).
                 sys.modules[name] = module
-                loader.exec_module(module)
+                try:
+                    loader.exec_module(module)
+                except BaseException:
+                    # Not left half-initialised: the package import (the fallback)
+                    # must load the extension itself.
+                    sys.modules.pop(name, None)
+                    raise
                 return module
     msg = "bpe_openai's extension module was not found"
     raise ImportError(msg)
