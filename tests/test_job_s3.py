@@ -717,7 +717,8 @@ def test_killed_before_the_uploads_are_saved_on_s3_adopts_them(s3: dict[str, Any
     assert results.ok.height == 30
 
 
-DRIVE = textwrap.dedent(
+#: The start of the child scripts below: n chat rows as requests, and a client of the server.
+_CHILD_HEAD = textwrap.dedent(
     """
     import sys, orjson
     import polars as pl
@@ -730,6 +731,11 @@ DRIVE = textwrap.dedent(
                                  body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
                                  custom_id="id")
     client = _api.make_client(base_url, api_key="x")
+    """
+)
+
+DRIVE = _CHILD_HEAD + textwrap.dedent(
+    """
     job = bf.BatchJob.create(requests, root, client=client, storage_options=opts,
                              limits=bf.BatchLimits(max_requests=10), max_in_flight=2)
     print(job.job_id, flush=True)
@@ -792,19 +798,8 @@ def test_two_processes_on_one_s3_root_never_run_a_shard_twice(s3: dict[str, Any]
     assert results.failed.height == 0
 
 
-KILLED = textwrap.dedent(
+KILLED = _CHILD_HEAD + textwrap.dedent(
     """
-    import sys, orjson
-    import polars as pl
-    import batchframe as bf
-    from batchframe import _api
-
-    root, base_url, opts, n = sys.argv[1], sys.argv[2], orjson.loads(sys.argv[3]), int(sys.argv[4])
-    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]})
-    requests = bf.build_requests(df, endpoint="/v1/chat/completions",
-                                 body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
-                                 custom_id="id")
-    client = _api.make_client(base_url, api_key="x")
     try:
         job = bf.BatchJob.open(root, client=client, storage_options=opts)
     except bf.JobNotFoundError:
