@@ -19,8 +19,7 @@ JSON reader were slower. Each call uses its own cursor on a per-process in-memor
 database, so threads never share a connection; small inputs run as prepared
 statements on a cursor kept per thread, which saves planning the query each time. A
 job's output file, read in 4 MB pieces, goes through one prepared statement per file
-(:func:`read_file`): the statement's input is an Arrow stream that cuts each piece's
-lines as DuckDB asks for them.
+(:func:`read_file`) over the cut texts of all its pieces.
 """
 
 from __future__ import annotations
@@ -471,9 +470,12 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, 
     """:func:`read_lines` of a whole file given as consecutive pieces of whole lines.
 
     The pieces run through one prepared statement per file (this thread's, with the
-    optimiser on), its input an Arrow stream that reads (and cuts) each piece's lines as
-    DuckDB asks for them: binding, planning and the per-query fixed costs are paid once
-    per file, not per piece, and only one piece's lines are held at a time. The rows
+    optimiser on): binding, planning and the per-query fixed costs are paid once per
+    file, not per piece. Lines with a cut body are cut piece by piece first, and the
+    statement reads the cut texts as one table: only the spans (which become ``body``)
+    and the short heads of the file are held, never its whole lines. Embeddings, parsed
+    whole, go in as an Arrow stream that reads each piece's lines as DuckDB asks for
+    them, so one piece's lines are held at a time. The rows
     are those of ``read_lines`` over the joined pieces (``_ordinal`` across the file,
     ``_lineno`` within each piece), except that ``line`` is null: the lines are not
     kept (callers read the few they need again). Also returned: whether embeddings
@@ -537,12 +539,30 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, 
         return None
     del data
     sql = _query(kind, base64, cut=not whole, body=not whole, lenient=False)
-    reader = pa.RecordBatchReader.from_batches(first.schema, batches([first], it))
+    source: pa.Table | pa.RecordBatchReader
+    if whole:
+        # Whole lines (embeddings: mostly vectors) are held one piece at a time.
+        source = pa.RecordBatchReader.from_batches(first.schema, batches([first], it))
+    else:
+        # Cut lines: the spans are kept for `body` anyway, and a table costs DuckDB less
+        # than a stream (measured on a 50,000-line chat file: ~40 MB less peak RSS and
+        # ~15 % less CPU), so every piece is cut before the statement runs.
+        tables = [first]
+        offset = first.num_rows
+        try:
+            for data in it:
+                tables.append(read(data, offset))
+                offset += tables[-1].num_rows
+        except Exception:  # the caller parses the pieces one by one, which raises it again
+            return None
+        source = pa.concat_tables(tables)
+        del tables
     del first
     try:
-        result = _prepared(optimize=True).run(sql, reader)
+        result = _prepared(optimize=True).run(sql, source)
     except duckdb.Error:  # some cut is not one JSON value
         result = None
+    del source
     if stopped and stopped[0] is not None:
         raise stopped[0]
     if stopped or result is None:

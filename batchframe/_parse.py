@@ -124,8 +124,9 @@ def parse_output_file(
     concatenating the results (leaving out empty ok frames), which is also what one call
     on the whole file gives. ``pieces`` returns a new iterator over the pieces each time
     it is called (e.g. ``lambda: read_chunks(storage, path)``): the pieces normally go
-    through one DuckDB statement per file, read once, holding one piece's lines at a
-    time (``_duckdb_json.read_file``); the lines of failed rows are read again, and a
+    through one DuckDB statement per file, read once, holding the cut bodies but never
+    the whole lines of the file (``_duckdb_json.read_file``); the lines of failed rows
+    are read again, and a
     file that path does not take (lines of another layout, damaged lines) is parsed
     piece by piece, each read again.
     """
