@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -269,6 +269,22 @@ def publish_outcome(
 _TAGGED_WRITE_BYTES = 64 << 20
 
 
+#: Uncompressed bytes per row group of a published file. The Parquet writer holds a
+#: row group's pages until the group is done: a 50,000-row chat shard written as one
+#: group cost ~37 MB of peak RSS, in groups of ~8 MB ~17 MB.
+_ROW_GROUP_BYTES = 8 << 20
+
+
+def row_group_rows(frame: pl.DataFrame) -> int:
+    """Rows per row group for writing ``frame`` (about ``_ROW_GROUP_BYTES`` each)."""
+    per_row = frame.estimated_size() / max(frame.height, 1)
+    return max(1024, min(1 << 20, int(_ROW_GROUP_BYTES / max(per_row, 1.0))))
+
+
+def _write_parquet(frame: pl.DataFrame, target: Any, meta: dict[str, str]) -> None:
+    frame.write_parquet(target, metadata=meta, row_group_size=row_group_rows(frame))
+
+
 def _write_atomic(storage: Storage, rel: str, frame: pl.DataFrame, meta: dict[str, str]) -> None:
     """Write ``frame`` to ``rel`` so that no glob over its folder sees it half-written.
 
@@ -283,15 +299,15 @@ def _write_atomic(storage: Storage, rel: str, frame: pl.DataFrame, meta: dict[st
             import io
 
             buf = io.BytesIO()
-            frame.write_parquet(buf, metadata=meta)
+            _write_parquet(frame, buf, meta)
             storage.write_tagged(rel, buf.getbuffer(), meta[_SOURCE_KEY])
             return
         with storage.open_write(rel) as f:
-            frame.write_parquet(f, metadata=meta)
+            _write_parquet(frame, f, meta)
         return
     staging = f"{STAGING_DIR}/{writer_tag()}-{uuid.uuid4().hex}.{posixpath.basename(rel)}.part"
     with storage.open_write(staging) as f:
-        frame.write_parquet(f, metadata=meta)
+        _write_parquet(frame, f, meta)
     try:
         storage.makedirs(posixpath.dirname(rel))
         storage.fs.mv(storage.path(staging), storage.path(rel))
@@ -779,7 +795,8 @@ def _to_mirror(
             continue
         target = base / f"{stem}.parquet"
         tmp = target.with_name(temp_name(target.name))
-        _conform(frame, _part_schema(manifest, r.model, part)).write_parquet(tmp)
+        frame = _conform(frame, _part_schema(manifest, r.model, part))
+        frame.write_parquet(tmp, row_group_size=row_group_rows(frame))
         os.replace(tmp, target)
         out[part] = PartFile(part_path(part, r.key), str(target), frame.height)
     return out

@@ -456,3 +456,15 @@ def test_a_retry_added_after_settling_republishes_the_parent(tmp_path: Path) -> 
     assert retry <= set(results.ok["custom_id"]) | set(
         results.failed.filter(pl.col("attempts") == 2)["custom_id"]
     )
+
+
+def test_published_files_are_written_in_row_groups_of_about_8_mb() -> None:
+    """The Parquet writer holds a row group's pages until it is done: groups are bounded."""
+    from batchframe._publish import row_group_rows
+
+    rows = pl.DataFrame({"body": ["x" * 700] * 50_000})  # ~700 bytes a row, like chat
+    per_group = row_group_rows(rows)
+    assert 8_000 <= per_group <= 16_000
+    vectors = pl.DataFrame({"v": [[0.0] * 3072] * 10}, schema={"v": pl.Array(pl.Float32, 3072)})
+    assert row_group_rows(vectors) == 1024  # 12 KB a row: never fewer rows than this
+    assert row_group_rows(pl.DataFrame({"a": [1] * 10})) == 1 << 20
