@@ -10,6 +10,7 @@ blank lines, CRLF endings and a BOM, both give the same frame.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -24,6 +25,7 @@ from test_results_lines import chat_body, jsonl
 from batchframe import _duckdb_json, _lines
 from batchframe._lines import read_text_lines
 from batchframe._results import parse_output
+from batchframe.exceptions import ResultsError
 
 CHAT = "/v1/chat/completions"
 BOM = b"\xef\xbb\xbf"
@@ -129,18 +131,40 @@ def test_a_spaced_body_key_with_a_minified_tail_and_the_reverse() -> None:
 def test_the_strict_cut_query_fails_or_gives_the_lenient_result(data: bytes) -> None:
     """``read_lines`` runs the cut query without ``try`` first, and again with it on error."""
     lines = read_text_lines(data).drop("_lineno", "line")
-    con = _duckdb_json._cursor()
+    lenient = _duckdb_json._run(_duckdb_json._query("chat/completions", False, cut=True), lines)
+    query = _duckdb_json._query("chat/completions", False, cut=True, lenient=False)
     try:
-        lenient = _duckdb_json._run(
-            con, _duckdb_json._query("chat/completions", False, cut=True), lines
-        )
-        query = _duckdb_json._query("chat/completions", False, cut=True, lenient=False)
+        strict = _duckdb_json._run(query, lines)
+    except duckdb.Error:
+        # Some line's cut (head or body) did not parse.
+        assert (lines["_span"].is_not_null() & ~lenient["_cut"]).any()
+    else:
+        assert_frame_equal(strict, lenient)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_files(), slice_bytes=st.integers(1, 4000))
+def test_large_inputs_parsed_in_slices_side_by_side_give_the_same_frames(
+    data: bytes, slice_bytes: int
+) -> None:
+    """Inputs over ``_PREPARED_MAX_BYTES`` run as one slice of rows per core."""
+
+    def parse() -> tuple[pl.DataFrame, pl.DataFrame] | str:
         try:
-            strict = _duckdb_json._run(con, query, lines)
-        except duckdb.Error:
-            # Some line's cut (head or body) did not parse.
-            assert (lines["_span"].is_not_null() & ~lenient["_cut"]).any()
-        else:
-            assert_frame_equal(strict, lenient)
+            return parse_output(data, endpoint=CHAT, batch_id="b")
+        except ResultsError as exc:
+            return str(exc)
+
+    want = parse()
+    original, cpu_count = _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count
+    _duckdb_json._PREPARED_MAX_BYTES = slice_bytes  # any file of a few lines is "large"
+    os.cpu_count = lambda: 3  # three slices where there are rows enough, on any machine
+    try:
+        got = parse()
     finally:
-        con.close()
+        _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count = original, cpu_count
+    if isinstance(want, str) or isinstance(got, str):
+        assert got == want
+    else:
+        assert_frame_equal(got[0], want[0])
+        assert_frame_equal(got[1], want[1])
