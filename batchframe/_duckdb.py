@@ -203,11 +203,15 @@ def _connect(path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
 
     The buffer cache is capped (:data:`DUCKDB_MEMORY_LIMIT`) and new row groups hold
     :data:`DUCKDB_ROW_GROUP_SIZE` rows: DuckDB keeps a transaction's rows in memory
-    until a row group fills, so smaller groups are written out sooner.
+    until a row group fills, so smaller groups are written out sooner. One thread: the
+    write is bound by the key index, and more threads only held more memory (measured
+    on 2 cores, 1.6M chat rows: 7.3 s and +29 MB over the driver's peak, against 8.4 s
+    and +44 MB with two).
     """
     con = duckdb.connect()
     try:
         con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        con.execute("SET threads = 1")
         con.execute("SET enable_progress_bar = false")
         con.execute("SET write_buffer_row_group_count = 1")
         target = os.fspath(path).replace("'", "''")
