@@ -4,8 +4,7 @@ The lines come from :mod:`batchframe._lines` as text, most with their
 ``response.body`` already cut out verbatim (``_span``) and a short ``_head`` holding
 custom_id, status_code and request_id. DuckDB then parses only those two per line,
 with ``from_json`` and declared structures (fields absent from a body, or of another
-JSON type, come back NULL), on all cores: the lines go in as Arrow record batches,
-which DuckDB scans in parallel. A line whose cut is not possible or not valid (other
+JSON type, come back NULL), on all cores. A line whose cut is not possible or not valid (other
 key order, other members, escapes it does not expect) is parsed whole instead; its
 ``body`` is then DuckDB's minified rendering of the same JSON value. Embeddings (whose
 ``body`` is rebuilt without the vectors) and error files (no body kept) skip the cut and
@@ -15,10 +14,11 @@ Measured on 50,000-line chat shards given as bytes (benchmarks/bench_parse.py, b
 cores free): ~550 MB/s, about 1.35x the previous reader (``read_json`` over a RAM-disk
 copy, with each body parsed twice: once to keep it as JSON text, once to type it) and
 ~4x a per-row ``orjson`` loop. Polars ``read_ndjson``/``str.json_decode`` and pyarrow's
-JSON reader were slower. Each call uses its own cursor on a per-process in-memory
-database, so threads never share a connection; small inputs run as prepared
-statements on a cursor kept per thread, which saves planning the query each time. A
-job's output file, read in 4 MB pieces, goes through one prepared statement per file
+JSON reader were slower. Every query runs as a prepared statement on a cursor kept per
+thread of a per-process in-memory database (threads never share a connection), which
+saves planning it each time; DuckDB runs a prepared statement on one thread, so a large
+input is cut into one slice of rows per core, run side by side (:func:`_run`). A job's
+output file, read in 4 MB pieces, goes through one prepared statement per file
 (:func:`read_file`) over the cut texts of all its pieces.
 """
 
