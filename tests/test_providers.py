@@ -354,3 +354,30 @@ def test_a_file_cap_that_keep_files_fills_is_reported_not_waited_on(tmp_path: Pa
             done = job.status().filter(pl.col("status") == "completed").height
             assert done >= 1
             assert len(server.files()) <= 4
+
+
+def test_concurrent_uploads_never_pass_the_file_cap_together() -> None:
+    """The server admits uploads under its cap one at a time, however many arrive at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    import openai
+
+    with bf.LocalBatchServer(provider="azure", max_files=4) as server:
+        client = server.client()
+        start = Barrier(8)
+        data = b'{"custom_id":"a"}\n' * 20_000  # ~360 KB: storing it takes a while
+
+        def upload(k: int) -> str:
+            start.wait()
+            try:
+                client.files.create(file=(f"in{k}.jsonl", data), purpose="batch")
+            except openai.BadRequestError as exc:
+                assert "most allowed is 4" in str(exc)
+                return "refused"
+            return "stored"
+
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(upload, range(8)))
+        assert sorted(outcomes) == ["refused"] * 4 + ["stored"] * 4
+        assert len(server.files()) == 4

@@ -139,6 +139,9 @@ class App:
         self.executor = executor
         self.window_seconds = window_seconds
         self.profile = profile or ServerProfile()
+        # Uploads admitted under the file cap whose bytes are still being stored: they
+        # count as files, so concurrent uploads cannot all pass the check at once.
+        self._uploading = 0
 
     def handle(self, request: Request) -> Reply:
         """Route one request."""
@@ -214,14 +217,21 @@ class App:
             }
             expires_at = now + check_expires_after(expires_after, "expires_after")
         filename = file_part.filename or "upload"
-        self.profile.check_file_room(
-            len(self.store.list_files()), expiring=expires_after is not None
-        )
+        with self.store.lock:  # the check and the admission are one step
+            self.profile.check_file_room(
+                len(self.store.list_files()) + self._uploading,
+                expiring=expires_after is not None,
+            )
+            self._uploading += 1
         request.summary = {"purpose": purpose, "filename": filename, "bytes": len(file_part.data)}
         request.summary["expires_after"] = expires_after
-        meta = self.store.add_file(
-            file_part.data, filename=filename, purpose=purpose, expires_at=expires_at
-        )
+        try:
+            meta = self.store.add_file(
+                file_part.data, filename=filename, purpose=purpose, expires_at=expires_at
+            )
+        finally:
+            with self.store.lock:
+                self._uploading -= 1
         return Reply(payload=public_file(meta), object_id=meta["id"])
 
     def list_files(self, request: Request) -> Reply:
