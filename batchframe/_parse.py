@@ -132,6 +132,14 @@ def parse_output_file(
     """
     from batchframe._duckdb_json import read_file  # duckdb loads on first parse
 
+    kw: dict[str, Any] = {
+        "endpoint": endpoint,
+        "batch_id": batch_id,
+        "json_schema": json_schema,
+        "attempts": attempts,
+        "embedding_dim": embedding_dim,
+        "model": model,
+    }
     read = read_file(pieces(), endpoint=endpoint)
     rows, base64 = read if read is not None else (None, False)
     if rows is not None:
@@ -139,31 +147,13 @@ def parse_output_file(
         if (ids.is_null() | (ids == "")).any():
             rows = None  # parsed piece by piece below, which names the line
     if rows is None:
-        kw: dict[str, Any] = {
-            "endpoint": endpoint,
-            "batch_id": batch_id,
-            "json_schema": json_schema,
-            "attempts": attempts,
-            "embedding_dim": embedding_dim,
-            "model": model,
-        }
         parts = [parse_output(data, **kw) for data in pieces()]
         if not parts:
             return parse_output(b"", **kw)
         oks = [ok for ok, _ in parts if ok.height] or [parts[0][0]]
         ok = oks[0] if len(oks) == 1 else pl.concat(oks, how="vertical")
         return ok, pl.concat([failed for _, failed in parts], how="vertical")
-    return _frames(
-        rows,
-        endpoint=endpoint,
-        batch_id=batch_id,
-        json_schema=json_schema,
-        attempts=attempts,
-        embedding_dim=embedding_dim,
-        model=model,
-        base64=base64,
-        lines=pieces,
-    )
+    return _frames(rows, **kw, base64=base64, lines=pieces)
 
 
 def _frames(

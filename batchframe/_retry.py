@@ -225,16 +225,17 @@ def record_outcome(
     batch_id = record.batch_id
     ids = shard_ids(storage, record.path)
 
+    kw: dict[str, Any] = {
+        "endpoint": endpoint,
+        "batch_id": batch_id or "",
+        "json_schema": json_schema,
+        "attempts": attempts,
+        "embedding_dim": embedding_dim,
+        "model": record.model,
+    }
+
     def parse(data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
-        return parse_output(
-            data,
-            endpoint=endpoint,
-            batch_id=batch_id or "",
-            json_schema=json_schema,
-            attempts=attempts,
-            embedding_dim=embedding_dim,
-            model=record.model,
-        )
+        return parse_output(data, **kw)
 
     if record.status == "cancelled" and batch_id is None:
         failed = _failed_rows(
@@ -267,15 +268,7 @@ def record_outcome(
     if record.output_path is not None:
         output = record.output_path
         # One DuckDB statement over the file's pieces (see `parse_output_file`).
-        ok, bad = parse_output_file(
-            lambda: read_chunks(storage, output),
-            endpoint=endpoint,
-            batch_id=batch_id or "",
-            json_schema=json_schema,
-            attempts=attempts,
-            embedding_dim=embedding_dim,
-            model=record.model,
-        )
+        ok, bad = parse_output_file(lambda: read_chunks(storage, output), **kw)
         fails.append(bad)
     else:
         ok = parse(b"")[0]
