@@ -7,6 +7,9 @@ from typing import Any
 
 import openai
 import orjson
+import polars as pl
+
+import batchframe as bf
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -91,3 +94,14 @@ def run_batch(
 ) -> Any:
     batch = submit(client, lines, endpoint, **kw)
     return wait_for(client, batch.id)
+
+
+def chat_requests(n: int) -> bf.Requests:
+    """``n`` chat requests (ids ``r0``...; text ``t <i>``) built by ``bf.build_requests``."""
+    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]})
+    return bf.build_requests(
+        df,
+        endpoint="/v1/chat/completions",
+        body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
+        custom_id="id",
+    )

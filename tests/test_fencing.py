@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pytest
+from conftest_server import chat_requests
 
 import batchframe as bf
 from batchframe._manifest import (
@@ -25,13 +26,7 @@ from batchframe._storage import Storage
 
 
 def _requests(n: int) -> bf.Requests:
-    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]})
-    return bf.build_requests(
-        df,
-        endpoint="/v1/chat/completions",
-        body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
-        custom_id="id",
-    )
+    return chat_requests(n)
 
 
 def _job_batches(server: bf.LocalBatchServer, job_id: str) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from conftest_server import chat_requests
 
 import batchframe as bf
 from batchframe._manifest import LOCK_FILE, acquire_lock
@@ -483,13 +484,7 @@ def test_remote_results_read_in_place_by_polars_and_duckdb(
 
 # -- the fence on S3: conditional manifest writes (batchframe._fence) -----------------------
 def _chat(n: int) -> bf.Requests:
-    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]})
-    return bf.build_requests(
-        df,
-        endpoint="/v1/chat/completions",
-        body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
-        custom_id="id",
-    )
+    return chat_requests(n)
 
 
 def _tagged_keys(server: bf.LocalBatchServer, job_id: str) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from conftest_server import chat_requests
 
 import batchframe as bf
 from batchframe._schedule import RetryBackoff, retry_after_hint
@@ -63,13 +64,7 @@ class Outage:
 
 
 def _requests(n: int) -> bf.Requests:
-    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]})
-    return bf.build_requests(
-        df,
-        endpoint="/v1/chat/completions",
-        body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
-        custom_id="id",
-    )
+    return chat_requests(n)
 
 
 def _run_outage(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest_server import chat_requests
 
 import batchframe as bf
 from batchframe import _engine
@@ -20,13 +21,7 @@ LIMITS = bf.BatchLimits(max_requests=8)  # 3 shards: 8, 8, 4
 
 
 def _requests(n: int = N) -> bf.Requests:
-    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"t {i}" for i in range(n)]})
-    return bf.build_requests(
-        df,
-        endpoint="/v1/chat/completions",
-        body=bf.chat_body("gpt-4o-mini", user=pl.col("text")),
-        custom_id="id",
-    )
+    return chat_requests(n)
 
 
 def _check_invariants(job: bf.BatchJob, n: int = N) -> bf.BatchResults:
