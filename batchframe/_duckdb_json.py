@@ -24,6 +24,7 @@ output file, read in 4 MB pieces, goes through one prepared statement per file
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -36,6 +37,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
+from batchframe import _chat_cut
 from batchframe._lines import embeddings_are_base64, read_text_lines
 from batchframe._schemas import MODERATION_CATEGORIES, endpoint_key
 from batchframe._shapes import explain, shape_sql
@@ -174,22 +176,26 @@ _EMBEDDING_DATA = (
     'list_transform(b.data, lambda d: struct_pack("index" := d.index, '
     "embedding := try(from_base64(d.embedding))))"
 )
+# Chat's tool calls, from `_tc` (the JSON text of each call's members).
+_TOOL_CALL_COLUMN = (
+    "list_transform(_tc, lambda t: struct_pack(\"id\" := t.id->>'$', "
+    '"type" := t.type->>\'$\', "function" := struct_pack("name" := '
+    "t.function.name->>'$', \"arguments\" := t.function.arguments->>'$'))) AS tool_calls"
+)
 # Select lists per endpoint over `b` (the typed body). `body` is the raw body where
 # this SQL changes it; elsewhere it is only set for lines parsed whole (the reader
 # fills in the cut text for the others).
 _TYPED_COLUMNS = {
-    "chat/completions": [
-        "b.choices[1].message.content AS content",
-        "b.choices[1].message.refusal AS refusal",
-        "b.choices[1].finish_reason AS finish_reason",
-        "list_transform(_tc, lambda t: struct_pack(\"id\" := t.id->>'$', "
-        '"type" := t.type->>\'$\', "function" := struct_pack("name" := '
-        "t.function.name->>'$', \"arguments\" := t.function.arguments->>'$'))) AS tool_calls",
-        "b.usage.prompt_tokens AS prompt_tokens",
-        "b.usage.completion_tokens AS completion_tokens",
-        "b.usage.total_tokens AS total_tokens",
-        "b.usage.prompt_tokens_details.cached_tokens AS cached_tokens",
-        "b.usage.completion_tokens_details.reasoning_tokens AS reasoning_tokens",
+    "chat/completions": [  # over the values of `_chat_cut.VALUES`
+        "_content AS content",
+        "_refusal AS refusal",
+        "_finish AS finish_reason",
+        _TOOL_CALL_COLUMN,
+        "_pt AS prompt_tokens",
+        "_ct AS completion_tokens",
+        "_tt AS total_tokens",
+        "_cached AS cached_tokens",
+        "_reasoning AS reasoning_tokens",
     ],
     "responses": [
         "CASE WHEN len(_text) > 0 THEN array_to_string(_text, '') END AS output_text",
@@ -274,6 +280,8 @@ def _query(kind: str, base64: bool, *, cut: bool, body: bool = True, lenient: bo
     structure = _BODY_STRUCTURES[kind]
     if base64:
         structure = {**structure, "data": [{"index": "INTEGER", "embedding": _S}]}
+    if cut and kind == "chat/completions":  # read by path, typed in `_chat_cut.rows`
+        return _chat_cut.query(lenient=lenient)
     if cut:
         # `try`: a cut that is not one JSON value gives NULL, not an error.
         parse = "try(from_json" if lenient else "(from_json"
@@ -325,14 +333,33 @@ def _query(kind: str, base64: bool, *, cut: bool, body: bool = True, lenient: bo
         ok = "w.error IS NULL AND _rtype = 'OBJECT' AND w.response.status_code BETWEEN 200 AND 299"
     wrapper, shape = shape_sql(kind, base64, raw=raw, prefix=prefix, ok=ok)
     if kind == "chat/completions":
-        source = f"SELECT *, {_TOOL_CALLS} AS _tc FROM ({source})"
+        # The values `_chat_cut` reads by path, from the typed body.
+        values = ", ".join(f"{sql} AS {name}" for name, (_, sql) in _chat_cut.VALUES.items())
+        source = f"SELECT *, {values}, {_TOOL_CALLS} AS _tc FROM ({source})"
     source = wrapper.replace("{source}", source)
     return f"SELECT {common}, {', '.join(columns)}, {shape} AS _shape FROM ({source})"
 
 
+@functools.cache
+def _chat_checks() -> str:
+    """The SQL :func:`batchframe._chat_cut.rows` runs over the rows it looks at closer."""
+    two_xx = "status_code BETWEEN 200 AND 299"
+    wrapper, shape = shape_sql("chat/completions", False, raw="_raw_body", prefix="$", ok=two_xx)
+    errors = (
+        f"CASE WHEN NOT {two_xx} THEN json_extract_string(_raw_body, {_chat_cut.ERROR_PATHS}) END"
+    )
+    source = wrapper.replace(
+        "{source}", f"SELECT *, {_TOOL_CALLS} AS _tc, {errors} AS _e FROM lines"
+    )
+    return (
+        "SELECT _ordinal, coalesce(_e[1], _e[2]) AS _error_code, _e[3] AS _error_message, "
+        f"{_TOOL_CALL_COLUMN}, {shape} AS _shape FROM ({source})"
+    )
+
+
 _TOOL_CALLS = (
-    "CASE WHEN left(b.choices[1].message.tool_calls, 1) = '[' THEN "
-    "from_json(b.choices[1].message.tool_calls, "
+    "CASE WHEN left(_tool_calls, 1) = '[' THEN "
+    "from_json(_tool_calls, "
     + _lit('[{"id":"JSON","type":"JSON","function":{"name":"JSON","arguments":"JSON"}}]')
     + ") END"
 )
@@ -369,7 +396,7 @@ def _batches(frame: pl.DataFrame) -> tuple[pa.Table, int]:
     """``frame`` as Arrow record batches, and the bytes of its text."""
     # String views: no copy on the way out of Polars, and DuckDB reads them as they are.
     table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
-    text = "line" if "line" in frame.columns else "_span"
+    text = next(c for c in ("line", "_span", "_raw_body") if c in frame.columns)
     n_bytes = int(frame[text].str.len_bytes().sum() or 0)
     spread = -(-len(frame) // (_BATCHES_PER_CORE * (os.cpu_count() or 1)))
     rows = max(16, min(8192, spread, len(frame) * _BATCH_BYTES // max(n_bytes, 1)))
@@ -411,9 +438,9 @@ def read_lines(
         if cut:
             cuts = lines.drop("_lineno", "line")
             try:  # every cut parses (the API's layout): no per-row error handling
-                first = _run(_query(kind, base64, cut=True, lenient=False), cuts)
+                first = _read_cut(kind, base64, cuts, lenient=False)
             except duckdb.Error:  # some cut is not one JSON value: those read as NULL
-                first = _run(_query(kind, base64, cut=True), cuts)
+                first = _read_cut(kind, base64, cuts, lenient=True)
             if first["_cut"].all():  # the usual case: no filtering
                 parts.append(first)
                 whole = lines.clear()
@@ -448,6 +475,14 @@ def read_lines(
                 column = pl.select(pl.coalesce(column, take).alias("body")).to_series()
         columns.append(column)
     return pl.DataFrame(columns)
+
+
+def _read_cut(kind: str, base64: bool, cuts: pl.DataFrame, *, lenient: bool) -> pl.DataFrame:
+    """The typed rows of ``cuts`` (``_ordinal, _span, _head``), with ``_cut``, as ``_query``."""
+    parsed = _run(_query(kind, base64, cut=True, lenient=lenient), cuts)
+    if kind == "chat/completions":
+        parsed = _chat_cut.rows(parsed, cuts["_span"], _run, _chat_checks())
+    return parsed
 
 
 def _explain_shapes(parsed: pl.DataFrame, kind: str, base64: bool) -> pl.DataFrame:
@@ -570,17 +605,21 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, 
     lineno = pl.concat(linenos) if len(linenos) > 1 else linenos[0]
     if len(parsed) != len(lineno):
         return None
+    if not parsed["_ordinal"].is_sorted():
+        parsed = parsed.sort("_ordinal")
+    span = None if whole else pl.concat(spans) if len(spans) > 1 else spans[0]
     if whole:
         if parsed["_bad_response"].any():  # the pieces one by one name the line
             return None
         parsed = parsed.drop("_bad_response")
-    elif not parsed["_cut"].all():
-        return None
-    if not parsed["_ordinal"].is_sorted():
-        parsed = parsed.sort("_ordinal")
+    else:
+        assert span is not None
+        if kind == "chat/completions":
+            parsed = _chat_cut.rows(parsed, span, _run, _chat_checks())
+        if not parsed["_cut"].all():
+            return None
     parsed = _explain_shapes(parsed, kind, base64)
     columns = [lineno, pl.Series("line", dtype=pl.String).extend_constant(None, len(lineno))]
-    span = None if whole else pl.concat(spans) if len(spans) > 1 else spans[0]
     for column in parsed.get_columns():
         if column.name == "_cut":
             continue

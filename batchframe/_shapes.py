@@ -141,56 +141,65 @@ def _probe_problem(p: _Probe, k: int, t: str) -> str:
     )
 
 
-def _chat(b: str) -> list[_Probe | _Direct]:
-    c, m = "_c1", "_m"  # b.choices[1] and its message (see _ALIASES)
+def _chat(raw: str, prefix: str) -> list[_Probe | _Direct]:
+    """Chat's checks, over the value columns ``_duckdb_json`` reads for chat (not a typed ``b``).
+
+    Containers (``choices``, its first element, the message, ``usage`` and its detail
+    objects) have no value of their own: they are looked at where every leaf read
+    under them is NULL, which is where one of them may be absent or not a container.
+    """
+    leaves = ["_content", "_refusal", "_tool_calls"]
+    none = " AND ".join(f"{v} IS NULL" for v in [*leaves, "_finish"])
     probes: list[_Probe | _Direct] = [
-        _Probe("choices", ".choices", f"{b}.choices IS NULL", (), "an array", required=True),
-        _Direct(f"len({b}.choices) = 0", "'`choices` is empty'"),
-        _object(
-            "choices[0]",
-            ".choices[0]",
-            [f"{m}.content", f"{m}.refusal", f"{m}.tool_calls", f"{c}.finish_reason"],
-            required=True,
+        _Probe("choices", ".choices", f"({none})", ("ARRAY",), "an array", required=True),
+        _Direct(
+            f"({none})",
+            f"CASE WHEN json_array_length({raw}, {_lit(prefix + '.choices')}) = 0 "
+            "THEN '`choices` is empty' END",
         ),
+        _object("choices[0]", ".choices[0]", [*leaves, "_finish"], required=True),
         _object(
             "choices[0].message",
             ".choices[0].message",
-            [f"{m}.content", f"{m}.refusal", f"{m}.tool_calls"],
+            leaves,
             required=True,
             on_allowed="`choices[0].message` holds no content, refusal or tool_calls",
         ),
-        _string("choices[0].message.content", ".choices[0].message.content", f"{m}.content"),
-        _string("choices[0].message.refusal", ".choices[0].message.refusal", f"{m}.refusal"),
+        _string("choices[0].message.content", ".choices[0].message.content", "_content"),
+        _string("choices[0].message.refusal", ".choices[0].message.refusal", "_refusal"),
+        # Its text alone cannot tell an array from a string holding one.
+        _Probe(
+            "choices[0].message.tool_calls",
+            ".choices[0].message.tool_calls",
+            "_tool_calls IS NOT NULL",
+            ("ARRAY",),
+            "an array",
+        ),
         _Direct(
-            f"{m}.tool_calls IS NOT NULL",
-            f"CASE WHEN left({m}.tool_calls, 1) <> '[' THEN "
-            "'`choices[0].message.tool_calls` should be an array' ELSE "
-            + _first_problem(
+            "_tool_calls IS NOT NULL",
+            _first_problem(
                 "_tc",
                 "CASE WHEN NOT coalesce(left(x.function.name, 1) = '\"' AND "
                 "left(x.function.arguments, 1) = '\"' AND coalesce(left(x.id, 1), '\"') = '\"' "
                 "AND coalesce(left(x.type, 1), '\"') = '\"', false) THEN "
                 "'`choices[0].message.tool_calls[' || (i - 1) || ']` should be an object with "
                 "string `function.name` and `function.arguments`' END",
-            )
-            + " END",
+            ),
         ),
-        _string(
-            "choices[0].finish_reason",
-            ".choices[0].finish_reason",
-            f"{c}.finish_reason",
-            required=True,
-        ),
-        _string("model", ".model", f"{b}.model"),
+        _string("choices[0].finish_reason", ".choices[0].finish_reason", "_finish", required=True),
+        _string("model", ".model", "_model"),
     ]
-    probes += _usage(
-        "_u",
-        ["prompt_tokens", "completion_tokens", "total_tokens"],
-        {
-            "prompt_tokens_details": "cached_tokens",
-            "completion_tokens_details": "reasoning_tokens",
-        },
-    )
+    usage = {"prompt_tokens": "_pt", "completion_tokens": "_ct", "total_tokens": "_tt"}
+    details = {
+        "prompt_tokens_details": ("cached_tokens", "_cached"),
+        "completion_tokens_details": ("reasoning_tokens", "_reasoning"),
+    }
+    all_usage = [*usage.values(), *(v for _, v in details.values())]
+    probes.append(_object("usage", ".usage", all_usage))
+    probes += [_integer(f"usage.{f}", f".usage.{f}", v) for f, v in usage.items()]
+    for d, (k, v) in details.items():
+        probes.append(_object(f"usage.{d}", f".usage.{d}", [v]))
+        probes.append(_integer(f"usage.{d}.{k}", f".usage.{d}.{k}", v))
     return probes
 
 
@@ -346,7 +355,6 @@ def _images(b: str) -> list[_Probe | _Direct]:
 
 #: Struct paths the checks name often, computed once per row as columns.
 _ALIASES = {
-    "chat/completions": {"_c1": "b.choices[1]", "_m": "b.choices[1].message", "_u": "b.usage"},
     "completions": {"_c1": "b.choices[1]", "_u": "b.usage"},
     "responses": {"_u": "b.usage"},
     "images": {"_u": "b.usage"},
@@ -356,7 +364,7 @@ _ALIASES = {
 def _checks(kind: str, base64: bool, raw: str, prefix: str) -> list[_Probe | _Direct]:
     b = "b"
     if kind == "chat/completions":
-        return _chat(b)
+        return _chat(raw, prefix)
     if kind == "completions":
         return _completions(b)
     if kind == "responses":

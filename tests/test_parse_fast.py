@@ -131,10 +131,9 @@ def test_a_spaced_body_key_with_a_minified_tail_and_the_reverse() -> None:
 def test_the_strict_cut_query_fails_or_gives_the_lenient_result(data: bytes) -> None:
     """``read_lines`` runs the cut query without ``try`` first, and again with it on error."""
     lines = read_text_lines(data).drop("_lineno", "line")
-    lenient = _duckdb_json._run(_duckdb_json._query("chat/completions", False, cut=True), lines)
-    query = _duckdb_json._query("chat/completions", False, cut=True, lenient=False)
+    lenient = _duckdb_json._read_cut("chat/completions", False, lines, lenient=True)
     try:
-        strict = _duckdb_json._run(query, lines)
+        strict = _duckdb_json._read_cut("chat/completions", False, lines, lenient=False)
     except duckdb.Error:
         # Some line's cut (head or body) did not parse.
         assert (lines["_span"].is_not_null() & ~lenient["_cut"]).any()
