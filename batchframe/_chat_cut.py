@@ -89,13 +89,14 @@ def query(*, lenient: bool) -> str:
 
 
 def _sus(x: pl.Expr) -> pl.Expr:
-    """``_shapes._sus`` in Polars: text that may be the JSON text of a non-string.
+    """``_shapes._sus`` in Polars, a little wider: text that may be a non-string's JSON text.
 
-    It starts with ``-``, a digit, ``[`` or ``{`` (compared as strings: no per-row
-    slicing), or is ``true``/``false``. NULL for NULL.
+    It starts with ``-`` to ``9`` (``.`` and ``/`` too: a look more, never one less),
+    ``[`` or ``{`` (compared as strings: no per-row slicing), or is ``true``/``false``.
+    NULL for NULL.
     """
-    digit = (x >= "-") & (x < ":") & ~((x >= ".") & (x < "0"))
-    return digit | ((x >= "[") & (x < "\\")) | ((x >= "{") & (x < "|")) | x.is_in(["true", "false"])
+    starts = ((x >= "-") & (x < ":")) | ((x >= "[") & (x < "\\")) | ((x >= "{") & (x < "|"))
+    return starts | (x == "true") | (x == "false")
 
 
 def _slow_integers(text: pl.DataFrame, out: pl.DataFrame) -> pl.DataFrame:
@@ -128,8 +129,6 @@ def _expressions() -> tuple[list[pl.Expr | str], list[pl.Expr | str]]:
         *(x.list.get(k).alias(name) for k, name in enumerate(VALUES)),
     ]
     counts = {name: pl.col(name).cast(pl.Int64, strict=False) for name in _INTEGERS}
-    # A count whose text is there but is not a plain integer.
-    odd = [value.is_null() & pl.col(name).is_not_null() for name, value in counts.items()]
     # A row needs a look where any probe of `_shapes._chat` might fail: its `when` holds
     # and the value's text does not already show that the JSON type fits.
     message_empty = pl.all_horizontal(pl.col("_content", "_refusal", "_tool_calls").is_null())
@@ -140,7 +139,6 @@ def _expressions() -> tuple[list[pl.Expr | str], list[pl.Expr | str]]:
         pl.col("_tool_calls").is_not_null(),
         pl.all_horizontal(pl.col(_INTEGERS).is_null()),
         pl.col("_cached", "_reasoning").is_null(),
-        *odd,
     ).fill_null(False)
     two_xx = pl.col("status_code").is_between(200, 299).fill_null(False)
     out: list[pl.Expr | str] = [
@@ -161,7 +159,6 @@ def _expressions() -> tuple[list[pl.Expr | str], list[pl.Expr | str]]:
         *(value.alias(_INTEGERS[name]) for name, value in counts.items()),
         pl.lit(None, pl.String).alias("_shape"),
         (pl.col("_cut") & (doubt | ~two_xx)).alias("_look"),
-        pl.any_horizontal(odd).alias("_odd"),
     ]
     return text, out
 
@@ -184,10 +181,20 @@ def rows(
     """
     text = parsed.select(_TEXT)
     out = text.select(_OUT)
-    if out["_odd"].any():
-        out = _slow_integers(text, out)
     look = out["_look"]
-    out = out.drop("_look", "_odd")
+    # A count whose text is there but is not a plain integer (rare): read as `from_json`
+    # would, and its row gets a look (the check names the JSON type of what is left).
+    odd = [n for n, c in _INTEGERS.items() if out[c].null_count() > text[n].null_count()]
+    if odd:
+        not_plain = text.select(
+            pl.any_horizontal(
+                pl.col(n).is_not_null() & pl.col(n).cast(pl.Int64, strict=False).is_null()
+                for n in odd
+            )
+        ).to_series()
+        look = look | (out["_cut"] & not_plain)
+        out = _slow_integers(text, out)
+    out = out.drop("_look")
     if not look.any():
         return out
     subset = pl.DataFrame(
