@@ -116,6 +116,53 @@ def test_missing_usage_fields_are_null_but_an_empty_answer_fails() -> None:
     assert "`choices` is empty" in failed["error_message"][0]
 
 
+def _spaced(raw: bytes) -> bytes:
+    """The same line with another key order: parsed whole, not cut."""
+    obj = orjson.loads(raw)
+    return orjson.dumps({"custom_id": obj["custom_id"], "error": None, "response": obj["response"]})
+
+
+@pytest.mark.parametrize("layout", ["cut", "whole"])
+def test_counts_read_as_numbers_the_same_in_both_readers(layout: str) -> None:
+    """A count is read as DuckDB reads a BIGINT, on the cut path and on the whole one."""
+    usage = {"prompt_tokens": 7.5, "completion_tokens": True, "total_tokens": "12"}
+    lines = [
+        line("a", chat_body(usage=usage)),
+        line("b", chat_body(usage={"prompt_tokens": "many"})),
+        line("c", chat_body(usage={"prompt_tokens": [3]})),
+    ]
+    if layout == "whole":
+        lines = [_spaced(raw) for raw in lines]
+    ok, failed = parse(jsonl(lines))
+    assert ok.select("custom_id", "prompt_tokens", "completion_tokens", "total_tokens").rows() == [
+        ("a", 8, 1, 12)
+    ]
+    assert failed["custom_id"].to_list() == ["b", "c"]
+    messages = failed["error_message"].to_list()
+    assert "`usage.prompt_tokens` should be an integer but is a string" in messages[0]
+    assert "`usage.prompt_tokens` should be an integer but is an array" in messages[1]
+
+
+@pytest.mark.parametrize("layout", ["cut", "whole"])
+def test_tool_calls_given_as_text_fail_and_real_ones_are_typed(layout: str) -> None:
+    """A string holding a JSON array of tool calls is not taken for the array itself."""
+    tool = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    lines = [
+        line("text", chat_body(None, tool_calls=orjson.dumps([tool]).decode())),  # type: ignore[arg-type]
+        line("real", chat_body(None, tool_calls=[tool], finish_reason="tool_calls")),
+        line("plain", chat_body("7 apples")),  # looks like a number: looked at, and fine
+    ]
+    if layout == "whole":
+        lines = [_spaced(raw) for raw in lines]
+    ok, failed = parse(jsonl(lines))
+    assert ok["custom_id"].to_list() == ["real", "plain"]
+    assert ok["tool_calls"].to_list() == [[tool], None]
+    assert ok["content"].to_list() == [None, "7 apples"]
+    assert failed.select("custom_id", "stage").rows() == [("text", "parse")]
+    message = "`choices[0].message.tool_calls` should be an array but is a string"
+    assert message in failed["error_message"][0]
+
+
 def test_crlf_blank_lines_bom_and_no_trailing_newline() -> None:
     lines = [line("a", chat_body()), http_error_line("b"), line("c", chat_body())]
     data = b"\xef\xbb\xbf" + lines[0] + b"\r\n\r\n  \n" + lines[1] + b"\r\n" + lines[2]
