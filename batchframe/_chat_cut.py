@@ -12,7 +12,7 @@ take a shorter road than the other endpoints' ``from_json`` into declared struct
 3. Only those rows go through DuckDB again, with the shape checks of
    :mod:`batchframe._shapes` and the tool calls read into their structure.
 
-Measured on a 50,000-line shard (2 cores), steps 1-2 take ~35 ms, against ~56 ms for
+Measured on a 50,000-line shard (2 cores), steps 1-2 take ~37 ms, against ~56 ms for
 ``from_json``, the columns read out of the structure and the shape checks in SQL. The
 text of a value answers most checks on its own, and more often than a typed value did:
 ``json_extract_string`` gives NULL only for an absent or null member, and the JSON

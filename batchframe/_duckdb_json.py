@@ -2,24 +2,25 @@
 
 The lines come from :mod:`batchframe._lines` as text, most with their
 ``response.body`` already cut out verbatim (``_span``) and a short ``_head`` holding
-custom_id, status_code and request_id. DuckDB then parses only those two per line,
-with ``from_json`` and declared structures (fields absent from a body, or of another
-JSON type, come back NULL), on all cores. A line whose cut is not possible or not valid (other
-key order, other members, escapes it does not expect) is parsed whole instead; its
-``body`` is then DuckDB's minified rendering of the same JSON value. Embeddings (whose
-``body`` is rebuilt without the vectors) and error files (no body kept) skip the cut and
-parse every line whole.
+custom_id, status_code and request_id. DuckDB then parses only those two per line, on
+all cores. Chat bodies are read by JSON path (``json_extract_string``: the values the
+columns need, one parse per body) and typed and checked in Polars
+(:mod:`batchframe._chat_cut`); the other endpoints' with ``from_json`` and declared
+structures (fields absent from a body, or of another JSON type, come back NULL). A line
+whose cut is not possible or not valid (other key order, other members, escapes it does
+not expect) is parsed whole instead; its ``body`` is then DuckDB's minified rendering of
+the same JSON value. Embeddings (whose ``body`` is rebuilt without the vectors) and error
+files (no body kept) skip the cut and parse every line whole.
 
 Measured on 50,000-line chat shards given as bytes (benchmarks/bench_parse.py, both
-cores free): ~550 MB/s, about 1.35x the previous reader (``read_json`` over a RAM-disk
-copy, with each body parsed twice: once to keep it as JSON text, once to type it) and
-~4x a per-row ``orjson`` loop. Polars ``read_ndjson``/``str.json_decode`` and pyarrow's
-JSON reader were slower. Every query runs as a prepared statement on a cursor kept per
-thread of a per-process in-memory database (threads never share a connection), which
-saves planning it each time; DuckDB runs a prepared statement on one thread, so a large
-input is cut into one slice of rows per core, run side by side (:func:`_run`). A job's
-output file, read in 4 MB pieces, goes through one prepared statement per file
-(:func:`read_file`) over the cut texts of all its pieces.
+cores free, 2026-12-01): 470-525 MB/s, 4.1-4.7x a per-row ``orjson`` loop. Polars
+``read_ndjson``/``str.json_decode`` and pyarrow's JSON reader were slower. Every query
+runs as a prepared statement on a cursor kept per thread of a per-process in-memory
+database (threads never share a connection), which saves planning it each time; DuckDB
+runs a prepared statement on one thread, so a large input is cut into one slice of rows
+per core, run side by side (:func:`_run`). A job's output file, read in 4 MB pieces, goes
+through one prepared statement per file (:func:`read_file`) over the cut texts of all
+its pieces.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ where a typed value is ambiguous: a string that could be another value's JSON te
 (it starts with ``{``, ``[``, a digit or ``-``, or is ``true``/``false``), or a NULL
 where the member might hold something of another type.
 
+Chat's checks read the values :mod:`batchframe._chat_cut` takes out by JSON path (their
+text: NULL only where a member is absent or null), and run only on the rows whose text
+leaves a doubt; the other endpoints' read the typed body ``b``.
+
 Numbers are the exception, by design: DuckDB reads a numeric string or a boolean where a
 number is declared as that number (``"7"`` -> 7, ``true`` -> 1; a float where an integer
 is declared is rounded); only values it cannot read as a number (objects, arrays, other
