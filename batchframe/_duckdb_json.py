@@ -446,7 +446,8 @@ def read_lines(
                 parts.append(first)
                 whole = lines.clear()
             else:
-                parts.append(first.filter(pl.col("_cut")))
+                if first["_cut"].any():
+                    parts.append(first.filter(pl.col("_cut")))
                 whole = lines.filter(~first["_cut"])
         if len(whole) or not parts:
             # Lines without a valid cut are parsed whole; they keep their place by ordinal.
@@ -648,13 +649,15 @@ def _run(sql: str, lines: pl.DataFrame) -> pl.DataFrame:
         parts = [table.slice(start, step) for start in range(0, table.num_rows, step)]
         futures = [_parse_pool().submit(_run_slice, sql, part) for part in parts]
         wait(futures)  # none left running on a cursor when an error is raised
-        parsed = pl.concat([f.result() for f in futures], rechunk=False)
+        # One conversion of all the slices' tables (frames converted per slice and
+        # concatenated without copying kept each column's slices as chunks, which made
+        # Polars 2.1 panic in `pl.format` over columns chunked differently).
+        parsed = _frame(pa.concat_tables([f.result() for f in futures]))
     return parsed if parsed["_ordinal"].is_sorted() else parsed.sort("_ordinal")
 
 
-def _run_slice(sql: str, table: pa.Table) -> pl.DataFrame:
-    # Converted here, in the slice's thread: side by side, not one after another.
-    return _frame(_prepared(optimize=True).run(sql, table))
+def _run_slice(sql: str, table: pa.Table) -> pa.Table:
+    return _prepared(optimize=True).run(sql, table)
 
 
 def _frame(table: pa.Table) -> pl.DataFrame:

@@ -321,7 +321,9 @@ def _request_failures(bad: pl.DataFrame) -> pl.DataFrame:
         .then(pl.lit("no response and no error in the line"))
         .otherwise(pl.format("HTTP status {} without an error message", status))
     )
-    return bad.select(
+    # One chunk per column: Polars 2.1 panics in `pl.format` over a column holding an
+    # empty chunk (left by concatenating and filtering parts). Failed rows are few.
+    return bad.rechunk().select(
         "_ordinal",
         "custom_id",
         stage=stage,
@@ -348,7 +350,7 @@ SHAPE_ERROR_CODE = "unexpected_shape"
 
 
 def _parse_failures(rows: pl.DataFrame, code: pl.Expr, message: pl.Expr) -> pl.DataFrame:
-    return rows.select(
+    return rows.rechunk().select(  # see `_request_failures`
         "_ordinal",
         "custom_id",
         stage=pl.lit("parse"),

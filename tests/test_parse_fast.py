@@ -20,7 +20,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings, strategies as st
 from polars.testing import assert_frame_equal
 from test_results_cut import _dump, _strings, _with_extra, output_line
-from test_results_lines import chat_body, jsonl
+from test_results_lines import chat_body, jsonl, line
 
 from batchframe import _duckdb_json, _lines
 from batchframe._lines import read_text_lines
@@ -167,3 +167,42 @@ def test_large_inputs_parsed_in_slices_side_by_side_give_the_same_frames(
     else:
         assert_frame_equal(got[0], want[0])
         assert_frame_equal(got[1], want[1])
+
+
+def test_failed_rows_from_slices_with_an_empty_part_do_not_panic() -> None:
+    """Found by CI: parts of a frame that left a column with an empty chunk made Polars
+    2.1 panic in ``pl.format`` (the failure messages) instead of giving the frames."""
+    body = chat_body("BC")
+    lines = [
+        json.dumps(
+            {
+                "id": "batch_req_1",
+                "custom_id": "c0",
+                "response": {
+                    "status_code": 200,
+                    "request_id": "req_1",
+                    "body": body,
+                    "extra": {"k": {}},  # not the API's layout: parsed whole
+                },
+                "error": None,
+            }
+        ).encode(),
+        line("c1", body, status=None),
+        line("c2", body, status=404, error={"code": "server_error", "message": ""}),
+    ]
+    data = b"\xef\xbb\xbf" + jsonl(lines)
+    want = parse_output(data, endpoint=CHAT, batch_id="b")
+    original, cpu_count = _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count
+    _duckdb_json._PREPARED_MAX_BYTES = 1
+    os.cpu_count = lambda: 3
+    try:
+        got = parse_output(data, endpoint=CHAT, batch_id="b")
+    finally:
+        _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count = original, cpu_count
+    assert_frame_equal(got[0], want[0])
+    assert_frame_equal(got[1], want[1])
+    assert got[0]["custom_id"].to_list() == ["c0"]
+    assert got[1].select("custom_id", "status_code", "error_code").rows() == [
+        ("c1", None, None),
+        ("c2", 404, "server_error"),
+    ]
