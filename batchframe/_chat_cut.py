@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import polars as pl
 
+from batchframe._shapes import _lit
+
 __all__ = ["VALUES", "query", "rows"]
 
 #: The body values chat reads: name -> (JSON path from the body, SQL reading it from
@@ -69,10 +71,6 @@ TOOL_CALLS = pl.List(
         }
     )
 )
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def query(*, lenient: bool) -> str:

@@ -643,27 +643,20 @@ def _run(sql: str, lines: pl.DataFrame) -> pl.DataFrame:
     table, n_bytes = _batches(lines)
     slices = min(os.cpu_count() or 1, -(-n_bytes // _PREPARED_MAX_BYTES), table.num_rows)
     if slices <= 1:
-        parsed = _frame(_prepared().run(sql, table))
+        result = _prepared().run(sql, table)
     else:
         step = -(-table.num_rows // slices)
         parts = [table.slice(start, step) for start in range(0, table.num_rows, step)]
         futures = [_parse_pool().submit(_run_slice, sql, part) for part in parts]
         wait(futures)  # none left running on a cursor when an error is raised
-        # One conversion of all the slices' tables (frames converted per slice and
-        # concatenated without copying kept each column's slices as chunks, which made
-        # Polars 2.1 panic in `pl.format` over columns chunked differently).
-        parsed = _frame(pa.concat_tables([f.result() for f in futures]))
+        result = pa.concat_tables([f.result() for f in futures])
+    parsed = pl.from_arrow(result)
+    assert isinstance(parsed, pl.DataFrame)
     return parsed if parsed["_ordinal"].is_sorted() else parsed.sort("_ordinal")
 
 
 def _run_slice(sql: str, table: pa.Table) -> pa.Table:
     return _prepared(optimize=True).run(sql, table)
-
-
-def _frame(table: pa.Table) -> pl.DataFrame:
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame
 
 
 _POOL: dict[int, ThreadPoolExecutor] = {}

@@ -104,15 +104,24 @@ def _object(name: str, path: str, leaves: list[str], **kw: object) -> _Probe:
     return _Probe(name, path, f"({when})", ("OBJECT",), "an object", **kw)  # type: ignore[arg-type]
 
 
-def _usage(u: str, fields: list[str], details: dict[str, str]) -> list[_Probe]:
-    """``usage`` (optional): an object of integers, with optional detail objects."""
-    leaves = [f"{u}.{f}" for f in fields] + [f"{u}.{d}.{k}" for d, k in details.items()]
-    probes = [_object("usage", ".usage", leaves)]
-    probes += [_integer(f"usage.{f}", f".usage.{f}", f"{u}.{f}") for f in fields]
+def _usage(
+    u: str, fields: list[str], details: dict[str, str], at: dict[str, str] | None = None
+) -> list[_Probe]:
+    """``usage`` (optional): an object of integers, with optional detail objects.
+
+    Each integer is read at ``{u}.{path}``, or at ``at[path]`` where ``at`` names it (a
+    value column instead of a struct path).
+    """
+
+    def leaf(path: str) -> str:
+        return at[path] if at is not None and path in at else f"{u}.{path}"
+
+    paths = fields + [f"{d}.{k}" for d, k in details.items()]
+    probes = [_object("usage", ".usage", [leaf(f) for f in paths])]
+    probes += [_integer(f"usage.{f}", f".usage.{f}", leaf(f)) for f in fields]
     for d, k in details.items():
-        leaf = f"{u}.{d}.{k}"
-        probes.append(_object(f"usage.{d}", f".usage.{d}", [leaf]))
-        probes.append(_integer(f"usage.{d}.{k}", f".usage.{d}.{k}", leaf))
+        probes.append(_object(f"usage.{d}", f".usage.{d}", [leaf(f"{d}.{k}")]))
+        probes.append(_integer(f"usage.{d}.{k}", f".usage.{d}.{k}", leaf(f"{d}.{k}")))
     return probes
 
 
@@ -193,17 +202,21 @@ def _chat(raw: str, prefix: str) -> list[_Probe | _Direct]:
         _string("choices[0].finish_reason", ".choices[0].finish_reason", "_finish", required=True),
         _string("model", ".model", "_model"),
     ]
-    usage = {"prompt_tokens": "_pt", "completion_tokens": "_ct", "total_tokens": "_tt"}
-    details = {
-        "prompt_tokens_details": ("cached_tokens", "_cached"),
-        "completion_tokens_details": ("reasoning_tokens", "_reasoning"),
-    }
-    all_usage = [*usage.values(), *(v for _, v in details.values())]
-    probes.append(_object("usage", ".usage", all_usage))
-    probes += [_integer(f"usage.{f}", f".usage.{f}", v) for f, v in usage.items()]
-    for d, (k, v) in details.items():
-        probes.append(_object(f"usage.{d}", f".usage.{d}", [v]))
-        probes.append(_integer(f"usage.{d}.{k}", f".usage.{d}.{k}", v))
+    probes += _usage(
+        "",
+        ["prompt_tokens", "completion_tokens", "total_tokens"],
+        {
+            "prompt_tokens_details": "cached_tokens",
+            "completion_tokens_details": "reasoning_tokens",
+        },
+        at={
+            "prompt_tokens": "_pt",
+            "completion_tokens": "_ct",
+            "total_tokens": "_tt",
+            "prompt_tokens_details.cached_tokens": "_cached",
+            "completion_tokens_details.reasoning_tokens": "_reasoning",
+        },
+    )
     return probes
 
 
