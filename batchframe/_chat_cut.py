@@ -37,6 +37,12 @@ VALUES = {
     "_content": (".choices[0].message.content", "b.choices[1].message.content"),
     "_refusal": (".choices[0].message.refusal", "b.choices[1].message.refusal"),
     "_tool_calls": (".choices[0].message.tool_calls", "b.choices[1].message.tool_calls"),
+    # Set only where `tool_calls` is an array (of objects with a `type`): its text alone
+    # cannot tell an array from a string holding one, and this spares the look at the body.
+    "_tool_type": (
+        ".choices[0].message.tool_calls[0].type",
+        "json_extract_string(b.choices[1].message.tool_calls, '$[0].type')",
+    ),
     "_finish": (".choices[0].finish_reason", "b.choices[1].finish_reason"),
     "_pt": (".usage.prompt_tokens", "b.usage.prompt_tokens"),
     "_ct": (".usage.completion_tokens", "b.usage.completion_tokens"),
@@ -210,6 +216,6 @@ def rows(
     # Each row's position among the looked-at rows (null for the others).
     at = pl.select(pl.when(look).then(look.cum_sum() - 1)).to_series()
     return out.with_columns(
-        looked[name].cast(out.schema[name]).gather(at)
+        looked[name].cast(out.schema[name]).rechunk().gather(at)
         for name in ("_error_code", "_error_message", "tool_calls", "_shape")
     )

@@ -17,11 +17,12 @@ totals and the ratio to the loop: of wall time (``vs_orjson_loop``: batchframe u
 core, the loop one) and of CPU time summed over threads (``cpu_vs_orjson_loop``: the
 ratio on a machine with one free core).
 
-The main chat files are minified (``orjson``). Two more layouts get ``--layout-shards``
+The main chat files are minified (``orjson``). Three more layouts get ``--layout-shards``
 shards each: ``chat-spaced``, written the way the API's files are (``json.dumps``:
-``", "`` and ``": "``), and ``chat-reordered``, other key orders (``custom_id`` first,
+``", "`` and ``": "``), ``chat-reordered``, other key orders (``custom_id`` first,
 ``body`` first in ``response``), which batchframe cannot cut the body out of and
-parses whole. Before timing, each kind's first shard is parsed both ways and the
+parses whole, and ``chat-tools``, every answer a function call (``tool_calls``), which
+batchframe reads into their structure on a second pass over those rows. Before timing, each kind's first shard is parsed both ways and the
 frames compared (bodies as JSON values).
 """
 
@@ -103,6 +104,20 @@ def chat_lines(start: int, n: int, rnd: random.Random, layout: str = "minified")
             "service_tier": "default",
             "system_fingerprint": "fp_44709d6fcb",
         }
+        if layout == "tools":  # a function call instead of an answer
+            message = body["choices"][0]["message"]
+            message["content"] = None
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{i:x}",
+                    "type": "function",
+                    "function": {
+                        "name": "record_sentiment",
+                        "arguments": orjson.dumps({"label": content.split()[0]}).decode(),
+                    },
+                }
+            ]
+            body["choices"][0]["finish_reason"] = "tool_calls"
         line = {
             "id": f"batch_req_{i:x}",
             "custom_id": f"row-{i}",
@@ -262,6 +277,8 @@ CASES: dict[str, tuple[str, Callable[[argparse.Namespace, Path, bytes], pl.DataF
     "chat-spaced: orjson loop": ("chat-spaced", _chat_loop),
     "chat-reordered: batchframe": ("chat-reordered", _chat),
     "chat-reordered: orjson loop": ("chat-reordered", _chat_loop),
+    "chat-tools: batchframe": ("chat-tools", _chat),
+    "chat-tools: orjson loop": ("chat-tools", _chat_loop),
     "emb: batchframe": ("emb", _emb),
     "emb: orjson loop": ("emb", _emb_loop),
 }
@@ -455,7 +472,7 @@ def main() -> None:
                 args.shard_rows,
                 functools.partial(_layout_lines, rnd=rnd, layout=layout),
             )
-            for layout in ("spaced", "reordered")
+            for layout in ("spaced", "reordered", "tools")
         }
         files = {"chat": chat, "emb": emb, **{f"chat-{k}": v for k, v in layouts.items()}}
         print(f"generated {sum(map(len, files.values()))} shard files in "
