@@ -22,40 +22,47 @@ at the body.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import polars as pl
 
 from batchframe._shapes import _lit
 
-__all__ = ["VALUES", "query", "rows"]
+__all__ = ["VALUES", "from_typed_body", "query", "rows"]
 
-#: The body values chat reads: name -> (JSON path from the body, SQL reading it from
-#: the typed body ``b`` of a line parsed whole).
+#: The body values chat reads: name -> JSON path from the body.
 VALUES = {
-    "_model": (".model", "b.model"),
-    "_content": (".choices[0].message.content", "b.choices[1].message.content"),
-    "_refusal": (".choices[0].message.refusal", "b.choices[1].message.refusal"),
-    "_tool_calls": (".choices[0].message.tool_calls", "b.choices[1].message.tool_calls"),
+    "_model": ".model",
+    "_content": ".choices[0].message.content",
+    "_refusal": ".choices[0].message.refusal",
+    "_tool_calls": ".choices[0].message.tool_calls",
     # Set only where `tool_calls` is an array (of objects with a `type`): its text alone
     # cannot tell an array from a string holding one, and this spares the look at the body.
-    "_tool_type": (
-        ".choices[0].message.tool_calls[0].type",
-        "json_extract_string(b.choices[1].message.tool_calls, '$[0].type')",
-    ),
-    "_finish": (".choices[0].finish_reason", "b.choices[1].finish_reason"),
-    "_pt": (".usage.prompt_tokens", "b.usage.prompt_tokens"),
-    "_ct": (".usage.completion_tokens", "b.usage.completion_tokens"),
-    "_tt": (".usage.total_tokens", "b.usage.total_tokens"),
-    "_cached": (
-        ".usage.prompt_tokens_details.cached_tokens",
-        "b.usage.prompt_tokens_details.cached_tokens",
-    ),
-    "_reasoning": (
-        ".usage.completion_tokens_details.reasoning_tokens",
-        "b.usage.completion_tokens_details.reasoning_tokens",
-    ),
+    "_tool_type": ".choices[0].message.tool_calls[0].type",
+    "_finish": ".choices[0].finish_reason",
+    "_pt": ".usage.prompt_tokens",
+    "_ct": ".usage.completion_tokens",
+    "_tt": ".usage.total_tokens",
+    "_cached": ".usage.prompt_tokens_details.cached_tokens",
+    "_reasoning": ".usage.completion_tokens_details.reasoning_tokens",
 }
+#: Where the typed body has no field for a value (`tool_calls` is read as JSON text).
+_FROM_JSON_TEXT = {
+    "_tool_type": "json_extract_string(b.choices[1].message.tool_calls, '$[0].type')",
+}
+
+
+def from_typed_body(name: str) -> str:
+    """The SQL reading value ``name`` from the typed body ``b`` of a line parsed whole.
+
+    The JSON path with ``b`` in front and list indexes counted from 1, as SQL does.
+    """
+    if name in _FROM_JSON_TEXT:
+        return _FROM_JSON_TEXT[name]
+    return "b" + re.sub(r"\[(\d+)\]", lambda m: f"[{int(m.group(1)) + 1}]", VALUES[name])
+
+
 #: Where a body that is not a 2xx answer names its error (looked up on those rows only:
 #: output files hold 2xx answers, error files are read whole).
 ERROR_PATHS = "['$.error.code', '$.error.type', '$.error.message']"
@@ -85,7 +92,7 @@ def query(*, lenient: bool) -> str:
     ``lenient``: a cut that is not one JSON value gives NULL lists (else the query fails).
     """
     parse = "try(json_extract_string" if lenient else "(json_extract_string"
-    paths = ", ".join(_lit("$" + path) for path, _ in VALUES.values())
+    paths = ", ".join(_lit("$" + path) for path in VALUES.values())
     return (
         f"SELECT _ordinal, {parse}(_head, {_HEAD_PATHS})) AS _h, "
         f"{parse}(_span, [{paths}])) AS _x FROM lines"

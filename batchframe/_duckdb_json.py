@@ -335,7 +335,7 @@ def _query(kind: str, base64: bool, *, cut: bool, body: bool = True, lenient: bo
     wrapper, shape = shape_sql(kind, base64, raw=raw, prefix=prefix, ok=ok)
     if kind == "chat/completions":
         # The values `_chat_cut` reads by path, from the typed body.
-        values = ", ".join(f"{sql} AS {name}" for name, (_, sql) in _chat_cut.VALUES.items())
+        values = ", ".join(f"{_chat_cut.from_typed_body(n)} AS {n}" for n in _chat_cut.VALUES)
         source = f"SELECT *, {values}, {_TOOL_CALLS} AS _tc FROM ({source})"
     source = wrapper.replace("{source}", source)
     return f"SELECT {common}, {', '.join(columns)}, {shape} AS _shape FROM ({source})"
