@@ -20,9 +20,9 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings, strategies as st
 from polars.testing import assert_frame_equal
 from test_results_cut import _dump, _strings, _with_extra, output_line
-from test_results_lines import chat_body, jsonl, line
+from test_results_lines import chat_body, embeddings_body, jsonl, line
 
-from batchframe import _duckdb_json, _lines
+from batchframe import _duckdb_json, _lines, _parse
 from batchframe._lines import read_text_lines
 from batchframe._results import parse_output
 from batchframe.exceptions import ResultsError
@@ -206,3 +206,67 @@ def test_failed_rows_from_slices_with_an_empty_part_do_not_panic() -> None:
         ("c1", None, None),
         ("c2", 404, "server_error"),
     ]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    counts=st.lists(st.integers(0, 3), min_size=1, max_size=12),
+    odd=st.booleans(),
+    b64=st.booleans(),
+    dim=st.sampled_from([None, 3]),
+    slices=st.integers(1, 4),
+)
+def test_vectors_taken_in_place_give_what_the_general_path_gives(
+    counts: list[int], odd: bool, b64: bool, dim: int | None, slices: int
+) -> None:
+    """Embeddings of files parsed in slices (one chunk of rows each) are taken chunk by
+    chunk without copying the vectors; the frames are those of the general path (which
+    also takes over when any vector is missing or of another width)."""
+    lines = []
+    for k, n in enumerate(counts):
+        vectors = [[float(k), float(j), 0.5] for j in range(n)]
+        if odd and k == len(counts) // 2 and vectors:
+            vectors[-1] = vectors[-1] + [1.0]
+        lines.append(line(f"e{k}", embeddings_body(vectors, b64=b64)))
+    data = jsonl(lines)
+
+    def parse() -> tuple[pl.DataFrame, pl.DataFrame]:
+        return parse_output(data, endpoint="/v1/embeddings", batch_id="b", embedding_dim=dim)
+
+    original, cpu_count = _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count
+    _duckdb_json._PREPARED_MAX_BYTES = 1  # every file is "large": one slice per core
+    os.cpu_count = lambda: slices
+    try:
+        got = parse()
+        in_place = _parse._vectors_in_place
+        _parse._vectors_in_place = lambda *args: None  # type: ignore[assignment]
+        try:
+            want = parse()
+        finally:
+            _parse._vectors_in_place = in_place
+    finally:
+        _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count = original, cpu_count
+    assert_frame_equal(got[0], want[0])
+    assert_frame_equal(got[1], want[1])
+    if not odd:
+        assert len(got[0]) == sum(counts)
+        assert got[1]["custom_id"].to_list() == [f"e{k}" for k, n in enumerate(counts) if not n]
+
+
+def test_vectors_in_place_are_not_copied() -> None:
+    """The ok frame's vectors stay in the chunks DuckDB gave them in (no copy into one)."""
+    lines = [
+        line(f"e{k}", embeddings_body([[float(k), 1.0, 0.5]] * (k % 3 + 1))) for k in range(60)
+    ]
+    original, cpu_count = _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count
+    _duckdb_json._PREPARED_MAX_BYTES = 1
+    os.cpu_count = lambda: 3
+    try:
+        ok, failed = parse_output(jsonl(lines), endpoint="/v1/embeddings", batch_id="b")
+    finally:
+        _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count = original, cpu_count
+    assert failed.is_empty()
+    assert ok["embedding"].n_chunks() > 1  # as DuckDB gave them: never gathered into one
+    assert len(ok) == sum(k % 3 + 1 for k in range(60))
+    assert ok.filter(pl.col("index") == 0)["prompt_tokens"].to_list() == [8] * 60
+    assert ok.filter(pl.col("index") > 0)["prompt_tokens"].null_count() == len(ok) - 60
