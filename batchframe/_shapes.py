@@ -294,7 +294,9 @@ def _embeddings(b: str, base64: bool) -> list[_Probe | _Direct]:
     else:
         vector = (
             f"WHEN x.embedding IS NULL THEN {at}.embedding` should be an array of numbers' "
-            f"WHEN list_count(x.embedding) < len(x.embedding) THEN {at}.embedding` should be "
+            # A NULL element (a nested array, an object, a non-numeric string): finding
+            # the first NULL costs ~1/5 of counting the elements (`list_count`).
+            f"WHEN list_position(x.embedding, NULL) IS NOT NULL THEN {at}.embedding` should be "
             "an array of numbers but holds something else (a nested array?)' "
         )
     element = (
