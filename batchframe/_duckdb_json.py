@@ -573,6 +573,7 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, 
     except Exception:  # as above
         return None
     del data
+    rows = _result_rows(first.nbytes, first.num_rows)
     sql = _query(kind, base64, cut=not whole, body=not whole, lenient=False)
     source: pa.Table | pa.RecordBatchReader
     if whole:
@@ -594,7 +595,7 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, 
         del tables
     del first
     try:
-        result = _prepared(optimize=True).run(sql, source)
+        result = _prepared(optimize=True).run(sql, source, rows)
     except duckdb.Error:  # some cut is not one JSON value
         result = None
     del source
@@ -641,13 +642,14 @@ def _run(sql: str, lines: pl.DataFrame) -> pl.DataFrame:
     statement planned per call and scanned on both cores.
     """
     table, n_bytes = _batches(lines)
+    rows = _result_rows(n_bytes, table.num_rows)
     slices = min(os.cpu_count() or 1, -(-n_bytes // _PREPARED_MAX_BYTES), table.num_rows)
     if slices <= 1:
-        result = _prepared().run(sql, table)
+        result = _prepared().run(sql, table, rows)
     else:
         step = -(-table.num_rows // slices)
         parts = [table.slice(start, step) for start in range(0, table.num_rows, step)]
-        futures = [_parse_pool().submit(_run_slice, sql, part) for part in parts]
+        futures = [_parse_pool().submit(_run_slice, sql, part, rows) for part in parts]
         wait(futures)  # none left running on a cursor when an error is raised
         result = pa.concat_tables([f.result() for f in futures])
     parsed = pl.from_arrow(result)
@@ -655,8 +657,25 @@ def _run(sql: str, lines: pl.DataFrame) -> pl.DataFrame:
     return parsed if parsed["_ordinal"].is_sorted() else parsed.sort("_ordinal")
 
 
-def _run_slice(sql: str, table: pa.Table) -> pa.Table:
-    return _prepared(optimize=True).run(sql, table)
+def _run_slice(sql: str, table: pa.Table, rows: int) -> pa.Table:
+    return _prepared(optimize=True).run(sql, table, rows)
+
+
+#: Bytes of input text per Arrow batch of a result. DuckDB builds each result batch in
+#: buffers it grows by doubling, so a batch of many wide rows copies its values several
+#: times into freshly mapped memory: a 10,000-line embeddings shard (1536 floats a line)
+#: parsed ~4 % faster in batches of 2,048 rows (one DuckDB vector) than in one batch
+#: per slice; chat rows, ~50 times narrower, stay one batch per slice (small batches
+#: were no faster there).
+_RESULT_BATCH_BYTES = 32 * 2**20
+#: Rows of one DuckDB vector: result batches are whole vectors.
+_VECTOR_ROWS = 2048
+
+
+def _result_rows(n_bytes: int, n_rows: int) -> int:
+    """Rows per Arrow batch of a result, for an input of ``n_bytes`` over ``n_rows``."""
+    per_row = max(1, n_bytes // max(n_rows, 1))
+    return max(_VECTOR_ROWS, _RESULT_BATCH_BYTES // per_row // _VECTOR_ROWS * _VECTOR_ROWS)
 
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
@@ -714,7 +733,10 @@ class _Prepared:
             self.con.execute("SET SESSION enable_optimizer = false")
         self.statements: dict[tuple[str, pa.Schema], tuple[str, _Current]] = {}
 
-    def run(self, sql: str, table: pa.Table | pa.RecordBatchReader) -> pa.Table:
+    def run(
+        self, sql: str, table: pa.Table | pa.RecordBatchReader, rows: int = 128 * 1024
+    ) -> pa.Table:
+        """The result of ``sql`` over ``table``, in Arrow batches of ``rows`` rows."""
         key = (sql, table.schema)
         if key not in self.statements:
             n = len(self.statements)
@@ -726,10 +748,11 @@ class _Prepared:
         source.table = table
         try:
             if _submit is not None:
-                return _submit(self.con, f"EXECUTE {name}", None, "arrow").arrow_table()
+                result = _submit(self.con, f"EXECUTE {name}", None, "arrow", batch_size=rows)
+                return result.arrow_table()
             rel = self.con.sql(f"EXECUTE {name}")
             assert rel is not None
-            return rel.to_arrow_table()
+            return rel.to_arrow_table(batch_size=rows)
         finally:
             source.table = None
 
