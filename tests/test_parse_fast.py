@@ -270,3 +270,43 @@ def test_vectors_in_place_are_not_copied() -> None:
     assert len(ok) == sum(k % 3 + 1 for k in range(60))
     assert ok.filter(pl.col("index") == 0)["prompt_tokens"].to_list() == [8] * 60
     assert ok.filter(pl.col("index") > 0)["prompt_tokens"].null_count() == len(ok) - 60
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_files(), rows=st.integers(1, 5), slices=st.integers(1, 3))
+def test_results_in_small_arrow_batches_give_the_same_frames(
+    data: bytes, rows: int, slices: int
+) -> None:
+    """DuckDB's results come in Arrow batches sized by the input's bytes per row; a frame
+    of many small chunks (as wide rows give) is the frame of one chunk."""
+
+    def parse() -> tuple[pl.DataFrame, pl.DataFrame] | str:
+        try:
+            return parse_output(data, endpoint=CHAT, batch_id="b")
+        except ResultsError as exc:
+            return str(exc)
+
+    want = parse()
+    saved = (
+        _duckdb_json._RESULT_BATCH_BYTES,
+        _duckdb_json._VECTOR_ROWS,
+        _duckdb_json._PREPARED_MAX_BYTES,
+        os.cpu_count,
+    )
+    _duckdb_json._RESULT_BATCH_BYTES, _duckdb_json._VECTOR_ROWS = 1, rows
+    _duckdb_json._PREPARED_MAX_BYTES = 1
+    os.cpu_count = lambda: slices
+    try:
+        got = parse()
+    finally:
+        (
+            _duckdb_json._RESULT_BATCH_BYTES,
+            _duckdb_json._VECTOR_ROWS,
+            _duckdb_json._PREPARED_MAX_BYTES,
+            os.cpu_count,
+        ) = saved
+    if isinstance(want, str) or isinstance(got, str):
+        assert got == want
+    else:
+        assert_frame_equal(got[0], want[0])
+        assert_frame_equal(got[1], want[1])
