@@ -9,9 +9,11 @@ blank lines, CRLF endings and a BOM, both give the same frame.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import duckdb
@@ -141,32 +143,51 @@ def test_the_strict_cut_query_fails_or_gives_the_lenient_result(data: bytes) -> 
         assert_frame_equal(strict, lenient)
 
 
+@contextlib.contextmanager
+def _slices(cores: int, *, max_bytes: int = 1, **settings: int) -> Iterator[None]:
+    """Inputs over ``max_bytes`` parsed in one slice of rows per core, ``cores`` cores (any
+    file of a few lines is then "large"), with other ``_duckdb_json`` settings."""
+    names = {"_PREPARED_MAX_BYTES": max_bytes, **settings}
+    saved = {name: getattr(_duckdb_json, name) for name in names}
+    cpu_count = os.cpu_count
+    for name, value in names.items():
+        setattr(_duckdb_json, name, value)
+    os.cpu_count = lambda: cores
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(_duckdb_json, name, value)
+        os.cpu_count = cpu_count
+
+
+def _chat_frames(data: bytes) -> tuple[pl.DataFrame, pl.DataFrame] | str:
+    """``parse_output`` of chat ``data``, or the message it raises."""
+    try:
+        return parse_output(data, endpoint=CHAT, batch_id="b")
+    except ResultsError as exc:
+        return str(exc)
+
+
+def _assert_same(got: tuple[pl.DataFrame, pl.DataFrame] | str, want: object) -> None:
+    if isinstance(got, str) or isinstance(want, str):
+        assert got == want
+    else:
+        assert isinstance(want, tuple)
+        assert_frame_equal(got[0], want[0])
+        assert_frame_equal(got[1], want[1])
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=_files(), slice_bytes=st.integers(1, 4000))
 def test_large_inputs_parsed_in_slices_side_by_side_give_the_same_frames(
     data: bytes, slice_bytes: int
 ) -> None:
     """Inputs over ``_PREPARED_MAX_BYTES`` run as one slice of rows per core."""
-
-    def parse() -> tuple[pl.DataFrame, pl.DataFrame] | str:
-        try:
-            return parse_output(data, endpoint=CHAT, batch_id="b")
-        except ResultsError as exc:
-            return str(exc)
-
-    want = parse()
-    original, cpu_count = _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count
-    _duckdb_json._PREPARED_MAX_BYTES = slice_bytes  # any file of a few lines is "large"
-    os.cpu_count = lambda: 3  # three slices where there are rows enough, on any machine
-    try:
-        got = parse()
-    finally:
-        _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count = original, cpu_count
-    if isinstance(want, str) or isinstance(got, str):
-        assert got == want
-    else:
-        assert_frame_equal(got[0], want[0])
-        assert_frame_equal(got[1], want[1])
+    want = _chat_frames(data)
+    with _slices(3, max_bytes=slice_bytes):  # three slices where there are rows enough
+        got = _chat_frames(data)
+    _assert_same(got, want)
 
 
 def test_failed_rows_from_slices_with_an_empty_part_do_not_panic() -> None:
@@ -192,15 +213,9 @@ def test_failed_rows_from_slices_with_an_empty_part_do_not_panic() -> None:
     ]
     data = b"\xef\xbb\xbf" + jsonl(lines)
     want = parse_output(data, endpoint=CHAT, batch_id="b")
-    original, cpu_count = _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count
-    _duckdb_json._PREPARED_MAX_BYTES = 1
-    os.cpu_count = lambda: 3
-    try:
+    with _slices(3):
         got = parse_output(data, endpoint=CHAT, batch_id="b")
-    finally:
-        _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count = original, cpu_count
-    assert_frame_equal(got[0], want[0])
-    assert_frame_equal(got[1], want[1])
+    _assert_same(got, want)
     assert got[0]["custom_id"].to_list() == ["c0"]
     assert got[1].select("custom_id", "status_code", "error_code").rows() == [
         ("c1", None, None),
@@ -233,10 +248,7 @@ def test_vectors_taken_in_place_give_what_the_general_path_gives(
     def parse() -> tuple[pl.DataFrame, pl.DataFrame]:
         return parse_output(data, endpoint="/v1/embeddings", batch_id="b", embedding_dim=dim)
 
-    original, cpu_count = _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count
-    _duckdb_json._PREPARED_MAX_BYTES = 1  # every file is "large": one slice per core
-    os.cpu_count = lambda: slices
-    try:
+    with _slices(slices):
         got = parse()
         in_place = _parse._vectors_in_place
         _parse._vectors_in_place = lambda *args: None  # type: ignore[assignment]
@@ -244,10 +256,7 @@ def test_vectors_taken_in_place_give_what_the_general_path_gives(
             want = parse()
         finally:
             _parse._vectors_in_place = in_place
-    finally:
-        _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count = original, cpu_count
-    assert_frame_equal(got[0], want[0])
-    assert_frame_equal(got[1], want[1])
+    _assert_same(got, want)
     if not odd:
         assert len(got[0]) == sum(counts)
         assert got[1]["custom_id"].to_list() == [f"e{k}" for k, n in enumerate(counts) if not n]
@@ -258,13 +267,8 @@ def test_vectors_in_place_are_not_copied() -> None:
     lines = [
         line(f"e{k}", embeddings_body([[float(k), 1.0, 0.5]] * (k % 3 + 1))) for k in range(60)
     ]
-    original, cpu_count = _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count
-    _duckdb_json._PREPARED_MAX_BYTES = 1
-    os.cpu_count = lambda: 3
-    try:
+    with _slices(3):
         ok, failed = parse_output(jsonl(lines), endpoint="/v1/embeddings", batch_id="b")
-    finally:
-        _duckdb_json._PREPARED_MAX_BYTES, os.cpu_count = original, cpu_count
     assert failed.is_empty()
     assert ok["embedding"].n_chunks() > 1  # as DuckDB gave them: never gathered into one
     assert len(ok) == sum(k % 3 + 1 for k in range(60))
@@ -279,34 +283,7 @@ def test_results_in_small_arrow_batches_give_the_same_frames(
 ) -> None:
     """DuckDB's results come in Arrow batches sized by the input's bytes per row; a frame
     of many small chunks (as wide rows give) is the frame of one chunk."""
-
-    def parse() -> tuple[pl.DataFrame, pl.DataFrame] | str:
-        try:
-            return parse_output(data, endpoint=CHAT, batch_id="b")
-        except ResultsError as exc:
-            return str(exc)
-
-    want = parse()
-    saved = (
-        _duckdb_json._RESULT_BATCH_BYTES,
-        _duckdb_json._VECTOR_ROWS,
-        _duckdb_json._PREPARED_MAX_BYTES,
-        os.cpu_count,
-    )
-    _duckdb_json._RESULT_BATCH_BYTES, _duckdb_json._VECTOR_ROWS = 1, rows
-    _duckdb_json._PREPARED_MAX_BYTES = 1
-    os.cpu_count = lambda: slices
-    try:
-        got = parse()
-    finally:
-        (
-            _duckdb_json._RESULT_BATCH_BYTES,
-            _duckdb_json._VECTOR_ROWS,
-            _duckdb_json._PREPARED_MAX_BYTES,
-            os.cpu_count,
-        ) = saved
-    if isinstance(want, str) or isinstance(got, str):
-        assert got == want
-    else:
-        assert_frame_equal(got[0], want[0])
-        assert_frame_equal(got[1], want[1])
+    want = _chat_frames(data)
+    with _slices(slices, _RESULT_BATCH_BYTES=1, _VECTOR_ROWS=rows):
+        got = _chat_frames(data)
+    _assert_same(got, want)
