@@ -573,7 +573,7 @@ def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, 
     except Exception:  # as above
         return None
     del data
-    rows = _result_rows(first.nbytes, first.num_rows)
+    rows = _result_rows(first.get_total_buffer_size(), first.num_rows)
     sql = _query(kind, base64, cut=not whole, body=not whole, lenient=False)
     source: pa.Table | pa.RecordBatchReader
     if whole:
