@@ -394,7 +394,6 @@ def _explode_embeddings(
         pl.col("_problem"),
         pl.col("_problem").replace_strict(messages, return_dtype=pl.String),
     )
-    target = pl.List(pl.Float32) if dim is None else pl.Array(pl.Float32, dim)
     rows = (
         ok.filter(pl.col("_problem").is_null())
         .explode("_data")
@@ -402,17 +401,24 @@ def _explode_embeddings(
             index=pl.col("_data").struct.field("index"),
             embedding=pl.col("_data").struct.field("embedding"),
         )
-        # Usage is per request: keep it on the request's first row so sums stay right.
-        .with_columns(
-            prompt_tokens=pl.when(pl.col("_ordinal").is_first_distinct()).then("prompt_tokens")
-        )
+        .with_columns(prompt_tokens=_USAGE_ON_FIRST_ROW)
     )
-    emb = pl.col("embedding")
     if dim is None:  # no vector anywhere to take a width from
-        return rows.with_columns(pl.lit(None, dtype=target).alias("embedding")), failures
-    return rows.with_columns(
-        emb.bin.reinterpret(dtype=target) if base64 else emb.cast(target)
-    ), failures
+        return rows.with_columns(
+            pl.lit(None, dtype=pl.List(pl.Float32)).alias("embedding")
+        ), failures
+    return rows.with_columns(_typed_vectors(dim, base64)), failures
+
+
+#: Usage is per request: on the request's first row (of one per vector), so sums stay right.
+_USAGE_ON_FIRST_ROW = pl.when(pl.col("_ordinal").is_first_distinct()).then("prompt_tokens")
+
+
+def _typed_vectors(dim: int, base64: bool) -> pl.Expr:
+    """``embedding`` (a list of floats, or base64's bytes) as ``Array(Float32, dim)``."""
+    target = pl.Array(pl.Float32, dim)
+    emb = pl.col("embedding")
+    return emb.bin.reinterpret(dtype=target) if base64 else emb.cast(target)
 
 
 def _vectors_in_place(ok: pl.DataFrame, dim: int | None, base64: bool) -> pl.DataFrame | None:
@@ -449,14 +455,12 @@ def _vectors_in_place(ok: pl.DataFrame, dim: int | None, base64: bool) -> pl.Dat
         start += len(chunk)
         if n.max() != 1:  # several inputs in a request: its row once per vector
             part = part.gather(pl.select(pl.int_range(len(n)).repeat_by(n).explode()).to_series())
-        target = pl.Array(pl.Float32, dim)
         parts.append(
             part.with_columns(
                 index=items.struct.field("index"),
-                embedding=vectors.bin.reinterpret(dtype=target) if base64 else vectors.cast(target),
-                # Usage is per request: on the request's first row, so sums stay right.
-                prompt_tokens=pl.when(pl.col("_ordinal").is_first_distinct()).then("prompt_tokens"),
-            )
+                embedding=vectors,
+                prompt_tokens=_USAGE_ON_FIRST_ROW,
+            ).with_columns(_typed_vectors(dim, base64))
         )
     return pl.concat(parts, rechunk=False)
 
