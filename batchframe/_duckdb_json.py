@@ -30,7 +30,7 @@ import itertools
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from typing import Any
 
 import duckdb
@@ -42,6 +42,7 @@ from batchframe import _chat_cut
 from batchframe._lines import embeddings_are_base64, read_text_lines
 from batchframe._schemas import MODERATION_CATEGORIES, endpoint_key
 from batchframe._shapes import explain, shape_sql
+from batchframe._threads import parse_pool
 from batchframe.exceptions import ResultsError
 
 __all__ = ["read_file", "read_lines"]
@@ -637,7 +638,7 @@ def _run(sql: str, lines: pl.DataFrame) -> pl.DataFrame:
     binding or planning per call (planning the typed query costs ~15-20 ms, as much as
     parsing 15,000 chat lines). DuckDB executes a prepared statement on one thread, so
     inputs of more than ``_PREPARED_MAX_BYTES`` of text are cut into one slice of rows
-    per core, each run by a thread of its own (:func:`_parse_pool`) on its own cursor.
+    per core, each run by a thread of its own (:func:`batchframe._threads.parse_pool`) on its own cursor.
     Measured on a 50,000-line chat shard on 2 cores: 48 ms against 63 ms for one
     statement planned per call and scanned on both cores.
     """
@@ -649,7 +650,7 @@ def _run(sql: str, lines: pl.DataFrame) -> pl.DataFrame:
     else:
         step = -(-table.num_rows // slices)
         parts = [table.slice(start, step) for start in range(0, table.num_rows, step)]
-        futures = [_parse_pool().submit(_run_slice, sql, part, rows) for part in parts]
+        futures = [parse_pool().submit(_run_slice, sql, part, rows) for part in parts]
         wait(futures)  # none left running on a cursor when an error is raised
         result = pa.concat_tables([f.result() for f in futures])
     parsed = pl.from_arrow(result)
@@ -676,21 +677,6 @@ def _result_rows(n_bytes: int, n_rows: int) -> int:
     """Rows per Arrow batch of a result, for an input of ``n_bytes`` over ``n_rows``."""
     per_row = max(1, n_bytes // max(n_rows, 1))
     return max(_VECTOR_ROWS, _RESULT_BATCH_BYTES // per_row // _VECTOR_ROWS * _VECTOR_ROWS)
-
-
-_POOL: dict[int, ThreadPoolExecutor] = {}
-
-
-def _parse_pool() -> ThreadPoolExecutor:
-    """The threads of this process that parse slices of a large input side by side."""
-    with _ENGINE_LOCK:
-        pid = os.getpid()
-        if pid not in _POOL:
-            _POOL.clear()
-            _POOL[pid] = ThreadPoolExecutor(
-                max_workers=os.cpu_count() or 1, thread_name_prefix="batchframe-parse"
-            )
-        return _POOL[pid]
 
 
 #: Inputs up to this many bytes of text are parsed by one prepared statement, which
