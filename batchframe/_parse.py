@@ -526,9 +526,15 @@ _CASTS: dict[tuple[tuple[str, pl.DataType], ...], list[pl.Expr]] = {}
 
 
 def _failed_frame(failures: pl.DataFrame, *, batch_id: str, attempts: int) -> pl.DataFrame:
-    """Attach batch id and attempts; order by position in the file."""
-    return (
+    """Attach batch id and attempts; order by position in the file.
+
+    The lines may be views into a whole file's bytes (``_lines._long_lines``): their
+    text is copied out, so that a few failed rows do not keep the file in memory.
+    """
+    failed = (
         failures.sort("_ordinal")
         .with_columns(batch_id=pl.lit(batch_id), attempts=pl.lit(attempts))
         .select(pl.col(name).cast(dtype) for name, dtype in FAILED_SCHEMA.items())
     )
+    line = failed["line"].to_arrow(compat_level=pl.CompatLevel.oldest())  # one new buffer
+    return failed.with_columns(pl.Series("line", line, dtype=pl.String))

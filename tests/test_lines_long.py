@@ -85,7 +85,9 @@ def test_long_lines_are_the_csv_readers_lines(data: bytes) -> None:
     long = _lines._long_lines(data)
     texts = [t[:-1] if t.endswith(b"\r") else t for t in data.split(b"\n")]
     short_line = any(t.strip() and len(t) <= 12 for t in texts)
-    assert (long is None) == (short_line or not VIEWS)  # the only reasons here to fall back
+    segments = data.count(b"\n") + (not data.endswith(b"\n"))
+    too_many = segments > len(data) // _lines._LONG_AVERAGE + 1
+    assert (long is None) == (short_line or too_many or not VIEWS)  # the only reasons here
     if long is not None:
         assert_frame_equal(long, want)
     assert_frame_equal(read_text_lines(data, cut=False), want)
@@ -178,3 +180,13 @@ def test_the_vectors_are_the_numbers_written() -> None:
     for g, v in zip(got, vectors, strict=True):
         assert g == pytest.approx(v, rel=1e-6)
     assert orjson.loads(ok["body"][0])["model"] == "text-embedding-3-small"
+
+
+def test_a_failed_line_does_not_keep_the_whole_file_in_memory() -> None:
+    data = _embedding_file(40, seed=5)
+    data = data.replace(b'"status_code":200', b'"status_code":500', 1)
+    ok, failed = parse_output(data, endpoint=EMB, batch_id="b")
+    assert failed["custom_id"].to_list() == ["e-0"] and len(ok) == 39
+    text = failed["line"].to_arrow(compat_level=pl.CompatLevel.newest())
+    held = sum(b.size for b in text.buffers()[2:] if b is not None)
+    assert held < 2 * len(failed["line"][0]) < len(data) // 10
