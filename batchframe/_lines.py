@@ -22,12 +22,15 @@ import re
 import sys
 from array import array
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import orjson
 import polars as pl
-import pyarrow as pa
 
 from batchframe._threads import parse_pool
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "as_bytes",
@@ -147,6 +150,8 @@ def _long_lines(data: bytes) -> pl.DataFrame | None:
     n = len(data)
     if n < _LONG_LINE or n >= 2**31 or data.startswith(_BOM) or b"\n" in data[:_LONG_LINE]:
         return None
+    import pyarrow as pa  # not at import: `import batchframe` stays without pyarrow
+
     if sys.byteorder != "little" or not _views_from_buffers():  # native order: see below
         return None
     buffer = pa.py_buffer(data)
@@ -188,6 +193,8 @@ def _long_lines(data: bytes) -> pl.DataFrame | None:
 @functools.cache
 def _views_from_buffers() -> bool:
     """Whether this pyarrow builds string views from buffers (19 and newer do)."""
+    import pyarrow as pa
+
     try:
         pa.Array.from_buffers(pa.string_view(), 0, [None, pa.py_buffer(b""), pa.py_buffer(b"")])
     except ValueError:
@@ -196,6 +203,8 @@ def _views_from_buffers() -> bool:
 
 
 def _is_utf8(buffer: pa.Buffer, n: int) -> bool:
+    import pyarrow as pa
+
     whole = pa.Array.from_buffers(
         pa.large_string(), 1, [None, pa.py_buffer(array("q", [0, n])), buffer]
     )

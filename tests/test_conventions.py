@@ -4,6 +4,8 @@ schemas, and the notebook view of a job (summary and timeline)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -198,3 +200,17 @@ def test_timeline_of_a_real_job_draws_validating_and_in_progress(tmp_path: Path)
     titles = [el.text or "" for el in svg.iter("{http://www.w3.org/2000/svg}title")]
     phases = [t.split(": ")[1].split(" ")[0] for t in titles]
     assert phases[:3] == ["waiting", "validating", "in_progress"] and phases[-1] == "completed"
+
+
+def test_import_batchframe_loads_no_engine_or_client() -> None:
+    """`import batchframe` stays light: pyarrow, DuckDB, openai and fsspec load on first use.
+
+    (pyarrow alone is ~60 MB of RSS and numpy with it; see `benchmarks/bench_startup.py`.)
+    """
+    code = (
+        "import sys, batchframe\n"
+        "print(','.join(m for m in ('pyarrow', 'duckdb', 'openai', 'fsspec', 'numpy') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
