@@ -152,7 +152,7 @@ def _long_lines(data: bytes) -> pl.DataFrame | None:
         return None
     import pyarrow as pa  # not at import: `import batchframe` stays without pyarrow
 
-    if sys.byteorder != "little" or not _views_from_buffers():  # native order: see below
+    if sys.byteorder != "little" or not _views_from_buffers():  # views: native byte order
         return None
     buffer = pa.py_buffer(data)
     utf8 = parse_pool().submit(_is_utf8, buffer, n)
