@@ -372,17 +372,18 @@ def _list(storage: Storage, rel: str) -> set[str]:
 
 
 def _file_source(storage: Storage, rel: str, local: bool) -> str | None:
-    import pyarrow.parquet as pq
-
     known = None if local else storage.note_of(rel)
     if known is not None:  # written by this job object, and listed unchanged since
         return known
     try:
         if local:
-            meta = pq.read_metadata(storage.path(rel)).metadata or {}
-        else:
-            with storage.open_read(rel) as f:
-                meta = pq.read_metadata(f).metadata or {}
+            # Polars reads the footer alone; pyarrow.parquet would load ~10 MB of
+            # libraries into a driver that has no other use for them.
+            return pl.read_parquet_metadata(storage.path(rel)).get(_SOURCE_KEY)
+        import pyarrow.parquet as pq  # a remote file: only its footer is fetched
+
+        with storage.open_read(rel) as f:
+            meta = pq.read_metadata(f).metadata or {}
     except Exception:  # unreadable or gone: rebuilt
         _log.debug("could not read the footer of %s", rel, exc_info=True)
         return None
