@@ -37,19 +37,12 @@ VALUES = {
     "_content": ".choices[0].message.content",
     "_refusal": ".choices[0].message.refusal",
     "_tool_calls": ".choices[0].message.tool_calls",
-    # Set only where `tool_calls` is an array (of objects with a `type`): its text alone
-    # cannot tell an array from a string holding one, and this spares the look at the body.
-    "_tool_type": ".choices[0].message.tool_calls[0].type",
     "_finish": ".choices[0].finish_reason",
     "_pt": ".usage.prompt_tokens",
     "_ct": ".usage.completion_tokens",
     "_tt": ".usage.total_tokens",
     "_cached": ".usage.prompt_tokens_details.cached_tokens",
     "_reasoning": ".usage.completion_tokens_details.reasoning_tokens",
-}
-#: Where the typed body has no field for a value (`tool_calls` is read as JSON text).
-_FROM_JSON_TEXT = {
-    "_tool_type": "json_extract_string(b.choices[1].message.tool_calls, '$[0].type')",
 }
 
 
@@ -58,8 +51,6 @@ def from_typed_body(name: str) -> str:
 
     The JSON path with ``b`` in front and list indexes counted from 1, as SQL does.
     """
-    if name in _FROM_JSON_TEXT:
-        return _FROM_JSON_TEXT[name]
     return "b" + re.sub(r"\[(\d+)\]", lambda m: f"[{int(m.group(1)) + 1}]", VALUES[name])
 
 

@@ -180,12 +180,12 @@ def _chat(raw: str, prefix: str) -> list[_Probe | _Direct]:
         ),
         _string("choices[0].message.content", ".choices[0].message.content", "_content"),
         _string("choices[0].message.refusal", ".choices[0].message.refusal", "_refusal"),
-        # Its text alone cannot tell an array from a string holding one; `_tool_type`
-        # (the first call's `type`) is only there for an array.
+        # Its text alone cannot tell an array from a string holding one: the body tells
+        # (rows with tool calls are always looked at).
         _Probe(
             "choices[0].message.tool_calls",
             ".choices[0].message.tool_calls",
-            "_tool_calls IS NOT NULL AND _tool_type IS NULL",
+            "_tool_calls IS NOT NULL",
             ("ARRAY",),
             "an array",
         ),
