@@ -25,14 +25,12 @@ its pieces.
 
 from __future__ import annotations
 
-import collections
 import functools
 import itertools
 import os
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, wait
-from pathlib import Path
+from concurrent.futures import wait
 from typing import Any
 
 import duckdb
@@ -507,9 +505,7 @@ class _Stop(Exception):
     """A piece of :func:`read_file` that the one-statement path does not take."""
 
 
-def read_file(
-    pieces: Iterable[bytes], *, endpoint: str, path: str | None = None
-) -> tuple[pl.DataFrame, bool] | None:
+def read_file(pieces: Iterable[bytes], *, endpoint: str) -> tuple[pl.DataFrame, bool] | None:
     """:func:`read_lines` of a whole file given as consecutive pieces of whole lines.
 
     The pieces run through one prepared statement per file (this thread's, with the
@@ -524,10 +520,6 @@ def read_file(
     kept (callers read the few they need again). Also returned: whether embeddings
     came as base64 (``read_lines``' ``base64``, from the first piece).
 
-    ``path``: the file on local disk, if it is there. Cut lines are then read from it
-    in one go, the file mapped by Polars (~20 ms for a 50,000-line chat file, against
-    ~50 for its 4 MB pieces), and ``pieces`` is not used.
-
     Returns ``None`` where this path does not apply, for the caller to parse the pieces
     one by one instead: a line that is not in the layout OpenAI writes or whose cut is
     not one JSON value (embeddings: a ``response`` that is not an object), a piece that
@@ -540,9 +532,8 @@ def read_file(
     stopped: list[BaseException | None] = []
     base64 = False
 
-    def read(data: bytes, offset: int, lines: pl.DataFrame | None = None) -> pa.Table:
-        if lines is None:
-            lines = read_text_lines(data, cut=not whole)
+    def read(data: bytes, offset: int) -> pa.Table:
+        lines = read_text_lines(data, cut=not whole)
         if whole:
             # A piece with vectors in the other encoding (one without any reads alike).
             if b'"embedding"' in data and embeddings_are_base64(data) != base64:
@@ -573,23 +564,19 @@ def read_file(
 
     it = iter(pieces)
     try:
-        if path is not None and not whole:  # the whole file, mapped
-            first = read(b"", 0, read_text_lines(Path(path)))
-            it = iter(())
-        else:
-            data = next(it, b"")
-            if whole:  # the encoding of the first vector (looked for in a few pieces)
-                ahead = [data]
-                while b'"embedding"' not in ahead[-1] and len(ahead) < 4:
-                    ahead.append(next(it, b""))
-                    if not ahead[-1]:
-                        break
-                base64 = embeddings_are_base64(ahead[-1])
-                it = itertools.chain(ahead[1:], it)
-            first = read(data, 0)
-            del data
+        data = next(it, b"")
+        if whole:  # the encoding of the first vector (looked for in a few pieces)
+            ahead = [data]
+            while b'"embedding"' not in ahead[-1] and len(ahead) < 4:
+                ahead.append(next(it, b""))
+                if not ahead[-1]:
+                    break
+            base64 = embeddings_are_base64(ahead[-1])
+            it = itertools.chain(ahead[1:], it)
+        first = read(data, 0)
     except Exception:  # as above
         return None
+    del data
     rows = _result_rows(first.get_total_buffer_size(), first.num_rows)
     sql = _query(kind, base64, cut=not whole, body=not whole, lenient=False)
     source: pa.Table | pa.RecordBatchReader
@@ -603,8 +590,8 @@ def read_file(
         tables = [first]
         offset = first.num_rows
         try:
-            for lines in _cut_ahead(it):
-                tables.append(read(b"", offset, lines))
+            for data in it:
+                tables.append(read(data, offset))
                 offset += tables[-1].num_rows
         except Exception:  # the caller parses the pieces one by one, which raises it again
             return None
@@ -612,11 +599,7 @@ def read_file(
         del tables
     del first
     try:
-        if isinstance(source, pa.Table):  # a slice per core, as `_run` does
-            n_bytes = sum(int(s.str.len_bytes().sum() or 0) for s in spans)
-            result = _run_sliced(sql, source, n_bytes, rows, optimize=True)
-        else:
-            result = _prepared(optimize=True).run(sql, source, rows)
+        result = _prepared(optimize=True).run(sql, source, rows)
     except duckdb.Error:  # some cut is not one JSON value
         result = None
     del source
@@ -651,29 +634,6 @@ def read_file(
     return pl.DataFrame(columns), base64
 
 
-def _cut_ahead(pieces: Iterator[bytes]) -> Iterator[pl.DataFrame]:
-    """``read_text_lines`` of each piece, in order, two pieces at a time on the parse pool.
-
-    One 4 MB piece does not keep two cores busy (~1.5 ms of each Polars query is fixed),
-    so the next piece is cut while the caller takes the last one. At most two pieces
-    are held; on an error the rest are not cut.
-    """
-    pool = parse_pool()
-    pending: collections.deque[Future[pl.DataFrame]] = collections.deque()
-    try:
-        for data in pieces:
-            pending.append(pool.submit(read_text_lines, data))
-            del data
-            if len(pending) == 2:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        wait(pending)
-
-
 def _run(sql: str, lines: pl.DataFrame) -> pl.DataFrame:
     """Run ``sql`` over ``lines`` (as the view ``lines``); rows in ``_ordinal`` order.
 
@@ -687,24 +647,19 @@ def _run(sql: str, lines: pl.DataFrame) -> pl.DataFrame:
     statement planned per call and scanned on both cores.
     """
     table, n_bytes = _batches(lines)
-    result = _run_sliced(sql, table, n_bytes, _result_rows(n_bytes, table.num_rows))
+    rows = _result_rows(n_bytes, table.num_rows)
+    slices = min(os.cpu_count() or 1, -(-n_bytes // _PREPARED_MAX_BYTES), table.num_rows)
+    if slices <= 1:
+        result = _prepared().run(sql, table, rows)
+    else:
+        step = -(-table.num_rows // slices)
+        parts = [table.slice(start, step) for start in range(0, table.num_rows, step)]
+        futures = [parse_pool().submit(_run_slice, sql, part, rows) for part in parts]
+        wait(futures)  # none left running on a cursor when an error is raised
+        result = pa.concat_tables([f.result() for f in futures])
     parsed = pl.from_arrow(result)
     assert isinstance(parsed, pl.DataFrame)
     return parsed if parsed["_ordinal"].is_sorted() else parsed.sort("_ordinal")
-
-
-def _run_sliced(
-    sql: str, table: pa.Table, n_bytes: int, rows: int, *, optimize: bool = False
-) -> pa.Table:
-    """``sql`` over ``table`` (``n_bytes`` of text): one statement, or one slice per core."""
-    slices = min(os.cpu_count() or 1, -(-n_bytes // _PREPARED_MAX_BYTES), table.num_rows)
-    if slices <= 1:
-        return _prepared(optimize=optimize).run(sql, table, rows)
-    step = -(-table.num_rows // slices)
-    parts = [table.slice(start, step) for start in range(0, table.num_rows, step)]
-    futures = [parse_pool().submit(_run_slice, sql, part, rows) for part in parts]
-    wait(futures)  # none left running on a cursor when an error is raised
-    return pa.concat_tables([f.result() for f in futures])
 
 
 def _run_slice(sql: str, table: pa.Table, rows: int) -> pa.Table:

@@ -88,8 +88,7 @@ def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.D
     machine busy: reading it in pieces on more threads was measured slower).
 
     Files of long lines (embeddings) are read by :func:`_long_lines` instead, without
-    copying the lines. A path read with ``cut`` goes to Polars as a path: the reader
-    maps the file, so its bytes are never copied into memory whole.
+    copying the lines.
 
     Raises
     ------
@@ -99,17 +98,13 @@ def read_text_lines(data: bytes | os.PathLike[str], *, cut: bool = True) -> pl.D
         of long lines does not check for ``\\x1f``: such a line is not JSON, and the
         JSON engine names it.
     """
-    source: bytes | str
-    if cut and not isinstance(data, (bytes, bytearray, memoryview)):
-        source = os.fspath(data)
-    else:
-        source = as_bytes(data)
-        if not cut:
-            long = _long_lines(source)
-            if long is not None:
-                return long
+    raw = as_bytes(data)
+    if not cut:
+        long = _long_lines(raw)
+        if long is not None:
+            return long
     lines = pl.scan_csv(
-        source,
+        raw,
         separator="\x1f",
         quote_char=None,
         has_header=False,

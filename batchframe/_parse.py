@@ -117,7 +117,6 @@ def parse_output_file(
     attempts: int = 1,
     embedding_dim: int | None = None,
     model: str | None = None,
-    path: str | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """:func:`parse_output` of a file given as consecutive pieces of whole lines.
 
@@ -129,8 +128,7 @@ def parse_output_file(
     the whole lines of the file (``_duckdb_json.read_file``); the lines of failed rows
     are read again, and a
     file that path does not take (lines of another layout, damaged lines) is parsed
-    piece by piece, each read again. ``path``: the same file on local disk, if it is
-    there (read from it in one go where that is faster; see ``read_file``).
+    piece by piece, each read again.
     """
     from batchframe._duckdb_json import read_file  # duckdb loads on first parse
 
@@ -142,7 +140,7 @@ def parse_output_file(
         "embedding_dim": embedding_dim,
         "model": model,
     }
-    read = read_file(pieces(), endpoint=endpoint, path=path)
+    read = read_file(pieces(), endpoint=endpoint)
     rows, base64 = read if read is not None else (None, False)
     if rows is not None:
         ids = rows["custom_id"]

@@ -268,9 +268,7 @@ def record_outcome(
     if record.output_path is not None:
         output = record.output_path
         # One DuckDB statement over the file's pieces (see `parse_output_file`).
-        ok, bad = parse_output_file(
-            lambda: read_chunks(storage, output), path=storage.local_path(output), **kw
-        )
+        ok, bad = parse_output_file(lambda: read_chunks(storage, output), **kw)
         fails.append(bad)
     else:
         ok = parse(b"")[0]

@@ -163,10 +163,6 @@ class Storage:
         """Filesystem path of ``rel`` under the root."""
         return posixpath.join(self.root, rel) if rel else self.root
 
-    def local_path(self, rel: str) -> str | None:
-        """The path of ``rel`` on this machine's disk (``None`` on other filesystems)."""
-        return self.path(rel) if self._is_local else None
-
     def url(self, rel: str) -> str:
         """A URL for ``rel`` that the same fsspec filesystem understands."""
         return self.path(rel) if self._is_local else self.fs.unstrip_protocol(self.path(rel))

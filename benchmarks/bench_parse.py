@@ -336,7 +336,6 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
 
     A job's ``record_outcome`` reads an output file with ``read_chunks`` and parses the
     pieces through one DuckDB statement per file (``parse_output_file``; flat memory);
-    on a local root (``local_file``) Polars reads the file from disk instead;
     ``each_piece`` is the path before that, one ``parse_output`` call per piece. All
     include reading the file (the whole call: ``read_bytes``) and are interleaved
     shard by shard, so other load on the machine hits them alike. Also: the CPU of
@@ -369,18 +368,6 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
     except ImportError:  # the code before it: one call per piece
         pieces = each_piece
 
-    def local_file(name: str) -> int:
-        """A job on a local root since 2026-12-02: the file read from disk by Polars."""
-        if not hasattr(storage, "local_path"):  # the code before it: its pieces
-            return pieces(name)
-        ok, _ = parse_output_file(
-            lambda: read_chunks(storage, name, size),
-            path=storage.local_path(name),
-            endpoint=CHAT,
-            batch_id="b",
-        )
-        return len(ok)
-
     walls: dict[str, list[float]] = {}
 
     def cpu(fn: Callable[[], object], how: str = "") -> float:
@@ -391,14 +378,13 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
 
     for _ in range(3):  # warm up: imports, DuckDB's threads, each thread's statements
         whole(paths[0].name), pieces(paths[0].name), each_piece(paths[0].name)
-        local_file(paths[0].name)
     empty = sorted(cpu(lambda: parse_output(b"", endpoint=CHAT, batch_id="b")) for _ in range(51))
     n_pieces = len(list(read_chunks(storage, paths[0].name, args.piece_bytes or None)))
-    fns = {"whole": whole, "pieces": pieces, "local_file": local_file, "each_piece": each_piece}
+    fns = {"whole": whole, "pieces": pieces, "each_piece": each_piece}
     totals = dict.fromkeys(fns, 0.0)
     per_shard: dict[str, list[float]] = {how: [] for how in fns}
     for k, path in enumerate(paths):
-        order = list(fns)[k % len(fns) :] + list(fns)[: k % len(fns)]
+        order = list(fns)[k % 3 :] + list(fns)[: k % 3]
         for how in order:
             seconds = cpu(functools.partial(fns[how], path.name), how)
             totals[how] += seconds
@@ -410,11 +396,9 @@ def run_pieces(args: argparse.Namespace, paths: list[Path]) -> None:
         "mb_per_shard": round(mb / len(paths), 1), "pieces_per_shard": n_pieces,
         "cpu_ms_per_shard_whole": round(1000 * median["whole"], 1),
         "cpu_ms_per_shard_pieces": round(1000 * median["pieces"], 1),
-        "cpu_ms_per_shard_local_file": round(1000 * median["local_file"], 1),
         "cpu_ms_per_shard_one_call_per_piece": round(1000 * median["each_piece"], 1),
         "wall_ms_per_shard": {h: round(1000 * sorted(walls[h])[len(walls[h]) // 2], 1) for h in fns},
         "pieces_vs_whole": round(totals["pieces"] / totals["whole"], 3),
-        "local_file_vs_whole": round(totals["local_file"] / totals["whole"], 3),
         "one_call_per_piece_vs_whole": round(totals["each_piece"] / totals["whole"], 3),
         "empty_call_cpu_ms_median": round(1000 * empty[len(empty) // 2], 2),
         "load_1min": round(os.getloadavg()[0], 2),

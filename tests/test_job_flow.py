@@ -132,47 +132,6 @@ def test_happy_path_every_endpoint(
         assert results.ok.schema["embedding"] == pl.Array(pl.Float32, 8)
 
 
-def test_a_local_job_reads_its_output_files_from_disk(
-    server: bf.LocalBatchServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On a local root the downloaded output files are read by Polars from disk, whole.
-
-    The pieces (``read_chunks``, what object stores use) are never asked for, and the
-    rows are those of parsing each file's bytes.
-    """
-    from batchframe import _retry
-    from batchframe._results import parse_output
-
-    pieces_read: list[str] = []
-    read_chunks = _retry.read_chunks
-
-    def counting(storage: Storage, rel: str, size: int | None = None) -> Any:
-        for piece in read_chunks(storage, rel, size):
-            pieces_read.append(rel)
-            yield piece
-
-    monkeypatch.setattr(_retry, "read_chunks", counting)
-    req = requests_for(12)
-    with bf.BatchJob.create(
-        req, str(tmp_path / "job"), client=server.client(), limits=bf.BatchLimits(max_requests=5)
-    ) as job:
-        job.submit()
-        job.wait(poll_interval=POLL)
-        results = job.collect()
-    assert pieces_read == []
-    assert_ledger(results, req.frame["custom_id"].to_list())
-    outputs = sorted((tmp_path / "job" / "outputs").iterdir())
-    assert len(outputs) == 3
-    by_file = [
-        parse_output(p.read_bytes(), endpoint=req.endpoint, batch_id="b")[0] for p in outputs
-    ]
-    want = pl.concat(by_file).sort("custom_id")
-    got = results.ok.sort("custom_id")
-    polars.testing.assert_frame_equal(
-        got.select(want.columns).drop("batch_id"), want.drop("batch_id")
-    )
-
-
 def test_faults_settle_every_row(tmp_path: Any) -> None:
     req = requests_for(200)
     with bf.LocalBatchServer(api_error_rate=0.2, failure_rate=0.05, seed=3) as server:

@@ -19,12 +19,11 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from polars.testing import assert_frame_equal
-from test_parse_fast import _files, _slices
+from test_parse_fast import _files
 from test_results_cut import _dump, _strings, output_line
 from test_results_lines import chat_body, embeddings_body, line
 
 from batchframe import _duckdb_json
-from batchframe._lines import read_text_lines
 from batchframe._parse import parse_output_file
 from batchframe._results import parse_errors, parse_output
 from batchframe._retry import _concat, read_chunks
@@ -200,76 +199,6 @@ def test_one_statement_per_file_falls_back_to_pieces(data: bytes, size: int) -> 
     want_ok, want_failed = _per_piece(pieces, kw)
     assert_frame_equal(ok, want_ok)
     assert_frame_equal(failed, want_failed)
-
-
-def _unused() -> Iterator[bytes]:
-    raise AssertionError("the pieces were read")
-    yield b""  # a generator, as `read_chunks` is: nothing is read until iterated
-
-
-def _on_disk(data: bytes, tmp: str) -> str:
-    path = str(Path(tmp, "out.jsonl"))
-    Path(path).write_bytes(data)
-    return path
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    data=st.one_of(_api_files(), _files()),
-    size=st.integers(1, 3000),
-    cores=st.integers(1, 3),
-    schema=st.booleans(),
-)
-def test_a_local_file_read_whole_and_sliced_gives_the_frames_of_pieces(
-    data: bytes, size: int, cores: int, schema: bool
-) -> None:
-    """The job's fast roads give the frames of the pieces one by one.
-
-    ``path``: the file read by Polars from disk instead of from its pieces, which are
-    then not used at all. ``cores``: the cut bodies parsed in one slice of rows per
-    core on the parse pool (any file of a few lines counts as large here).
-    """
-    pieces, again = _pieces_of(data, size)
-    kw = _file_kw(schema)
-    want_ok, want_failed = _per_piece(pieces, kw)
-    with tempfile.TemporaryDirectory() as tmp, _slices(cores):
-        path = _on_disk(data, tmp)
-        read = _duckdb_json.read_file(iter(()), endpoint=CHAT, path=path)
-        if read is not None and not want_failed.height:
-            # The cut path took it: the pieces are never asked for (only the lines of
-            # failed rows are read again from them).
-            ok, failed = parse_output_file(_unused, path=path, **kw)
-            assert_frame_equal(ok, want_ok)
-        ok, failed = parse_output_file(again, path=path, **kw)
-        assert_frame_equal(ok, want_ok)
-        assert_frame_equal(failed, want_failed)
-        ok, failed = parse_output_file(again, **kw)  # pieces, cut two at a time
-        assert_frame_equal(ok, want_ok)
-        assert_frame_equal(failed, want_failed)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=_files())
-def test_the_lines_of_a_path_are_the_lines_of_its_bytes(data: bytes) -> None:
-    """Polars reading the file itself: the same lines, numbers, CRLF and BOM handling."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = _on_disk(data, tmp)
-        assert_frame_equal(read_text_lines(Path(path)), read_text_lines(data))
-
-
-def test_a_piece_that_is_not_text_sends_the_file_back_to_pieces() -> None:
-    """A bad piece among those cut ahead: nothing is half read, and the error names it."""
-    good = _dump(output_line("a", chat_body("x")), "orjson") + b"\n"
-    data = good * 3 + b'{"id": "\xff"}\n' + good * 3
-    pieces, again = _pieces_of(data, len(good))
-    assert len(pieces) == 7
-    assert _duckdb_json.read_file(again(), endpoint=CHAT) is None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = _on_disk(data, tmp)
-        assert _duckdb_json.read_file(iter(()), endpoint=CHAT, path=path) is None
-        for where in (None, path):
-            with pytest.raises(ResultsError, match=r"is not valid JSON .*UTF-8"):
-                parse_output_file(again, path=where, **_file_kw(False))
 
 
 def test_a_damaged_piece_raises_as_piece_by_piece_does() -> None:
