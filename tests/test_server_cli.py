@@ -44,6 +44,29 @@ def test_serve_prints_url_serves_and_stops_on_ctrl_c() -> None:
             process.communicate()
 
 
+def test_serve_stops_cleanly_when_its_reader_went_away() -> None:
+    """A parent that read the URL and closed the pipe: SIGTERM still stops it with 0."""
+    code = "import sys; from batchframe._server._cli import serve_main; sys.exit(serve_main(sys.argv[1:]))"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert "http://127.0.0.1:" in process.stdout.readline()
+        process.stdout.close()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=10)
+        assert process.returncode == 0, err
+        assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def test_serve_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_main(["--port", "0", "--executor", "forward"]) == 2
     assert "upstream" in capsys.readouterr().err

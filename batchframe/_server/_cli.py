@@ -171,9 +171,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, on_signal)
     with server:
-        print(f"batchframe: serving the OpenAI Batch API at {server.base_url}", flush=True)
-        print(f"  export OPENAI_BASE_URL={server.base_url}", flush=True)
-        print("  press Ctrl-C to stop", flush=True)
+        _say(f"batchframe: serving the OpenAI Batch API at {server.base_url}")
+        _say(f"  export OPENAI_BASE_URL={server.base_url}")
+        _say("  press Ctrl-C to stop")
         try:
             while not stop.wait(0.5):
                 pass
@@ -181,8 +181,22 @@ def serve_main(argv: list[str] | None = None) -> int:
             pass
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
-    print("batchframe: stopped", flush=True)
+    _say("batchframe: stopped")
     return 0
+
+
+def _say(line: str) -> None:
+    """Print ``line``; a reader that went away (a closed pipe) does not stop the server.
+
+    The rest of the output then goes to ``os.devnull``, as the Python docs advise for
+    ``SIGPIPE``, so that the interpreter's final flush does not fail either.
+    """
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _secret(args: argparse.Namespace, name: str) -> str | None:
