@@ -13,14 +13,19 @@ import pytest
 from batchframe._server._cli import serve_main
 
 
-def test_serve_prints_url_serves_and_stops_on_ctrl_c() -> None:
+def _serve(*args: str) -> subprocess.Popen[str]:
+    """``batchframe serve`` (``serve_main``) in a child process, its output piped."""
     code = "import sys; from batchframe._server._cli import serve_main; sys.exit(serve_main(sys.argv[1:]))"
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", "0", "--api-key", "k-123", "--seed", "3"],
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_serve_prints_url_serves_and_stops_on_ctrl_c() -> None:
+    process = _serve("--api-key", "k-123", "--seed", "3")
     try:
         assert process.stdout is not None
         first = process.stdout.readline()
@@ -46,13 +51,7 @@ def test_serve_prints_url_serves_and_stops_on_ctrl_c() -> None:
 
 def test_serve_stops_cleanly_when_its_reader_went_away() -> None:
     """A parent that read the URL and closed the pipe: SIGTERM still stops it with 0."""
-    code = "import sys; from batchframe._server._cli import serve_main; sys.exit(serve_main(sys.argv[1:]))"
-    process = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = _serve()
     try:
         assert process.stdout is not None
         assert "http://127.0.0.1:" in process.stdout.readline()
