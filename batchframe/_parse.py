@@ -16,6 +16,7 @@ The lines are read by :mod:`batchframe._lines` and typed by DuckDB
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -147,13 +148,29 @@ def parse_output_file(
         if (ids.is_null() | (ids == "")).any():
             rows = None  # parsed piece by piece below, which names the line
     if rows is None:
-        parts = [parse_output(data, **kw) for data in pieces()]
+        parts = []
+        first_line = 1
+        for data in pieces():
+            try:
+                parts.append(parse_output(data, **kw))
+            except ResultsError as exc:  # name the line in the file, not in its piece
+                raise ResultsError(_in_file(str(exc), first_line)) from exc
+            first_line += data.count(b"\n")
         if not parts:
             return parse_output(b"", **kw)
         oks = [ok for ok, _ in parts if ok.height] or [parts[0][0]]
         ok = oks[0] if len(oks) == 1 else pl.concat(oks, how="vertical")
         return ok, pl.concat([failed for _, failed in parts], how="vertical")
     return _frames(rows, **kw, base64=base64, lines=pieces)
+
+
+#: The line a parse error names (``diagnose``, a missing ``custom_id``): "line <n>".
+_LINE = re.compile(r"^line (\d+)")
+
+
+def _in_file(msg: str, first_line: int) -> str:
+    """``msg`` about a piece whose first line is line ``first_line`` of its file."""
+    return _LINE.sub(lambda m: f"line {int(m[1]) + first_line - 1}", msg, count=1)
 
 
 def _frames(

@@ -202,16 +202,20 @@ def test_one_statement_per_file_falls_back_to_pieces(data: bytes, size: int) -> 
 
 
 def test_a_damaged_piece_raises_as_piece_by_piece_does() -> None:
+    """The error names the line in the file, whichever piece holds it."""
     good = _dump(output_line("a", chat_body("x")), "orjson")
-    data = good + b"\n" + good.replace(b'"a"', b'"b"') + b"\n" + good[:40] + b"\n"
+    data = good + b"\n\n" + good.replace(b'"a"', b'"b"') + b"\n" + good[:40] + b"\n"
     pieces, again = _pieces_of(data, len(good) + 1)
     assert len(pieces) == 3
-    with pytest.raises(ResultsError, match="line 1 is not valid JSON"):
+    with pytest.raises(ResultsError, match=r"^line 4 is not valid JSON"):
         parse_output_file(again, **_file_kw(False))
+    with pytest.raises(ResultsError, match=r"^line 4 is not valid JSON"):
+        parse_output(data, **_file_kw(False))  # as one call on the whole file says
     no_id = good.replace(b'"custom_id":"a"', b'"custom_id":""')
-    _, again = _pieces_of(good + b"\n" + no_id + b"\n", 10**6)
-    with pytest.raises(ResultsError, match="line 2 has no `custom_id`"):
-        parse_output_file(again, **_file_kw(False))
+    for size in (10**6, len(good) + 1):
+        _, again = _pieces_of(good + b"\n" + no_id + b"\n", size)
+        with pytest.raises(ResultsError, match=r"^line 2 has no `custom_id`"):
+            parse_output_file(again, **_file_kw(False))
 
 
 EMB = "/v1/embeddings"
