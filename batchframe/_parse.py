@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import orjson
 import polars as pl
@@ -33,7 +33,9 @@ from batchframe._schemas import (
 )
 from batchframe.exceptions import ResultsError
 
-__all__ = ["parse_errors", "parse_output", "parse_output_file"]
+__all__ = ["each_piece", "parse_errors", "parse_output", "parse_output_file"]
+
+_T = TypeVar("_T")
 
 _RETRYABLE_CODES = frozenset(
     {"batch_expired", "request_timeout", "rate_limit_exceeded", "server_error"}
@@ -148,14 +150,7 @@ def parse_output_file(
         if (ids.is_null() | (ids == "")).any():
             rows = None  # parsed piece by piece below, which names the line
     if rows is None:
-        parts = []
-        first_line = 1
-        for data in pieces():
-            try:
-                parts.append(parse_output(data, **kw))
-            except ResultsError as exc:  # name the line in the file, not in its piece
-                raise ResultsError(_in_file(str(exc), first_line)) from exc
-            first_line += data.count(b"\n")
+        parts = list(each_piece(pieces(), lambda data: parse_output(data, **kw)))
         if not parts:
             return parse_output(b"", **kw)
         oks = [ok for ok, _ in parts if ok.height] or [parts[0][0]]
@@ -168,9 +163,25 @@ def parse_output_file(
 _LINE = re.compile(r"^line (\d+)")
 
 
-def _in_file(msg: str, first_line: int) -> str:
-    """``msg`` about a piece whose first line is line ``first_line`` of its file."""
-    return _LINE.sub(lambda m: f"line {int(m[1]) + first_line - 1}", msg, count=1)
+def each_piece(pieces: Iterable[bytes], parse: Callable[[bytes], _T]) -> Iterator[_T]:
+    """``parse`` of each of a file's consecutive pieces of whole lines, in order.
+
+    A :class:`ResultsError` that names a line of a piece ("line 3 is not valid JSON")
+    is raised again naming that line's number in the file.
+    """
+    first_line = 1
+    for data in pieces:
+        try:
+            result = parse(data)
+        except ResultsError as exc:
+            msg = str(exc)
+            named = _LINE.match(msg)
+            if named is None:
+                raise
+            msg = f"line {int(named[1]) + first_line - 1}{msg[named.end() :]}"
+            raise ResultsError(msg) from exc
+        yield result
+        first_line += data.count(b"\n")
 
 
 def _frames(

@@ -218,7 +218,7 @@ def record_outcome(
     ``embedding`` column, also of an attempt without a single success; the shard's
     model fills ``model`` where a response names none.
     """
-    from batchframe._parse import parse_output_file
+    from batchframe._parse import each_piece, parse_output_file
     from batchframe._results import parse_errors, parse_output
 
     attempts = record.attempt + 1
@@ -274,8 +274,12 @@ def record_outcome(
         ok = parse(b"")[0]
     if record.error_path is not None:
         fails.extend(
-            parse_errors(data, endpoint=endpoint, batch_id=batch_id or "", attempts=attempts)
-            for data in read_chunks(storage, record.error_path)
+            each_piece(
+                read_chunks(storage, record.error_path),
+                lambda data: parse_errors(
+                    data, endpoint=endpoint, batch_id=batch_id or "", attempts=attempts
+                ),
+            )
         )
     id_frame = pl.DataFrame({"custom_id": ids}, schema={"custom_id": pl.String})
     known = id_frame["custom_id"]
