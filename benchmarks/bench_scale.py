@@ -4,6 +4,7 @@
     python benchmarks/bench_scale.py --part build --sizes 1000000,4000000 --rounds 3
     python benchmarks/bench_scale.py --part results                     # 0.1M, 0.4M, 1.6M rows
     python benchmarks/bench_scale.py --part results --sizes 100000,400000
+    python benchmarks/bench_scale.py --part results --sizes 6000,24000 --answer-bytes 8000
 
 Build half (``build_case``): per size, a child process writes a Parquet file of ``n``
 chat rows (bench_build.py's prompts, 100k-row row groups); another child runs
@@ -24,7 +25,9 @@ process, then per size
 
 One JSON line is printed per case, and one with the slope of the driver's peak RSS per
 million rows (least squares over the sizes). Targets (issue 10): at most 100 MB per
-million rows, and at most 400 MB at 100k rows.
+million rows, and at most 400 MB at 100k rows. ``--answer-bytes N`` makes the answers
+long (the echo executor repeats an N-byte prompt): a shard's output then grows with N,
+and so does the driver's peak, since a shard's rows are parsed and published whole.
 """
 
 from __future__ import annotations
@@ -73,20 +76,26 @@ def _peak_mb() -> float:
 
 
 # -- results half ------------------------------------------------------------------------
-def _setup(n: int, root: str) -> None:
-    """Child process: build ``n`` chat requests and create the job at ``root``."""
+def _setup(n: int, root: str, answer_bytes: int = 0) -> None:
+    """Child process: build ``n`` chat requests and create the job at ``root``.
+
+    ``answer_bytes``: 0 for short answers (5 tokens); else prompts of about that many
+    bytes and no ``max_tokens``, which the echo executor answers with the prompt itself.
+    """
     import polars as pl
 
     import batchframe as bf
 
-    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)]}).with_columns(
-        text=pl.format("Review {}: the product arrived on time and works.", pl.col("id"))
-    )
+    if answer_bytes:
+        filler = "lorem ipsum dolor " * max(1, answer_bytes // 18)
+        text = pl.format("Review {}: ", pl.col("id")) + pl.lit(filler)
+        body = bf.chat_body("gpt-4o-mini", user=pl.col("text"))
+    else:
+        text = pl.format("Review {}: the product arrived on time and works.", pl.col("id"))
+        body = bf.chat_body("gpt-4o-mini", user=pl.col("text"), max_tokens=5)
+    df = pl.DataFrame({"id": [f"r{i}" for i in range(n)]}).with_columns(text=text)
     requests = bf.build_requests(
-        df,
-        endpoint="/v1/chat/completions",
-        body=bf.chat_body("gpt-4o-mini", user=pl.col("text"), max_tokens=5),
-        custom_id="id",
+        df, endpoint="/v1/chat/completions", body=body, custom_id="id", tokenizer="estimate"
     )
     bf.BatchJob.create(requests, root, client=None).close()
 
@@ -169,7 +178,7 @@ def _child(*args: str) -> str:
     return out.stdout
 
 
-def results_case(n: int, base_url: str, workdir: Path) -> dict[str, Any]:
+def results_case(n: int, base_url: str, workdir: Path, answer_bytes: int = 0) -> dict[str, Any]:
     """One size of the results half: setup, then a driver doing wait() + to_duckdb."""
     import duckdb
 
@@ -178,9 +187,11 @@ def results_case(n: int, base_url: str, workdir: Path) -> dict[str, Any]:
     shutil.rmtree(root, ignore_errors=True)
     database.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    _child("--_setup", str(n), str(root))
+    _child("--_setup", str(n), str(root), str(answer_bytes))
     t_setup = time.perf_counter() - t0
     lines = _child("--_drive", str(root), str(database), base_url).strip().splitlines()
+    outputs = sum(p.stat().st_size for p in (root / "outputs").iterdir())
+    shards = sum(1 for _ in (root / "shards").iterdir())
     driver = json.loads(lines[-1])
     with duckdb.connect(str(database), read_only=True) as con:
         (rows,) = con.execute(
@@ -189,7 +200,15 @@ def results_case(n: int, base_url: str, workdir: Path) -> dict[str, Any]:
     if rows != n:
         msg = f"DuckDB holds {rows} rows for a job of {n}"
         raise AssertionError(msg)
-    result = {"part": "results", "rows": n, "setup_s": round(t_setup, 2), **driver}
+    result = {
+        "part": "results",
+        "rows": n,
+        "answer_bytes": answer_bytes or None,
+        "shards": shards,
+        "output_mb": round(outputs / 1e6, 1),
+        "setup_s": round(t_setup, 2),
+        **driver,
+    }
     shutil.rmtree(root, ignore_errors=True)
     database.unlink(missing_ok=True)
     return result
@@ -244,18 +263,26 @@ def _summary(
     print(json.dumps(line), flush=True)
 
 
-def run_results(sizes: list[int]) -> None:
+def run_results(sizes: list[int], answer_bytes: int = 0) -> None:
     """Every size of the results half against one ``batchframe serve`` process."""
     proc, base_url = _serve()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-            points = []
+            points, by_output = [], []
             for n in sizes:
-                case = results_case(n, base_url, Path(tmp))
+                case = results_case(n, base_url, Path(tmp), answer_bytes)
                 case["load"] = os.getloadavg()[0]
                 print(json.dumps(case), flush=True)
                 points.append((n, case["peak_mb"]))
-            _summary("results", "driver peak RSS", sizes, points)
+                by_output.append((int(case["output_mb"] * 1e6), case["peak_mb"]))
+            per_output = _slope(by_output)  # MB of peak per MB of output files
+            _summary(
+                "results",
+                "driver peak RSS",
+                sizes,
+                points,
+                mb_per_output_mb=None if per_output is None else round(per_output, 2),
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -362,7 +389,7 @@ def run_build(sizes: list[int], rounds: int) -> None:
 _CHILDREN: dict[str, Any] = {
     "--_make": lambda n, path: _make_input(int(n), path),
     "--_build": _build,
-    "--_setup": lambda n, root: _setup(int(n), root),
+    "--_setup": lambda n, root, answer_bytes="0": _setup(int(n), root, int(answer_bytes)),
     "--_drive": _drive,
 }
 
@@ -379,12 +406,19 @@ def main() -> None:
         help="comma-separated row counts (default: 1M,4M,10M for build, 0.1M,0.4M,1.6M for results)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="build: rounds at the first size")
+    parser.add_argument(
+        "--answer-bytes",
+        type=int,
+        default=0,
+        help="results: answers of about this many bytes (default: 5 tokens); shows how a "
+        "shard's output size moves the driver's peak",
+    )
     args = parser.parse_args()
     default = BUILD_SIZES if args.part == "build" else DEFAULT_SIZES
     spec = args.sizes or ",".join(str(n) for n in default)
     sizes = [int(s.replace("_", "")) for s in spec.split(",")]
     if args.part == "results":
-        run_results(sizes)
+        run_results(sizes, args.answer_bytes)
     else:
         run_build(sizes, max(1, args.rounds))
 
