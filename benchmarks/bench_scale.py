@@ -94,9 +94,7 @@ def _setup(n: int, root: str, answer_bytes: int = 0) -> None:
         text = pl.format("Review {}: the product arrived on time and works.", pl.col("id"))
         body = bf.chat_body("gpt-4o-mini", user=pl.col("text"), max_tokens=5)
     df = pl.DataFrame({"id": [f"r{i}" for i in range(n)]}).with_columns(text=text)
-    requests = bf.build_requests(
-        df, endpoint="/v1/chat/completions", body=body, custom_id="id", tokenizer="estimate"
-    )
+    requests = bf.build_requests(df, endpoint="/v1/chat/completions", body=body, custom_id="id")
     bf.BatchJob.create(requests, root, client=None).close()
 
 
