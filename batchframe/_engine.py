@@ -629,7 +629,7 @@ class JobEngine:
             final = finalize_outcome(outcome, retried, endpoint=self._m.endpoint)
             if self._learn_embedding_dim(r, final):
                 tags.pop(r.model, None)
-            r.n_ok = final.ok["custom_id"].n_unique() if final.ok.height else 0
+            r.n_ok = final.ok_ids().len() if final.n_ok else 0
             r.n_retried = len(retried)
             r.n_final_failed = final.failed.height
             r.settled_at = time.time()
@@ -641,6 +641,7 @@ class JobEngine:
                 publish_outcome(self._storage, self._m, r, final, tag=tags[r.model], settling=True)
             except Exception as exc:  # readers publish what is missing from the files
                 _log.warning("could not publish the results of %s: %s", r.key, exc)
+            final.release()  # a big file's spilled rows: published (or left to readers)
             del outcome, final
             self._save()
         if plain and all(r.is_settled for r in self._m.records):
@@ -728,9 +729,9 @@ class JobEngine:
 
     def _learn_embedding_dim(self, r: ShardAttempt, outcome: Outcome) -> bool:
         """Remember the first vector width seen, so every later part is typed alike."""
-        if "embedding" not in outcome.ok.columns or not outcome.ok.height:
+        dtype = outcome.ok_schema.get("embedding")
+        if dtype is None or not outcome.n_ok:
             return False
-        dtype = outcome.ok.schema["embedding"]
         if isinstance(dtype, pl.Array) and self._m.embedding_dim(r.model) is None:
             self._m.embedding_dims[r.model or ""] = dtype.size
             return True

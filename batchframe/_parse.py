@@ -15,6 +15,7 @@ The lines are read by :mod:`batchframe._lines` and typed by DuckDB
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,7 +34,7 @@ from batchframe._schemas import (
 )
 from batchframe.exceptions import ResultsError
 
-__all__ = ["each_piece", "parse_errors", "parse_output", "parse_output_file"]
+__all__ = ["at_line", "each_piece", "parse_errors", "parse_output", "parse_output_file"]
 
 _T = TypeVar("_T")
 
@@ -171,17 +172,25 @@ def each_piece(pieces: Iterable[bytes], parse: Callable[[bytes], _T]) -> Iterato
     """
     first_line = 1
     for data in pieces:
-        try:
-            result = parse(data)
-        except ResultsError as exc:
-            msg = str(exc)
-            named = _LINE.match(msg)
-            if named is None:
-                raise
-            msg = f"line {int(named[1]) + first_line - 1}{msg[named.end() :]}"
-            raise ResultsError(msg) from exc
-        yield result
+        yield at_line(first_line, functools.partial(parse, data))
         first_line += data.count(b"\n")
+
+
+def at_line(first_line: int, parse: Callable[[], _T]) -> _T:
+    """``parse()`` of a part of a file that starts at line ``first_line``.
+
+    A :class:`ResultsError` that names a line of the part ("line 3 is not valid JSON")
+    is raised again naming that line's number in the file.
+    """
+    try:
+        return parse()
+    except ResultsError as exc:
+        msg = str(exc)
+        named = _LINE.match(msg)
+        if named is None or first_line == 1:
+            raise
+        msg = f"line {int(named[1]) + first_line - 1}{msg[named.end() :]}"
+        raise ResultsError(msg) from exc
 
 
 def _frames(

@@ -200,7 +200,7 @@ def finalize_outcome(outcome: Outcome, retried: Iterable[str], *, endpoint: str)
     """The rows of an attempt that stay with it: ok rows once each, failures not retried."""
     from batchframe._schemas import ok_key
 
-    ok = outcome.ok
+    ok = outcome.ok_frame  # a spill holds each key once already (`_retry._read_output`)
     key = ok_key(endpoint)
     if ok.height and ok.select(pl.struct(key).is_duplicated().any()).item():
         ok = ok.unique(subset=key, keep="first", maintain_order=True)
@@ -208,7 +208,7 @@ def finalize_outcome(outcome: Outcome, retried: Iterable[str], *, endpoint: str)
     failed = outcome.failed
     if len(ids) and failed.height:
         failed = failed.filter(~pl.col("custom_id").is_in(ids.implode()))
-    return Outcome(ok, failed)
+    return dataclasses.replace(outcome, ok_frame=ok, failed=failed)
 
 
 def settled_outcome(storage: Storage, manifest: Manifest, r: ShardAttempt) -> Outcome:
@@ -224,14 +224,29 @@ def settled_outcome(storage: Storage, manifest: Manifest, r: ShardAttempt) -> Ou
     return finalize_outcome(outcome, retried, endpoint=manifest.endpoint)
 
 
-def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
+def _conform(frame: pl.DataFrame | pl.LazyFrame, schema: pl.Schema) -> pl.DataFrame | pl.LazyFrame:
     """``frame`` with exactly the declared columns, order and types."""
-    if frame.schema == schema:
+    have = frame.collect_schema()
+    if have == schema:
         return frame
     return frame.select(
-        pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
+        pl.col(c).cast(t) if c in have else pl.lit(None, dtype=t).alias(c)
         for c, t in schema.items()
     )
+
+
+def _parts(outcome: Outcome) -> list[tuple[str, pl.DataFrame | pl.LazyFrame, int, int]]:
+    """``(part, rows, number of rows, rows per row group)`` of the two parts of ``outcome``."""
+    if outcome.spill is None:
+        ok = outcome.ok_frame
+        ok_group = row_group_rows(ok)
+    else:
+        ok_group = _group_rows(outcome.spill.bytes_per_row())
+    failed = outcome.failed
+    return [
+        ("ok", outcome.ok_rows(), outcome.n_ok, ok_group),
+        ("failed", failed, failed.height, row_group_rows(failed)),
+    ]
 
 
 def publish_outcome(
@@ -253,13 +268,12 @@ def publish_outcome(
     they read.
     """
     source = source_of(manifest, r, tag)
-    for part, frame in (("ok", outcome.ok), ("failed", outcome.failed)):
+    for part, rows, n, group in _parts(outcome):
         rel = part_path(part, r.key)
-        if frame.height:
-            frame = _conform(frame, _part_schema(manifest, r.model, part))
-            _write_atomic(
-                storage, rel, frame, {_ENDPOINT_KEY: manifest.endpoint, _SOURCE_KEY: source}
-            )
+        if n:
+            rows = _conform(rows, _part_schema(manifest, r.model, part))
+            meta = {_ENDPOINT_KEY: manifest.endpoint, _SOURCE_KEY: source}
+            _write_atomic(storage, rel, rows, meta, group)
         elif not settling:
             storage.delete(rel)
 
@@ -277,15 +291,30 @@ _ROW_GROUP_BYTES = 8 << 20
 
 def row_group_rows(frame: pl.DataFrame) -> int:
     """Rows per row group for writing ``frame`` (about ``_ROW_GROUP_BYTES`` each)."""
-    per_row = frame.estimated_size() / max(frame.height, 1)
-    return max(1024, min(1 << 20, int(_ROW_GROUP_BYTES / max(per_row, 1.0))))
+    return _group_rows(frame.estimated_size() / max(frame.height, 1))
 
 
-def _write_parquet(frame: pl.DataFrame, target: Any, meta: dict[str, str]) -> None:
-    frame.write_parquet(target, metadata=meta, row_group_size=row_group_rows(frame))
+def _group_rows(bytes_per_row: float) -> int:
+    return max(1024, min(1 << 20, int(_ROW_GROUP_BYTES / max(bytes_per_row, 1.0))))
 
 
-def _write_atomic(storage: Storage, rel: str, frame: pl.DataFrame, meta: dict[str, str]) -> None:
+def _write_parquet(
+    rows: pl.DataFrame | pl.LazyFrame, target: Any, meta: dict[str, str], group: int
+) -> None:
+    """Write ``rows`` to ``target``; a lazy frame (a spill) is streamed, never collected."""
+    if isinstance(rows, pl.LazyFrame):
+        rows.sink_parquet(target, metadata=meta or None, row_group_size=group)
+    else:
+        rows.write_parquet(target, metadata=meta or None, row_group_size=group)
+
+
+def _write_atomic(
+    storage: Storage,
+    rel: str,
+    frame: pl.DataFrame | pl.LazyFrame,
+    meta: dict[str, str],
+    group: int,
+) -> None:
     """Write ``frame`` to ``rel`` so that no glob over its folder sees it half-written.
 
     On object stores the object is written directly under its name: an upload appears
@@ -295,19 +324,19 @@ def _write_atomic(storage: Storage, rel: str, frame: pl.DataFrame, meta: dict[st
     place in one step.
     """
     if storage.direct_writes:
-        if frame.estimated_size() <= _TAGGED_WRITE_BYTES:
+        if isinstance(frame, pl.DataFrame) and frame.estimated_size() <= _TAGGED_WRITE_BYTES:
             import io
 
             buf = io.BytesIO()
-            _write_parquet(frame, buf, meta)
+            _write_parquet(frame, buf, meta, group)
             storage.write_tagged(rel, buf.getbuffer(), meta[_SOURCE_KEY])
             return
         with storage.open_write(rel) as f:
-            _write_parquet(frame, f, meta)
+            _write_parquet(frame, f, meta, group)
         return
     staging = f"{STAGING_DIR}/{writer_tag()}-{uuid.uuid4().hex}.{posixpath.basename(rel)}.part"
     with storage.open_write(staging) as f:
-        _write_parquet(frame, f, meta)
+        _write_parquet(frame, f, meta, group)
     try:
         storage.makedirs(posixpath.dirname(rel))
         storage.fs.mv(storage.path(staging), storage.path(rel))
@@ -512,18 +541,45 @@ def _rebuild(
             lost = True
         else:
             outcome = settled_outcome(storage, manifest, r)
-    if write and not lost:
+    try:
+        return _publish_rebuilt(
+            storage,
+            manifest,
+            r,
+            outcome,
+            tag=tag,
+            write=write and not lost,
+            base=base,
+            mirror_source=source + (".lost" if lost else ""),
+        )
+    finally:
+        outcome.release()  # a spill's files: the rows are written by now
+
+
+def _publish_rebuilt(
+    storage: Storage,
+    manifest: Manifest,
+    r: ShardAttempt,
+    outcome: Outcome,
+    *,
+    tag: str,
+    write: bool,
+    base: Path,
+    mirror_source: str,
+) -> dict[str, PartFile | None]:
+    """Publish ``outcome`` under the root (``write``), else or failing that in ``base``."""
+    if write:
         try:
             publish_outcome(storage, manifest, r, outcome, tag=tag)
             return {
                 part: PartFile(
                     part_path(part, r.key),
                     storage.path(part_path(part, r.key)) if is_local(storage) else None,
-                    frame.height,
+                    n,
                 )
-                if frame.height
+                if n
                 else None
-                for part, frame in (("ok", outcome.ok), ("failed", outcome.failed))
+                for part, _, n, _ in _parts(outcome)
             }
         except Exception:
             _log.info(
@@ -535,7 +591,7 @@ def _rebuild(
             )
     # Rows of a lost file are never published: if the file comes back (downloaded again
     # by a job with a client), the next read publishes the real rows.
-    return _to_mirror(base, r, source + (".lost" if lost else ""), manifest, outcome)
+    return _to_mirror(base, r, mirror_source, manifest, outcome)
 
 
 def _missing_files(
@@ -643,7 +699,8 @@ def _lost_outcome(
         files,
     )
     failed = pl.concat([found, lost], how="vertical_relaxed") if lost.height else found
-    return finalize_outcome(Outcome(outcome.ok, failed), retried, endpoint=manifest.endpoint)
+    outcome = dataclasses.replace(outcome, failed=failed)
+    return finalize_outcome(outcome, retried, endpoint=manifest.endpoint)
 
 
 def repair_part(
@@ -788,18 +845,17 @@ def _to_mirror(
 ) -> dict[str, PartFile | None]:
     base.mkdir(parents=True, exist_ok=True)
     out: dict[str, PartFile | None] = {}
-    for part, frame in (("ok", outcome.ok), ("failed", outcome.failed)):
+    for part, rows, n, group in _parts(outcome):
         stem = f"{r.key}.{source}.{part}"
-        if not frame.height:
+        if not n:
             (base / f"{stem}.empty").touch()
             out[part] = None
             continue
         target = base / f"{stem}.parquet"
         tmp = target.with_name(temp_name(target.name))
-        frame = _conform(frame, _part_schema(manifest, r.model, part))
-        frame.write_parquet(tmp, row_group_size=row_group_rows(frame))
+        _write_parquet(_conform(rows, _part_schema(manifest, r.model, part)), tmp, {}, group)
         os.replace(tmp, target)
-        out[part] = PartFile(part_path(part, r.key), str(target), frame.height)
+        out[part] = PartFile(part_path(part, r.key), str(target), n)
     return out
 
 

@@ -9,6 +9,7 @@ failures are retried is decided by their ``retryable`` flag (429, 5xx,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from batchframe.exceptions import ResultsError
 
 if TYPE_CHECKING:
     from batchframe._manifest import ShardAttempt
+    from batchframe._spill import Spill
     from batchframe._storage import Storage
 
 __all__ = [
@@ -133,17 +135,26 @@ def write_child(storage: Storage, parent: str, child: str, ids: set[str]) -> Chi
     return ChildShard(path=child, n_requests=n, n_bytes=size, sha256=digest.hexdigest())
 
 
-def read_chunks(storage: Storage, rel: str, size: int | None = None) -> Iterator[bytes]:
+def read_chunks(
+    storage: Storage, rel: str, size: int | None = None, *, start: int = 0, stop: int | None = None
+) -> Iterator[bytes]:
     """The bytes of ``rel`` in pieces of about ``size`` bytes, each made of whole lines.
 
     Output files are parsed piece by piece: parsing holds several times its input in
     memory, so a whole 50,000-line file at once would cost hundreds of MB. The pieces of
-    one file go through one DuckDB statement (``_parse.parse_output_file``).
+    one file go through one DuckDB statement (``_parse.parse_output_file``). ``start``
+    and ``stop`` (byte offsets at line starts) read a part of the file: the lines of
+    one window of a big file (``_spill.windows``).
     """
     size = size or PARSE_CHUNK_BYTES
     rest = b""
     with storage.open_read(rel) as f:
-        while block := f.read(size):
+        if start:
+            f.seek(start)
+        left = None if stop is None else stop - start
+        while block := f.read(size if left is None else min(size, left)):
+            if left is not None:
+                left -= len(block)
             if rest:
                 block = rest + block
             cut = block.rfind(b"\n")
@@ -166,10 +177,53 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The rows of one shard attempt: ``ok`` and ``failed`` frames (every input id once)."""
+    """The rows of one shard attempt: ok and ``failed`` rows (every input id once).
 
-    ok: pl.DataFrame
+    The ok rows are ``ok_frame``, or, for an output file bigger than one parse window,
+    in ``spill`` (local Parquet files, ``ok_frame`` then empty). :attr:`ok` gives them
+    as one frame either way; :meth:`ok_rows`, :attr:`n_ok` and :attr:`ok_schema` read
+    no spilled row into memory.
+    """
+
+    ok_frame: pl.DataFrame
     failed: pl.DataFrame
+    spill: Spill | None = None
+
+    @property
+    def ok(self) -> pl.DataFrame:
+        """Every ok row, in memory (a spill is read whole)."""
+        return self.ok_frame if self.spill is None else self.spill.lazy().collect()
+
+    def ok_rows(self) -> pl.DataFrame | pl.LazyFrame:
+        """The ok rows: the frame, or a lazy scan of the spill."""
+        return self.ok_frame if self.spill is None else self.spill.lazy()
+
+    @property
+    def n_ok(self) -> int:
+        """Number of ok rows."""
+        return self.ok_frame.height if self.spill is None else self.spill.rows
+
+    @property
+    def ok_schema(self) -> pl.Schema:
+        """Schema of the ok rows."""
+        if self.spill is None or self.spill.schema is None:
+            return self.ok_frame.schema
+        return self.spill.schema
+
+    def ok_ids(self) -> pl.Series:
+        """The distinct ``custom_id`` values of the ok rows."""
+        return _ok_ids(self.ok_frame, self.spill)
+
+    def release(self) -> None:
+        """Remove the spill's files (the rows are published, or no longer needed)."""
+        if self.spill is not None:
+            self.spill.close()
+
+
+def _ok_ids(ok: pl.DataFrame, spill: Spill | None) -> pl.Series:
+    if spill is None:
+        return ok["custom_id"].unique()
+    return spill.lazy().select(pl.col("custom_id").unique()).collect().to_series()
 
 
 def _failed_rows(
@@ -218,7 +272,7 @@ def record_outcome(
     ``embedding`` column, also of an attempt without a single success; the shard's
     model fills ``model`` where a response names none.
     """
-    from batchframe._parse import each_piece, parse_output_file
+    from batchframe._parse import each_piece
     from batchframe._results import parse_errors, parse_output
 
     attempts = record.attempt + 1
@@ -265,11 +319,13 @@ def record_outcome(
         )
         return Outcome(parse(b"")[0], failed)
     fails: list[pl.DataFrame] = []
+    id_frame = pl.DataFrame({"custom_id": ids}, schema={"custom_id": pl.String})
+    known = id_frame["custom_id"]
+    spill: Spill | None = None
+    foreign = 0
     if record.output_path is not None:
-        output = record.output_path
-        # One DuckDB statement over the file's pieces (see `parse_output_file`).
-        ok, bad = parse_output_file(lambda: read_chunks(storage, output), **kw)
-        fails.append(bad)
+        ok, spill, bad, foreign = _read_output(storage, record.output_path, kw, known)
+        fails.extend(bad)
     else:
         ok = parse(b"")[0]
     if record.error_path is not None:
@@ -281,17 +337,17 @@ def record_outcome(
                 ),
             )
         )
-    id_frame = pl.DataFrame({"custom_id": ids}, schema={"custom_id": pl.String})
-    known = id_frame["custom_id"]
-    foreign_ok = ok.filter(~pl.col("custom_id").is_in(known.implode()))
-    if foreign_ok.height:
+    if spill is None:
+        foreign = ok.select((~pl.col("custom_id").is_in(known.implode())).sum()).item()
+        if foreign:
+            ok = ok.filter(pl.col("custom_id").is_in(known.implode()))
+    if foreign:
         _log.warning(
             "batch %s returned %d line(s) for custom_ids not in its input; ignored",
             batch_id,
-            foreign_ok.height,
+            foreign,
         )
-        ok = ok.filter(pl.col("custom_id").is_in(known.implode()))
-    ok_ids = ok["custom_id"].unique()
+    ok_ids = _ok_ids(ok, spill)
     if fails:
         failed = pl.concat(fails, how="vertical_relaxed")
         failed = failed.filter(
@@ -329,4 +385,76 @@ def record_outcome(
             ],
             how="vertical_relaxed",
         )
-    return Outcome(ok, failed)
+    return Outcome(ok, failed, spill)
+
+
+def _read_output(
+    storage: Storage, rel: str, kw: dict[str, Any], known: pl.Series
+) -> tuple[pl.DataFrame, Spill | None, list[pl.DataFrame], int]:
+    """The ok rows, their spill (a big file), failed rows and foreign lines of file ``rel``.
+
+    A file of one window (``_spill.WINDOW_BYTES``) goes through one DuckDB statement
+    (``parse_output_file``) and its ok rows are returned as a frame, as parsed. A
+    bigger one is parsed window by window; the ok rows of each are kept to the shard's
+    ids (``known``; the others are counted as foreign), once per key (the first, as
+    ``finalize_outcome`` keeps), and spilled; the frame is then empty. Embeddings take
+    the first window's vector width.
+    """
+    from batchframe._parse import at_line, parse_output_file
+    from batchframe._schemas import ok_key
+    from batchframe._spill import Spill, spill_folders, windows
+
+    key = ok_key(kw["endpoint"])
+    first: pl.DataFrame | None = None
+    spill: Spill | None = None
+    fails: list[pl.DataFrame] = []
+    seen: pl.DataFrame | None = None
+    foreign = 0
+
+    def reread(start: int, stop: int) -> Iterator[bytes]:
+        return read_chunks(storage, rel, start=start, stop=stop)
+
+    for w in windows(read_chunks(storage, rel), reread):
+        if first is not None:  # a second window: the first one's rows are spilled first
+            spill = Spill(spill_folders(storage, rel))
+            seen, foreign = _spill_rows(spill, first, known, key, None)
+            first = None
+        ok, bad = at_line(w.first_line, functools.partial(parse_output_file, w.pieces, **kw))
+        fails.append(bad)
+        dtype = ok.schema.get("embedding")
+        if kw["embedding_dim"] is None and isinstance(dtype, pl.Array):
+            kw = {**kw, "embedding_dim": dtype.size}
+        if spill is None:
+            first = ok  # held while the file may be one window
+        else:
+            seen, n = _spill_rows(spill, ok, known, key, seen)
+            foreign += n
+        del ok
+    if spill is not None:
+        return pl.DataFrame(schema=spill.schema), spill, fails, foreign
+    if first is None:  # an empty file
+        from batchframe._results import parse_output
+
+        first = parse_output(b"", **kw)[0]
+    return first, None, fails, 0
+
+
+def _spill_rows(
+    spill: Spill, ok: pl.DataFrame, known: pl.Series, key: list[str], seen: pl.DataFrame | None
+) -> tuple[pl.DataFrame, int]:
+    """Spill the rows of ``ok`` of the shard's ids whose key is not in ``seen``.
+
+    Returns the keys seen so far and the number of foreign rows left out.
+    """
+    mine = pl.col("custom_id").is_in(known.implode())
+    foreign = int(ok.select((~mine).sum()).item())
+    if foreign:
+        ok = ok.filter(mine)
+    if ok.select(pl.struct(key).is_duplicated().any()).item():
+        ok = ok.unique(subset=key, keep="first", maintain_order=True)
+    if seen is not None and ok.height:
+        before = seen.select(pl.struct(key)).to_series()
+        ok = ok.filter(~pl.struct(key).is_in(before.implode()))
+    spill.add(ok)
+    keys = ok.select(key)
+    return (keys if seen is None else pl.concat([seen, keys])), foreign

@@ -1,0 +1,218 @@
+"""The ok rows of a big output file: parsed a window at a time and spilled to Parquet.
+
+The API bounds a shard's input (200 MB, 50,000 requests), not its output: 50,000
+answers of 16 KB are ~800 MB of JSON, 50,000 vectors of 3,072 floats ~1.7 GB (614 MB
+as float32). Parsing holds ~1.3 MB per MB of output, so a settlement that held a whole
+file's rows would grow with the answers.
+
+An output file up to :data:`WINDOW_BYTES` is parsed in one call and its ok rows are
+held in memory, as they always were (a shard of short chat answers is ~35 MB). A bigger
+file is parsed one window of whole lines at a time (:func:`windows`); each window's ok
+rows go to a local Parquet file of a :class:`Spill` and are dropped, so a settlement
+holds one window's rows, however long the answers. Publishing streams the spill into
+the published file (``sink_parquet``), and the spill's files are removed once the
+attempt is settled.
+
+Spill files go beside the output file (``outputs/`` of a local root), or to the
+system's temporary directory (``batchframe-spill/``) for a remote root or one that
+cannot be written. They are named like every temporary file of the job
+(``.tmp-<host>.<pid>-...``): a crash leaves them to
+:func:`batchframe._publish.clean_temps`, or to the next spill made in the same folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import polars as pl
+
+from batchframe._storage import Storage, temp_name
+
+__all__ = ["WINDOW_BYTES", "Spill", "Window", "spill_folders", "windows"]
+
+_log = logging.getLogger("batchframe")
+
+#: Output files are parsed at most this many bytes at a time (whole lines); ok rows of
+#: a file with more than one window are spilled to Parquet.
+WINDOW_BYTES = 64 << 20
+#: Spill files are written fast: ok rows are read back once, to be published.
+_COMPRESSION: Final = "lz4"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Consecutive whole lines of a file: from line ``first_line``, ``pieces()`` each time."""
+
+    first_line: int
+    pieces: Callable[[], Iterable[bytes]]
+
+
+class _Cursor:
+    """The pieces of one window, read once from the file's shared stream, then by range."""
+
+    def __init__(
+        self,
+        first: bytes,
+        stream: Iterator[bytes],
+        budget: int,
+        reread: Callable[[int, int], Iterable[bytes]],
+        start: int,
+    ) -> None:
+        self._first: bytes | None = first
+        self._stream = stream
+        self._budget = budget
+        self._reread = reread
+        self.start = start
+        self.nbytes = 0
+        self.lines = 0
+        self.done = False
+        self._started = False
+
+    def _take(self) -> Iterator[bytes]:
+        while not self.done:
+            if self._first is not None:
+                piece, self._first = self._first, None
+            else:
+                nxt = next(self._stream, None)
+                if nxt is None:
+                    self.done = True
+                    return
+                piece = nxt
+            self.nbytes += len(piece)
+            self.lines += piece.count(b"\n")
+            if self.nbytes >= self._budget:
+                self.done = True
+            yield piece
+
+    def pieces(self) -> Iterable[bytes]:
+        if not self._started:
+            self._started = True
+            return self._take()
+        self.drain()
+        return self._reread(self.start, self.start + self.nbytes)
+
+    def drain(self) -> None:
+        """Read the rest of the window from the stream (a parse that stopped early)."""
+        for _ in self._take():
+            pass
+
+
+def windows(
+    stream: Iterator[bytes],
+    reread: Callable[[int, int], Iterable[bytes]],
+    *,
+    size: int | None = None,
+) -> Iterator[Window]:
+    """The windows of a file given as consecutive pieces of whole lines (``stream``).
+
+    Each window holds whole pieces, at least ``size`` bytes of them (the last one
+    fewer), and is read from ``stream`` as it is parsed: a window is never held whole
+    unless its parser holds it. Reading a window a second time (the lines of failed
+    rows, a file parsed piece by piece) reads its bytes again with ``reread(start,
+    stop)``. A window that is not consumed whole by its consumer is read to its end
+    before the next one starts.
+    """
+    budget = size or WINDOW_BYTES
+    start = 0
+    first_line = 1
+    while True:
+        first = next(stream, None)
+        if first is None:
+            return
+        cursor = _Cursor(first, stream, budget, reread, start)
+        yield Window(first_line, cursor.pieces)
+        cursor.drain()
+        start += cursor.nbytes
+        first_line += cursor.lines
+
+
+def spill_folders(storage: Storage, rel: str) -> list[str]:
+    """Where the spill of output file ``rel`` may go, in order (see the module doc)."""
+    from batchframe._publish import is_local
+
+    fallback = os.path.join(tempfile.gettempdir(), "batchframe-spill")
+    if is_local(storage):
+        return [os.path.dirname(storage.path(rel)), fallback]
+    return [fallback]
+
+
+class Spill:
+    """Ok rows written to local Parquet files, one per window, read back lazily.
+
+    Rows are added in file order (:meth:`add`); :meth:`lazy` scans them all, in that
+    order. The files are removed by :meth:`close`, or when the object is collected.
+    """
+
+    def __init__(self, folders: list[str]) -> None:
+        self._folders = folders
+        self.files: list[str] = []
+        self.schema: pl.Schema | None = None
+        self.rows = 0
+        self.nbytes = 0.0
+        self._finalizer = weakref.finalize(self, _remove, self.files)
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """Write ``frame`` (the next rows) to a new file; empty frames only set the schema.
+
+        The first folder that takes a file is kept (a root that cannot be written
+        leaves the spill to the temporary directory).
+        """
+        if self.schema is None:
+            self.schema = frame.schema
+        if not frame.height:
+            return
+        name = temp_name(f"spill-{len(self.files):05d}.parquet")
+        while True:
+            folder = self._folders[0]
+            path = os.path.join(folder, name)
+            try:
+                if not self.files:
+                    _prepare(folder)
+                frame.write_parquet(path, compression=_COMPRESSION, statistics=False)
+                break
+            except OSError:
+                if len(self._folders) == 1 or self.files:
+                    raise
+                _log.debug("cannot spill into %s; trying %s", folder, self._folders[1])
+                self._folders = self._folders[1:]
+        self.files.append(path)
+        self.rows += frame.height
+        self.nbytes += frame.estimated_size()
+
+    def lazy(self) -> pl.LazyFrame:
+        """All rows, in the order they were added."""
+        if not self.files:
+            return pl.LazyFrame(schema=self.schema)
+        return pl.scan_parquet(list(self.files))
+
+    def bytes_per_row(self) -> float:
+        """Average in-memory size of a row (for sizing row groups)."""
+        return self.nbytes / max(self.rows, 1)
+
+    def close(self) -> None:
+        """Remove the files (idempotent)."""
+        self._finalizer()
+
+
+def _prepare(folder: str) -> None:
+    """Create ``folder``; remove spill files crashed drivers left in it."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    Storage(folder).remove_stale_temps([""])
+
+
+def _remove(files: list[str]) -> None:
+    for path in files:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:  # pragma: no cover - best effort
+            _log.debug("could not remove spill file %s", path, exc_info=True)
+    files.clear()
