@@ -164,18 +164,25 @@ class Spill:
         The first folder that takes a file is kept (a root that cannot be written
         leaves the spill to the temporary directory).
         """
+        from batchframe._publish import row_group_rows
+
         if self.schema is None:
             self.schema = frame.schema
         if not frame.height:
             return
         name = temp_name(f"spill-{len(self.files):05d}.parquet")
+        # Row groups of ~8 MB: the writer holds a group's pages until it is done (one
+        # group of a 64 MB window of long answers cost ~240 MB more, ~8 MB groups ~70).
+        group = row_group_rows(frame)
         while True:
             folder = self._folders[0]
             path = os.path.join(folder, name)
             try:
                 if not self.files:
                     _prepare(folder)
-                frame.write_parquet(path, compression=_COMPRESSION, statistics=False)
+                frame.write_parquet(
+                    path, compression=_COMPRESSION, statistics=False, row_group_size=group
+                )
                 break
             except OSError:
                 if len(self._folders) == 1 or self.files:

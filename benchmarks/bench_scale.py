@@ -5,6 +5,7 @@
     python benchmarks/bench_scale.py --part results                     # 0.1M, 0.4M, 1.6M rows
     python benchmarks/bench_scale.py --part results --sizes 100000,400000
     python benchmarks/bench_scale.py --part results --sizes 6000,24000 --answer-bytes 8000
+    python benchmarks/bench_scale.py --part results --sizes 2500,40000 --embedding-dims 3072
 
 Build half (``build_case``): per size, a child process writes a Parquet file of ``n``
 chat rows (bench_build.py's prompts, 100k-row row groups); another child runs
@@ -76,16 +77,27 @@ def _peak_mb() -> float:
 
 
 # -- results half ------------------------------------------------------------------------
-def _setup(n: int, root: str, answer_bytes: int = 0) -> None:
+def _setup(n: int, root: str, answer_bytes: int = 0, embedding_dims: int = 0) -> None:
     """Child process: build ``n`` chat requests and create the job at ``root``.
 
     ``answer_bytes``: 0 for short answers (5 tokens); else prompts of about that many
     bytes and no ``max_tokens``, which the echo executor answers with the prompt itself.
+    ``embedding_dims``: embeddings requests instead, one input each, vectors of that
+    many floats (~11 bytes each in the output file).
     """
     import polars as pl
 
     import batchframe as bf
 
+    if embedding_dims:
+        df = pl.DataFrame({"id": [f"r{i}" for i in range(n)]})
+        df = df.with_columns(text=pl.format("Review {}: it works.", pl.col("id")))
+        body = bf.embeddings_body(
+            "text-embedding-3-large", input=pl.col("text"), dimensions=embedding_dims
+        )
+        requests = bf.build_requests(df, endpoint="/v1/embeddings", body=body, custom_id="id")
+        bf.BatchJob.create(requests, root, client=None).close()
+        return
     if answer_bytes:
         filler = "lorem ipsum dolor " * max(1, answer_bytes // 18)
         text = pl.format("Review {}: ", pl.col("id")) + pl.lit(filler)
@@ -176,7 +188,9 @@ def _child(*args: str) -> str:
     return out.stdout
 
 
-def results_case(n: int, base_url: str, workdir: Path, answer_bytes: int = 0) -> dict[str, Any]:
+def results_case(
+    n: int, base_url: str, workdir: Path, answer_bytes: int = 0, embedding_dims: int = 0
+) -> dict[str, Any]:
     """One size of the results half: setup, then a driver doing wait() + to_duckdb."""
     import duckdb
 
@@ -185,7 +199,7 @@ def results_case(n: int, base_url: str, workdir: Path, answer_bytes: int = 0) ->
     shutil.rmtree(root, ignore_errors=True)
     database.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    _child("--_setup", str(n), str(root), str(answer_bytes))
+    _child("--_setup", str(n), str(root), str(answer_bytes), str(embedding_dims))
     t_setup = time.perf_counter() - t0
     lines = _child("--_drive", str(root), str(database), base_url).strip().splitlines()
     outputs = sum(p.stat().st_size for p in (root / "outputs").iterdir())
@@ -202,6 +216,7 @@ def results_case(n: int, base_url: str, workdir: Path, answer_bytes: int = 0) ->
         "part": "results",
         "rows": n,
         "answer_bytes": answer_bytes or None,
+        "embedding_dims": embedding_dims or None,
         "shards": shards,
         "output_mb": round(outputs / 1e6, 1),
         "setup_s": round(t_setup, 2),
@@ -261,14 +276,14 @@ def _summary(
     print(json.dumps(line), flush=True)
 
 
-def run_results(sizes: list[int], answer_bytes: int = 0) -> None:
+def run_results(sizes: list[int], answer_bytes: int = 0, embedding_dims: int = 0) -> None:
     """Every size of the results half against one ``batchframe serve`` process."""
     proc, base_url = _serve()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
             points, by_output = [], []
             for n in sizes:
-                case = results_case(n, base_url, Path(tmp), answer_bytes)
+                case = results_case(n, base_url, Path(tmp), answer_bytes, embedding_dims)
                 case["load"] = os.getloadavg()[0]
                 print(json.dumps(case), flush=True)
                 points.append((n, case["peak_mb"]))
@@ -387,7 +402,9 @@ def run_build(sizes: list[int], rounds: int) -> None:
 _CHILDREN: dict[str, Any] = {
     "--_make": lambda n, path: _make_input(int(n), path),
     "--_build": _build,
-    "--_setup": lambda n, root, answer_bytes="0": _setup(int(n), root, int(answer_bytes)),
+    "--_setup": lambda n, root, answer_bytes="0", dims="0": _setup(
+        int(n), root, int(answer_bytes), int(dims)
+    ),
     "--_drive": _drive,
 }
 
@@ -411,12 +428,19 @@ def main() -> None:
         help="results: answers of about this many bytes (default: 5 tokens); shows how a "
         "shard's output size moves the driver's peak",
     )
+    parser.add_argument(
+        "--embedding-dims",
+        type=int,
+        default=0,
+        help="results: an embeddings job instead, vectors of this many floats "
+        "(3072: a shard's output is ~35 KB a row)",
+    )
     args = parser.parse_args()
     default = BUILD_SIZES if args.part == "build" else DEFAULT_SIZES
     spec = args.sizes or ",".join(str(n) for n in default)
     sizes = [int(s.replace("_", "")) for s in spec.split(",")]
     if args.part == "results":
-        run_results(sizes, args.answer_bytes)
+        run_results(sizes, args.answer_bytes, args.embedding_dims)
     else:
         run_build(sizes, max(1, args.rounds))
 

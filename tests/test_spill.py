@@ -1,0 +1,306 @@
+"""Big output files: parsed a window at a time, their ok rows spilled to Parquet.
+
+A shard's output is not bounded by the API (long answers, wide vectors), so a file
+bigger than ``_spill.WINDOW_BYTES`` is parsed window by window and its ok rows written
+to local Parquet files, which publishing streams into ``results/ok``. Here the windows
+are made a few KB, so that every output file of a small job is spilled, and the rows
+must be the ones a single parse gives, on every path that publishes: the job's
+settlement, a reader rebuilding the dataset, and a mirror for a root that cannot be
+written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from polars.testing import assert_frame_equal
+
+import batchframe as bf
+from batchframe import _retry, _spill
+from batchframe._manifest import ShardAttempt
+from batchframe._publish import finalize_outcome
+from batchframe._retry import record_outcome
+from batchframe._storage import Storage
+from batchframe.exceptions import ResultsError
+
+POLL = 0.02
+
+
+@pytest.fixture
+def small_windows(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Windows of 3 KB read in 700-byte pieces: every output file here is spilled."""
+    monkeypatch.setattr(_spill, "WINDOW_BYTES", 3000)
+    monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 700)
+    yield
+
+
+def _spill_files(root: Path) -> list[str]:
+    folders = [root / "outputs", Path(tempfile.gettempdir()) / "batchframe-spill"]
+    return [
+        str(p)
+        for folder in folders
+        if folder.is_dir()
+        for p in folder.iterdir()
+        if p.name.startswith(".tmp-") and f".{os.getpid()}-" in p.name
+    ]
+
+
+def _frame(n: int) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"id": [f"r{i:04d}" for i in range(n)], "text": [f"text number {i}" for i in range(n)]}
+    )
+
+
+def _requests(endpoint: str, n: int) -> bf.Requests:
+    if endpoint == "/v1/embeddings":
+        frame = _frame(n).with_columns(inputs=pl.concat_list("text", pl.lit("and another")))
+        body = bf.embeddings_body("text-embedding-3-small", input=pl.col("inputs"))
+    else:
+        frame = _frame(n)
+        body = bf.chat_body("gpt-4o-mini", user=pl.col("text"), max_tokens=40)
+    return bf.build_requests(frame, endpoint=endpoint, body=body, custom_id="id")
+
+
+def _same(a: bf.BatchResults, b: bf.BatchResults) -> None:
+    assert_frame_equal(a.ok, b.ok)
+    assert_frame_equal(a.failed, b.failed)
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/embeddings"])
+def test_spilled_job_publishes_what_one_parse_gives(
+    tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "job"
+    monkeypatch.setattr(_spill, "WINDOW_BYTES", 3000)
+    monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 700)
+    with bf.LocalBatchServer(failure_rate=0.3, seed=7) as server:
+        create: dict[str, Any] = {"limits": bf.BatchLimits(max_requests=40), "max_attempts": 2}
+        with bf.BatchJob.create(
+            _requests(endpoint, 120), str(root), client=server.client(), **create
+        ) as job:
+            job.wait(poll_interval=POLL, progress=False)
+            spilled = job.collect()
+    sizes = [p.stat().st_size for p in (root / "outputs").glob("*.jsonl")]
+    assert max(sizes) > 3 * 3000  # the files really were parsed in several windows
+    assert spilled.ok.height and spilled.failed.height  # retries, and rows that stayed failed
+    if endpoint == "/v1/embeddings":
+        assert spilled.ok.schema["embedding"] == pl.Array(pl.Float32, 1536)
+        assert spilled.ok.height == 2 * spilled.ok["custom_id"].n_unique()  # one per vector
+    assert not _spill_files(root)  # the settlement removed its spill files
+
+    # The same files parsed in one window each: a reader rebuilds the dataset.
+    monkeypatch.setattr(_spill, "WINDOW_BYTES", 64 << 20)
+    monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 4 << 20)
+    shutil.rmtree(root / "results")
+    _same(bf.read_results(str(root)), spilled)
+
+    # A reader rebuilding with windows again, and a root it cannot publish to (mirror).
+    monkeypatch.setattr(_spill, "WINDOW_BYTES", 3000)
+    monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 700)
+    shutil.rmtree(root / "results")
+    _same(bf.read_results(str(root)), spilled)
+    shutil.rmtree(root / "results")
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError("read-only")
+
+    from batchframe import _publish, _read
+
+    monkeypatch.setattr(_publish, "publish_outcome", refuse)
+    mirror = tmp_path / "mirror"
+    monkeypatch.setattr(_read, "_mirror_dir", lambda job_id: mirror)
+    _same(bf.read_results(str(root)), spilled)
+    assert list(mirror.glob("*.ok.parquet"))
+    assert not (root / "results" / "ok").exists()
+    assert not _spill_files(root)
+
+
+# -- one attempt's files, parsed in windows of every size --------------------------------
+
+
+def _ok_line(cid: str, answer: str, status: int = 200) -> bytes:
+    body: dict[str, Any] = {
+        "id": "c",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": len(answer), "total_tokens": 9},
+    }
+    if status >= 400:
+        body = {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}}
+    line = {
+        "id": "br",
+        "custom_id": cid,
+        "response": {"status_code": status, "request_id": f"req-{cid}", "body": body},
+        "error": None,
+    }
+    return orjson.dumps(line) + b"\n"
+
+
+def _input_line(cid: str) -> bytes:
+    body = {"model": "m", "messages": [{"role": "user", "content": cid}]}
+    line = {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
+    return orjson.dumps(line) + b"\n"
+
+
+def _attempt(folder: str, ids: list[str], output: bytes) -> tuple[Storage, ShardAttempt]:
+    storage = Storage(folder)
+    storage.write_bytes("shards/00000.jsonl", b"".join(_input_line(i) for i in ids))
+    storage.write_bytes("outputs/00000.a0.jsonl", output)
+    r = ShardAttempt(shard=0, attempt=0, path="shards/00000.jsonl", sha256="x", n_requests=len(ids))
+    r.status = "completed"
+    r.batch_id = "batch_1"
+    r.output_path = "outputs/00000.a0.jsonl"
+    return storage, r
+
+
+_LINE = st.tuples(
+    st.integers(0, 29),  # which id (repeats are duplicate lines; 25-29 are foreign)
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60),
+    st.sampled_from([200, 200, 200, 500]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(_LINE, max_size=60),
+    window=st.integers(1, 4000),
+    piece=st.integers(1, 2000),
+)
+def test_windows_give_the_rows_of_one_parse(
+    lines: list[tuple[int, str, int]], window: int, piece: int
+) -> None:
+    """Duplicate lines (the first kept), foreign ids and failures, split anywhere."""
+    ids = [f"id-{i}" for i in range(25)]
+    output = b"".join(_ok_line(f"id-{i}", answer, status) for i, answer, status in lines)
+    with tempfile.TemporaryDirectory() as folder:
+        storage, r = _attempt(folder, ids, output)
+        kw: dict[str, Any] = {"endpoint": "/v1/chat/completions", "json_schema": None}
+        whole = finalize_outcome(record_outcome(storage, r, **kw), [], endpoint=kw["endpoint"])
+        assert whole.spill is None
+        old = (_spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES)
+        _spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES = window, piece
+        try:
+            parts = record_outcome(storage, r, **kw)
+        finally:
+            _spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES = old
+        parts = finalize_outcome(parts, [], endpoint=kw["endpoint"])
+        expected = whole.ok
+        assert_frame_equal(parts.ok, expected)
+        assert_frame_equal(parts.failed, whole.failed)
+        assert parts.n_ok == expected.height
+        assert sorted(parts.ok_ids()) == sorted(expected["custom_id"])
+        assert parts.ok_schema == whole.ok.schema
+        files = list(parts.spill.files) if parts.spill is not None else []
+        assert all(os.path.exists(f) for f in files)
+        parts.release()
+        assert not any(os.path.exists(f) for f in files)
+
+
+def test_a_damaged_line_in_a_later_window_is_named_by_its_line_in_the_file(
+    tmp_path: Path, small_windows: None
+) -> None:
+    ids = [f"id-{i}" for i in range(40)]
+    lines = [_ok_line(i, "fine") for i in ids]
+    lines[33] = b'{"id": "br", "custom_id": "id-33", "response": {\n'  # cut off
+    storage, r = _attempt(str(tmp_path), ids, b"".join(lines))
+    with pytest.raises(ResultsError, match=r"^line 34 "):
+        record_outcome(storage, r, endpoint="/v1/chat/completions", json_schema=None)
+    assert not _spill_files(tmp_path)  # the spill of the windows before is removed
+
+
+def test_a_folder_that_cannot_take_the_spill_is_passed_over(tmp_path: Path) -> None:
+    """The spill goes to the next folder (the temporary directory) when one refuses it."""
+    (tmp_path / "a-file").write_bytes(b"")
+    refused, fallback = str(tmp_path / "a-file" / "outputs"), str(tmp_path / "spill")
+    spill = _spill.Spill([refused, fallback])
+    spill.add(
+        pl.DataFrame({"custom_id": [], "x": []}, schema={"custom_id": pl.String, "x": pl.Int64})
+    )
+    assert spill.files == [] and spill.schema is not None  # an empty frame: no file
+    for start in (0, 3):
+        spill.add(
+            pl.DataFrame(
+                {"custom_id": [f"r{i}" for i in range(start, start + 3)], "x": [start] * 3}
+            )
+        )
+    assert [os.path.dirname(f) for f in spill.files] == [fallback, fallback]
+    assert spill.rows == 6
+    assert spill.lazy().collect()["custom_id"].to_list() == [f"r{i}" for i in range(6)]
+    files = list(spill.files)
+    del spill  # collected: its files go with it
+    assert not any(os.path.exists(f) for f in files)
+    with pytest.raises(OSError):
+        _spill.Spill([refused]).add(pl.DataFrame({"x": [1]}))
+
+
+_CRASHING_DRIVER = """
+import os, signal, sys
+import polars as pl
+import batchframe as bf
+from batchframe import _api, _retry, _spill
+
+base_url, root = sys.argv[1:3]
+_spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES = 3000, 700
+add = _spill.Spill.add
+calls = [0]
+
+def add_then_die(self, frame):
+    add(self, frame)
+    calls[0] += 1
+    if calls[0] == 3:  # spill files on disk, the attempt not settled
+        os.kill(os.getpid(), signal.SIGKILL)
+
+_spill.Spill.add = add_then_die
+df = pl.DataFrame({"id": [f"r{i:04d}" for i in range(60)]})
+df = df.with_columns(text=pl.format("text number {}", pl.col("id")))
+req = bf.build_requests(
+    df, endpoint="/v1/chat/completions", custom_id="id",
+    body=bf.chat_body("gpt-4o-mini", user=pl.col("text"), max_tokens=40),
+)
+client = _api.make_client(base_url, api_key="x")
+with bf.BatchJob.create(req, root, client=client, limits=bf.BatchLimits(max_requests=30)) as job:
+    job.wait(poll_interval=0.02, progress=False)
+"""
+
+
+def test_a_driver_killed_while_spilling_resumes_without_a_second_batch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "job"
+    script = tmp_path / "driver.py"
+    script.write_text(_CRASHING_DRIVER)
+    with bf.LocalBatchServer() as server:
+        proc = subprocess.run(
+            [sys.executable, str(script), server.base_url, str(root)],
+            capture_output=True,
+            timeout=120,
+        )
+        assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+        left = [p for p in (root / "outputs").iterdir() if p.name.startswith(".tmp-")]
+        assert any("spill" in p.name for p in left)  # the dead driver's spill files
+        n_batches = len(server.batches_created())
+        with bf.BatchJob.open(str(root), client=server.client()) as job:  # default windows
+            job.wait(poll_interval=POLL, progress=False)
+            results = job.collect()
+        assert len(server.batches_created()) == n_batches  # nothing submitted again
+    assert sorted(results.ok["custom_id"]) == [f"r{i:04d}" for i in range(60)]
+    assert not [p for p in (root / "outputs").iterdir() if p.name.startswith(".tmp-")]
+    shutil.rmtree(root / "results")
+    _same(bf.read_results(str(root)), results)
