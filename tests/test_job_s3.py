@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -480,6 +482,38 @@ def test_remote_results_read_in_place_by_polars_and_duckdb(
     assert ds.urls[0].startswith("s3://jobs/read-in-place/results/ok/")
     table = pq.ParquetDataset(ds.paths, filesystem=ds.filesystem).read()
     assert pl.from_arrow(table).sort("custom_id").equals(results.ok.sort("custom_id"))  # type: ignore[union-attr]
+
+
+def test_big_output_files_spilled_and_published_on_s3(
+    s3: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output files parsed in windows: the spill is local, the published file streams to S3."""
+    import s3fs
+
+    from batchframe import _retry, _spill
+
+    monkeypatch.setattr(_spill, "WINDOW_BYTES", 3000)
+    monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 700)
+    spill_dir = Path(tempfile.gettempdir()) / "batchframe-spill"
+    df = pl.DataFrame({"id": [f"r{i}" for i in range(60)], "text": [f"t {i}" for i in range(60)]})
+    root = "s3://jobs/spilled"
+    with bf.LocalBatchServer(failure_rate=0.1, seed=5) as server:
+        spilled = bf.run(
+            df, root, endpoint="/v1/chat/completions",
+            body=bf.chat_body("gpt-4o-mini", user=pl.col("text")), custom_id="id",
+            client=server.client(), storage_options=s3,
+            limits=bf.BatchLimits(max_requests=30), poll_interval=0.02, max_attempts=1,
+        )  # fmt: skip
+    assert spilled.ok.height + spilled.failed.height == 60 and spilled.ok.height
+    mine = f".{os.getpid()}-"
+    assert not [p for p in spill_dir.glob(".tmp-*") if mine in p.name]  # removed once published
+    # The same output files parsed whole, by a reader publishing again.
+    monkeypatch.setattr(_spill, "WINDOW_BYTES", 64 << 20)
+    monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 4 << 20)
+    fs = s3fs.S3FileSystem(**s3)
+    fs.rm("jobs/spilled/results", recursive=True)
+    again = bf.read_results(root, storage_options=s3)
+    assert again.ok.equals(spilled.ok) and again.failed.equals(spilled.failed)
 
 
 # -- the fence on S3: conditional manifest writes (batchframe._fence) -----------------------
