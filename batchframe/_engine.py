@@ -596,7 +596,7 @@ class JobEngine:
         Attempts are parsed ``SETTLE_WINDOW`` at a time (each output file in pieces of
         ``PARSE_CHUNK_BYTES``), so memory tracks one shard however many batches finished
         since the last poll; the ok rows of an output file bigger than
-        ``_spill.WINDOW_BYTES`` are spilled to local Parquet, a window at a time, so it
+        ``_spill.WHOLE_BYTES`` are spilled to local Parquet, a window at a time, so it
         does not grow with one shard's answers either.
         """
         ready = [r for r in self._m.records if self._ready(r)]

@@ -34,7 +34,14 @@ from batchframe._schemas import (
 )
 from batchframe.exceptions import ResultsError
 
-__all__ = ["at_line", "each_piece", "parse_errors", "parse_output", "parse_output_file"]
+__all__ = [
+    "at_line",
+    "each_piece",
+    "parse_errors",
+    "parse_output",
+    "parse_output_file",
+    "renumbered",
+]
 
 _T = TypeVar("_T")
 
@@ -185,12 +192,22 @@ def at_line(first_line: int, parse: Callable[[], _T]) -> _T:
     try:
         return parse()
     except ResultsError as exc:
-        msg = str(exc)
-        named = _LINE.match(msg)
-        if named is None or first_line == 1:
+        again = renumbered(exc, first_line)
+        if again is None:
             raise
-        msg = f"line {int(named[1]) + first_line - 1}{msg[named.end() :]}"
-        raise ResultsError(msg) from exc
+        raise again from exc
+
+
+def renumbered(exc: ResultsError, first_line: int) -> ResultsError | None:
+    """``exc`` naming the file's line number, for a part starting at ``first_line``.
+
+    ``None`` when ``exc`` names no line, or the part starts the file.
+    """
+    msg = str(exc)
+    named = _LINE.match(msg)
+    if named is None or first_line == 1:
+        return None
+    return ResultsError(f"line {int(named[1]) + first_line - 1}{msg[named.end() :]}")
 
 
 def _frames(

@@ -9,7 +9,6 @@ failures are retried is decided by their ``retryable`` flag (429, 5xx,
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -393,16 +392,20 @@ def _read_output(
 ) -> tuple[pl.DataFrame, Spill | None, list[pl.DataFrame], int]:
     """The ok rows, their spill (a big file), failed rows and foreign lines of file ``rel``.
 
-    A file of one window (``_spill.WINDOW_BYTES``) goes through one DuckDB statement
-    (``parse_output_file``) and its ok rows are returned as a frame, as parsed. A
-    bigger one is parsed window by window; the ok rows of each are kept to the shard's
-    ids (``known``; the others are counted as foreign), once per key (the first, as
-    ``finalize_outcome`` keeps), and spilled; the frame is then empty. Embeddings take
-    the first window's vector width.
+    A file up to ``_spill.WHOLE_BYTES`` goes through one DuckDB statement
+    (``parse_output_file``) and its ok rows are returned as a frame, as parsed (its
+    foreign rows are the caller's to drop). A bigger one is parsed window by window;
+    the ok rows of each are kept to the shard's ids (``known``; the others are counted
+    as foreign), once per key (the first, as ``finalize_outcome`` keeps), and spilled;
+    the frame is then empty. Embeddings take the first window's vector width.
     """
-    from batchframe._parse import at_line, parse_output_file
+    from batchframe._parse import parse_output_file, renumbered
     from batchframe._schemas import ok_key
-    from batchframe._spill import Spill, spill_folders, windows
+    from batchframe._spill import WHOLE_BYTES, Spill, spill_folders, windows
+
+    if storage.size(rel) <= WHOLE_BYTES:  # on S3 known from the download: no request
+        ok, bad = parse_output_file(lambda: read_chunks(storage, rel), **kw)
+        return ok, None, [bad], 0
 
     key = ok_key(kw["endpoint"])
     first: pl.DataFrame | None = None
@@ -414,22 +417,34 @@ def _read_output(
     def reread(start: int, stop: int) -> Iterator[bytes]:
         return read_chunks(storage, rel, start=start, stop=stop)
 
-    for w in windows(read_chunks(storage, rel), reread):
-        if first is not None:  # a second window: the first one's rows are spilled first
-            spill = Spill(spill_folders(storage, rel))
-            seen, foreign = _spill_rows(spill, first, known, key, None)
-            first = None
-        ok, bad = at_line(w.first_line, functools.partial(parse_output_file, w.pieces, **kw))
-        fails.append(bad)
-        dtype = ok.schema.get("embedding")
-        if kw["embedding_dim"] is None and isinstance(dtype, pl.Array):
-            kw = {**kw, "embedding_dim": dtype.size}
-        if spill is None:
-            first = ok  # held while the file may be one window
-        else:
-            seen, n = _spill_rows(spill, ok, known, key, seen)
-            foreign += n
-        del ok
+    try:
+        for w in windows(read_chunks(storage, rel), reread):
+            if first is not None:  # a second window: the first one's rows are spilled first
+                spill = Spill(spill_folders(storage, rel))
+                seen, foreign = _spill_rows(spill, first, known, key, None)
+                first = None
+            try:
+                ok, bad = parse_output_file(w.pieces, **kw)
+            except ResultsError as exc:  # name the line in the file, not in the window
+                lines = sum(p.count(b"\n") for p in read_chunks(storage, rel, stop=w.start))
+                again = renumbered(exc, lines + 1)
+                if again is None:
+                    raise
+                raise again from exc
+            fails.append(bad)
+            dtype = ok.schema.get("embedding")
+            if kw["embedding_dim"] is None and isinstance(dtype, pl.Array):
+                kw = {**kw, "embedding_dim": dtype.size}
+            if spill is None:
+                first = ok  # held while the file may be one window
+            else:
+                seen, n = _spill_rows(spill, ok, known, key, seen)
+                foreign += n
+            del ok
+    except BaseException:
+        if spill is not None:  # nothing of the attempt is kept: nor are its spill files
+            spill.close()
+        raise
     if spill is not None:
         return pl.DataFrame(schema=spill.schema), spill, fails, foreign
     if first is None:  # an empty file

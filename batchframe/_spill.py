@@ -5,13 +5,13 @@ answers of 16 KB are ~800 MB of JSON, 50,000 vectors of 3,072 floats ~1.7 GB (61
 as float32). Parsing holds ~1.3 MB per MB of output, so a settlement that held a whole
 file's rows would grow with the answers.
 
-An output file up to :data:`WINDOW_BYTES` is parsed in one call and its ok rows are
+An output file up to :data:`WHOLE_BYTES` is parsed in one call and its ok rows are
 held in memory, as they always were (a shard of short chat answers is ~35 MB). A bigger
-file is parsed one window of whole lines at a time (:func:`windows`); each window's ok
-rows go to a local Parquet file of a :class:`Spill` and are dropped, so a settlement
-holds one window's rows, however long the answers. Publishing streams the spill into
-the published file (``sink_parquet``), and the spill's files are removed once the
-attempt is settled.
+file is parsed one window of :data:`WINDOW_BYTES` of whole lines at a time
+(:func:`windows`); each window's ok rows go to a local Parquet file of a :class:`Spill`
+and are dropped, so a settlement holds one window's rows, however long the answers.
+Publishing streams the spill into the published file (``sink_parquet``), and the
+spill's files are removed once the attempt is published.
 
 Spill files go beside the output file (``outputs/`` of a local root), or to the
 system's temporary directory (``batchframe-spill/``) for a remote root or one that
@@ -35,22 +35,24 @@ import polars as pl
 
 from batchframe._storage import Storage, temp_name
 
-__all__ = ["WINDOW_BYTES", "Spill", "Window", "spill_folders", "windows"]
+__all__ = ["WHOLE_BYTES", "WINDOW_BYTES", "Spill", "Window", "spill_folders", "windows"]
 
 _log = logging.getLogger("batchframe")
 
-#: Output files are parsed at most this many bytes at a time (whole lines); ok rows of
-#: a file with more than one window are spilled to Parquet.
-WINDOW_BYTES = 64 << 20
+#: Output files up to this size are parsed in one call, their ok rows held in memory.
+WHOLE_BYTES = 64 << 20
+#: Bigger ones are parsed this many bytes at a time (whole lines), their ok rows
+#: spilled to Parquet. A window's parse costs ~2-4x its bytes at its peak.
+WINDOW_BYTES = 32 << 20
 #: Spill files are written fast: ok rows are read back once, to be published.
 _COMPRESSION: Final = "lz4"
 
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """Consecutive whole lines of a file: from line ``first_line``, ``pieces()`` each time."""
+    """Consecutive whole lines of a file, from byte ``start``: ``pieces()`` each time."""
 
-    first_line: int
+    start: int
     pieces: Callable[[], Iterable[bytes]]
 
 
@@ -71,7 +73,6 @@ class _Cursor:
         self._reread = reread
         self.start = start
         self.nbytes = 0
-        self.lines = 0
         self.done = False
         self._started = False
 
@@ -86,7 +87,6 @@ class _Cursor:
                     return
                 piece = nxt
             self.nbytes += len(piece)
-            self.lines += piece.count(b"\n")
             if self.nbytes >= self._budget:
                 self.done = True
             yield piece
@@ -121,16 +121,14 @@ def windows(
     """
     budget = size or WINDOW_BYTES
     start = 0
-    first_line = 1
     while True:
         first = next(stream, None)
         if first is None:
             return
         cursor = _Cursor(first, stream, budget, reread, start)
-        yield Window(first_line, cursor.pieces)
+        yield Window(start, cursor.pieces)
         cursor.drain()
         start += cursor.nbytes
-        first_line += cursor.lines
 
 
 def spill_folders(storage: Storage, rel: str) -> list[str]:

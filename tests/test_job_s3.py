@@ -492,6 +492,7 @@ def test_big_output_files_spilled_and_published_on_s3(
 
     from batchframe import _retry, _spill
 
+    monkeypatch.setattr(_spill, "WHOLE_BYTES", 3000)
     monkeypatch.setattr(_spill, "WINDOW_BYTES", 3000)
     monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 700)
     spill_dir = Path(tempfile.gettempdir()) / "batchframe-spill"
@@ -508,7 +509,7 @@ def test_big_output_files_spilled_and_published_on_s3(
     mine = f".{os.getpid()}-"
     assert not [p for p in spill_dir.glob(".tmp-*") if mine in p.name]  # removed once published
     # The same output files parsed whole, by a reader publishing again.
-    monkeypatch.setattr(_spill, "WINDOW_BYTES", 64 << 20)
+    monkeypatch.setattr(_spill, "WHOLE_BYTES", 64 << 20)
     monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 4 << 20)
     fs = s3fs.S3FileSystem(**s3)
     fs.rm("jobs/spilled/results", recursive=True)

@@ -1,7 +1,7 @@
 """Big output files: parsed a window at a time, their ok rows spilled to Parquet.
 
 A shard's output is not bounded by the API (long answers, wide vectors), so a file
-bigger than ``_spill.WINDOW_BYTES`` is parsed window by window and its ok rows written
+bigger than ``_spill.WHOLE_BYTES`` is parsed window by window and its ok rows written
 to local Parquet files, which publishing streams into ``results/ok``. Here the windows
 are made a few KB, so that every output file of a small job is spilled, and the rows
 must be the ones a single parse gives, on every path that publishes: the job's
@@ -38,6 +38,7 @@ POLL = 0.02
 @pytest.fixture
 def small_windows(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Windows of 3 KB read in 700-byte pieces: every output file here is spilled."""
+    monkeypatch.setattr(_spill, "WHOLE_BYTES", 3000)
     monkeypatch.setattr(_spill, "WINDOW_BYTES", 3000)
     monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 700)
     yield
@@ -80,6 +81,7 @@ def test_spilled_job_publishes_what_one_parse_gives(
     tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "job"
+    monkeypatch.setattr(_spill, "WHOLE_BYTES", 3000)
     monkeypatch.setattr(_spill, "WINDOW_BYTES", 3000)
     monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 700)
     with bf.LocalBatchServer(failure_rate=0.3, seed=7) as server:
@@ -98,12 +100,13 @@ def test_spilled_job_publishes_what_one_parse_gives(
     assert not _spill_files(root)  # the settlement removed its spill files
 
     # The same files parsed in one window each: a reader rebuilds the dataset.
-    monkeypatch.setattr(_spill, "WINDOW_BYTES", 64 << 20)
+    monkeypatch.setattr(_spill, "WHOLE_BYTES", 64 << 20)
     monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 4 << 20)
     shutil.rmtree(root / "results")
     _same(bf.read_results(str(root)), spilled)
 
     # A reader rebuilding with windows again, and a root it cannot publish to (mirror).
+    monkeypatch.setattr(_spill, "WHOLE_BYTES", 3000)
     monkeypatch.setattr(_spill, "WINDOW_BYTES", 3000)
     monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 700)
     shutil.rmtree(root / "results")
@@ -193,12 +196,12 @@ def test_windows_give_the_rows_of_one_parse(
         kw: dict[str, Any] = {"endpoint": "/v1/chat/completions", "json_schema": None}
         whole = finalize_outcome(record_outcome(storage, r, **kw), [], endpoint=kw["endpoint"])
         assert whole.spill is None
-        old = (_spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES)
-        _spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES = window, piece
+        old = (_spill.WHOLE_BYTES, _spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES)
+        _spill.WHOLE_BYTES, _spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES = window, window, piece
         try:
             parts = record_outcome(storage, r, **kw)
         finally:
-            _spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES = old
+            _spill.WHOLE_BYTES, _spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES = old
         parts = finalize_outcome(parts, [], endpoint=kw["endpoint"])
         expected = whole.ok
         assert_frame_equal(parts.ok, expected)
@@ -256,7 +259,8 @@ import batchframe as bf
 from batchframe import _api, _retry, _spill
 
 base_url, root = sys.argv[1:3]
-_spill.WINDOW_BYTES, _retry.PARSE_CHUNK_BYTES = 3000, 700
+_spill.WHOLE_BYTES = _spill.WINDOW_BYTES = 3000
+_retry.PARSE_CHUNK_BYTES = 700
 add = _spill.Spill.add
 calls = [0]
 
