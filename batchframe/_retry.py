@@ -178,8 +178,8 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
 class Outcome:
     """The rows of one shard attempt: ok and ``failed`` rows (every input id once).
 
-    The ok rows are ``ok_frame``, or, for an output file bigger than one parse window,
-    in ``spill`` (local Parquet files, ``ok_frame`` then empty). :attr:`ok` gives them
+    The ok rows are ``ok_frame``, or, for an output file bigger than
+    ``_spill.WHOLE_BYTES``, in ``spill`` (local Parquet files, ``ok_frame`` then empty). :attr:`ok` gives them
     as one frame either way; :meth:`ok_rows`, :attr:`n_ok` and :attr:`ok_schema` read
     no spilled row into memory.
     """
@@ -273,6 +273,7 @@ def record_outcome(
     """
     from batchframe._parse import each_piece
     from batchframe._results import parse_errors, parse_output
+    from batchframe._spill import read_output_file
 
     attempts = record.attempt + 1
     batch_id = record.batch_id
@@ -323,7 +324,7 @@ def record_outcome(
     spill: Spill | None = None
     foreign = 0
     if record.output_path is not None:
-        ok, spill, bad, foreign = _read_output(storage, record.output_path, kw, known)
+        ok, spill, bad, foreign = read_output_file(storage, record.output_path, kw, known)
         fails.extend(bad)
     else:
         ok = parse(b"")[0]
@@ -385,93 +386,3 @@ def record_outcome(
             how="vertical_relaxed",
         )
     return Outcome(ok, failed, spill)
-
-
-def _read_output(
-    storage: Storage, rel: str, kw: dict[str, Any], known: pl.Series
-) -> tuple[pl.DataFrame, Spill | None, list[pl.DataFrame], int]:
-    """The ok rows, their spill (a big file), failed rows and foreign lines of file ``rel``.
-
-    A file up to ``_spill.WHOLE_BYTES`` goes through one DuckDB statement
-    (``parse_output_file``) and its ok rows are returned as a frame, as parsed (its
-    foreign rows are the caller's to drop). A bigger one is parsed window by window;
-    the ok rows of each are kept to the shard's ids (``known``; the others are counted
-    as foreign), once per key (the first, as ``finalize_outcome`` keeps), and spilled;
-    the frame is then empty. Embeddings take the first window's vector width.
-    """
-    from batchframe._parse import parse_output_file, renumbered
-    from batchframe._schemas import ok_key
-    from batchframe._spill import WHOLE_BYTES, Spill, spill_folders, windows
-
-    if storage.size(rel) <= WHOLE_BYTES:  # on S3 known from the download: no request
-        ok, bad = parse_output_file(lambda: read_chunks(storage, rel), **kw)
-        return ok, None, [bad], 0
-
-    key = ok_key(kw["endpoint"])
-    first: pl.DataFrame | None = None
-    spill: Spill | None = None
-    fails: list[pl.DataFrame] = []
-    seen: pl.DataFrame | None = None
-    foreign = 0
-
-    def reread(start: int, stop: int) -> Iterator[bytes]:
-        return read_chunks(storage, rel, start=start, stop=stop)
-
-    try:
-        for w in windows(read_chunks(storage, rel), reread):
-            if first is not None:  # a second window: the first one's rows are spilled first
-                spill = Spill(spill_folders(storage, rel))
-                seen, foreign = _spill_rows(spill, first, known, key, None)
-                first = None
-            try:
-                ok, bad = parse_output_file(w.pieces, **kw)
-            except ResultsError as exc:  # name the line in the file, not in the window
-                lines = sum(p.count(b"\n") for p in read_chunks(storage, rel, stop=w.start))
-                again = renumbered(exc, lines + 1)
-                if again is None:
-                    raise
-                raise again from exc
-            fails.append(bad)
-            dtype = ok.schema.get("embedding")
-            if kw["embedding_dim"] is None and isinstance(dtype, pl.Array):
-                kw = {**kw, "embedding_dim": dtype.size}
-            if spill is None:
-                first = ok  # held while the file may be one window
-            else:
-                seen, n = _spill_rows(spill, ok, known, key, seen)
-                foreign += n
-            del ok
-    except BaseException:
-        if spill is not None:  # nothing of the attempt is kept: nor are its spill files
-            spill.close()
-        raise
-    if spill is not None:
-        return pl.DataFrame(schema=spill.schema), spill, fails, foreign
-    if first is None:  # an empty file
-        from batchframe._results import parse_output
-
-        first = parse_output(b"", **kw)[0]
-    return first, None, fails, 0
-
-
-def _spill_rows(
-    spill: Spill, ok: pl.DataFrame, known: pl.Series, key: list[str], seen: pl.DataFrame | None
-) -> tuple[pl.DataFrame, int]:
-    """Spill the rows of ``ok`` of the shard's ids whose key is not in ``seen``.
-
-    Returns the keys seen so far and the number of foreign rows left out.
-    """
-    mine = pl.col("custom_id").is_in(known.implode())
-    foreign = int(ok.select((~mine).sum()).item())
-    if foreign:
-        ok = ok.filter(mine)
-    if ok.select(pl.struct(key).is_duplicated().any()).item():
-        ok = ok.unique(subset=key, keep="first", maintain_order=True)
-    if seen is not None and ok.height:
-        before = seen.select(pl.struct(key)).to_series()
-        ok = ok.filter(~pl.struct(key).is_in(before.implode()))
-    spill.add(ok)
-    # A copy: the id strings of a parsed window can be views into the window's bytes,
-    # which keeping them would keep whole (measured: +55 MB a window of embeddings).
-    keys = pl.DataFrame(ok.select(key).to_dict(as_series=False), schema=ok.select(key).schema)
-    return (keys if seen is None else pl.concat([seen, keys])), foreign

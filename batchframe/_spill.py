@@ -29,13 +29,22 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import polars as pl
 
 from batchframe._storage import Storage, temp_name
+from batchframe.exceptions import ResultsError
 
-__all__ = ["WHOLE_BYTES", "WINDOW_BYTES", "Spill", "Window", "spill_folders", "windows"]
+__all__ = [
+    "WHOLE_BYTES",
+    "WINDOW_BYTES",
+    "Spill",
+    "Window",
+    "read_output_file",
+    "spill_folders",
+    "windows",
+]
 
 _log = logging.getLogger("batchframe")
 
@@ -221,3 +230,94 @@ def _remove(files: list[str]) -> None:
         except OSError:  # pragma: no cover - best effort
             _log.debug("could not remove spill file %s", path, exc_info=True)
     files.clear()
+
+
+def read_output_file(
+    storage: Storage, rel: str, kw: dict[str, Any], known: pl.Series
+) -> tuple[pl.DataFrame, Spill | None, list[pl.DataFrame], int]:
+    """The ok rows, their spill (a big file), failed rows and foreign lines of file ``rel``.
+
+    ``kw``: the arguments of ``parse_output_file``; ``known``: the shard's ids. A file
+    up to :data:`WHOLE_BYTES` goes through one DuckDB statement
+    (``parse_output_file``) and its ok rows are returned as a frame, as parsed (its
+    foreign rows are the caller's to drop). A bigger one is parsed window by window;
+    the ok rows of each are kept to the shard's ids (``known``; the others are counted
+    as foreign), once per key (the first, as ``finalize_outcome`` keeps), and spilled;
+    the frame is then empty. Embeddings take the first window's vector width.
+    """
+    from batchframe._parse import parse_output_file, renumbered
+    from batchframe._retry import read_chunks
+    from batchframe._schemas import ok_key
+
+    if storage.size(rel) <= WHOLE_BYTES:  # on S3 known from the download: no request
+        ok, bad = parse_output_file(lambda: read_chunks(storage, rel), **kw)
+        return ok, None, [bad], 0
+
+    key = ok_key(kw["endpoint"])
+    first: pl.DataFrame | None = None
+    spill: Spill | None = None
+    fails: list[pl.DataFrame] = []
+    seen: pl.DataFrame | None = None
+    foreign = 0
+
+    def reread(start: int, stop: int) -> Iterator[bytes]:
+        return read_chunks(storage, rel, start=start, stop=stop)
+
+    try:
+        for w in windows(read_chunks(storage, rel), reread):
+            if first is not None:  # a second window: the first one's rows are spilled first
+                spill = Spill(spill_folders(storage, rel))
+                seen, foreign = _spill_rows(spill, first, known, key, None)
+                first = None
+            try:
+                ok, bad = parse_output_file(w.pieces, **kw)
+            except ResultsError as exc:  # name the line in the file, not in the window
+                lines = sum(p.count(b"\n") for p in read_chunks(storage, rel, stop=w.start))
+                again = renumbered(exc, lines + 1)
+                if again is None:
+                    raise
+                raise again from exc
+            fails.append(bad)
+            dtype = ok.schema.get("embedding")
+            if kw["embedding_dim"] is None and isinstance(dtype, pl.Array):
+                kw = {**kw, "embedding_dim": dtype.size}
+            if spill is None:
+                first = ok  # held while the file may be one window
+            else:
+                seen, n = _spill_rows(spill, ok, known, key, seen)
+                foreign += n
+            del ok
+    except BaseException:
+        if spill is not None:  # nothing of the attempt is kept: nor are its spill files
+            spill.close()
+        raise
+    if spill is not None:
+        return pl.DataFrame(schema=spill.schema), spill, fails, foreign
+    if first is None:  # an empty file
+        from batchframe._results import parse_output
+
+        first = parse_output(b"", **kw)[0]
+    return first, None, fails, 0
+
+
+def _spill_rows(
+    spill: Spill, ok: pl.DataFrame, known: pl.Series, key: list[str], seen: pl.DataFrame | None
+) -> tuple[pl.DataFrame, int]:
+    """Spill the rows of ``ok`` of the shard's ids whose key is not in ``seen``.
+
+    Returns the keys seen so far and the number of foreign rows left out.
+    """
+    mine = pl.col("custom_id").is_in(known.implode())
+    foreign = int(ok.select((~mine).sum()).item())
+    if foreign:
+        ok = ok.filter(mine)
+    if ok.select(pl.struct(key).is_duplicated().any()).item():
+        ok = ok.unique(subset=key, keep="first", maintain_order=True)
+    if seen is not None and ok.height:
+        before = seen.select(pl.struct(key)).to_series()
+        ok = ok.filter(~pl.struct(key).is_in(before.implode()))
+    spill.add(ok)
+    # A copy: the id strings of a parsed window can be views into the window's bytes,
+    # which keeping them would keep whole (measured: +55 MB a window of embeddings).
+    keys = pl.DataFrame(ok.select(key).to_dict(as_series=False), schema=ok.select(key).schema)
+    return (keys if seen is None else pl.concat([seen, keys])), foreign
