@@ -436,6 +436,19 @@ def test_lock_is_held_across_processes_on_s3(s3: dict[str, Any]) -> None:
         p.wait(timeout=60)
 
 
+def _sixty_rows_on_s3(s3: dict[str, Any], root: str, *, max_requests: int) -> bf.BatchResults:
+    """60 chat rows run to the end on ``root``; 10 % fail and stay failed (both parts)."""
+    df = pl.DataFrame({"id": [f"r{i}" for i in range(60)], "text": [f"t {i}" for i in range(60)]})
+    with bf.LocalBatchServer(failure_rate=0.1, seed=5) as server:
+        return bf.run(
+            df, root, endpoint="/v1/chat/completions",
+            body=bf.chat_body("gpt-4o-mini", user=pl.col("text")), custom_id="id",
+            client=server.client(), storage_options=s3,
+            limits=bf.BatchLimits(max_requests=max_requests), poll_interval=0.02,
+            max_attempts=1,
+        )  # fmt: skip
+
+
 def test_remote_results_read_in_place_by_polars_and_duckdb(
     s3: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -447,16 +460,8 @@ def test_remote_results_read_in_place_by_polars_and_duckdb(
 
     mirror = tmp_path / "mirror"
     monkeypatch.setattr(_read, "_mirror_dir", lambda job_id: mirror / job_id)
-    df = pl.DataFrame({"id": [f"r{i}" for i in range(60)], "text": [f"t {i}" for i in range(60)]})
     root = "s3://jobs/read-in-place"
-    with bf.LocalBatchServer(failure_rate=0.1, seed=5) as server:
-        results = bf.run(
-            df, root, endpoint="/v1/chat/completions",
-            body=bf.chat_body("gpt-4o-mini", user=pl.col("text")), custom_id="id",
-            client=server.client(), storage_options=s3,
-            limits=bf.BatchLimits(max_requests=20), poll_interval=0.02,
-            max_attempts=1,  # failed rows stay failed: both parts get files
-        )  # fmt: skip
+    results = _sixty_rows_on_s3(s3, root, max_requests=20)
     assert results.failed.height
     # Polars reads the published files on S3 itself (its options translated): no copy.
     for part, expected in (("ok", results.ok), ("failed", results.failed)):
@@ -496,15 +501,8 @@ def test_big_output_files_spilled_and_published_on_s3(
     monkeypatch.setattr(_spill, "WINDOW_BYTES", 3000)
     monkeypatch.setattr(_retry, "PARSE_CHUNK_BYTES", 700)
     spill_dir = Path(tempfile.gettempdir()) / "batchframe-spill"
-    df = pl.DataFrame({"id": [f"r{i}" for i in range(60)], "text": [f"t {i}" for i in range(60)]})
     root = "s3://jobs/spilled"
-    with bf.LocalBatchServer(failure_rate=0.1, seed=5) as server:
-        spilled = bf.run(
-            df, root, endpoint="/v1/chat/completions",
-            body=bf.chat_body("gpt-4o-mini", user=pl.col("text")), custom_id="id",
-            client=server.client(), storage_options=s3,
-            limits=bf.BatchLimits(max_requests=30), poll_interval=0.02, max_attempts=1,
-        )  # fmt: skip
+    spilled = _sixty_rows_on_s3(s3, root, max_requests=30)
     assert spilled.ok.height + spilled.failed.height == 60 and spilled.ok.height
     mine = f".{os.getpid()}-"
     assert not [p for p in spill_dir.glob(".tmp-*") if mine in p.name]  # removed once published
