@@ -200,7 +200,7 @@ def finalize_outcome(outcome: Outcome, retried: Iterable[str], *, endpoint: str)
     """The rows of an attempt that stay with it: ok rows once each, failures not retried."""
     from batchframe._schemas import ok_key
 
-    ok = outcome.ok_frame  # a spill holds each key once already (`_retry._read_output`)
+    ok = outcome.ok_frame  # a spill holds each key once already (`_spill.read_output_file`)
     key = ok_key(endpoint)
     if ok.height and ok.select(pl.struct(key).is_duplicated().any()).item():
         ok = ok.unique(subset=key, keep="first", maintain_order=True)
@@ -237,12 +237,10 @@ def _conform(frame: pl.DataFrame | pl.LazyFrame, schema: pl.Schema) -> pl.DataFr
 
 def _parts(outcome: Outcome) -> list[tuple[str, pl.DataFrame | pl.LazyFrame, int, int]]:
     """``(part, rows, number of rows, rows per row group)`` of the two parts of ``outcome``."""
-    if outcome.spill is None:
-        ok = outcome.ok_frame
-        ok_group = row_group_rows(ok)
-    else:
-        ok_group = _group_rows(outcome.spill.bytes_per_row())
-    failed = outcome.failed
+    spill, failed = outcome.spill, outcome.failed
+    ok_group = (
+        row_group_rows(outcome.ok_frame) if spill is None else _group_rows(spill.bytes_per_row())
+    )
     return [
         ("ok", outcome.ok_rows(), outcome.n_ok, ok_group),
         ("failed", failed, failed.height, row_group_rows(failed)),
