@@ -166,14 +166,16 @@ class Spill:
         self._finalizer = weakref.finalize(self, _remove, self.files)
 
     def add(self, frame: pl.DataFrame) -> None:
-        """Write ``frame`` (the next rows) to a new file; empty frames only set the schema.
+        """Write ``frame`` (the next rows) to a new file; an empty one writes nothing.
 
         The first folder that takes a file is kept (a root that cannot be written
         leaves the spill to the temporary directory).
         """
         from batchframe._publish import row_group_rows
 
-        if self.schema is None:
+        if self.schema is None or (frame.height and not self.files):
+            # The first rows type the spill: an empty frame before them may be typed
+            # looser (embeddings: a list, before any vector gave the width).
             self.schema = frame.schema
         if not frame.height:
             return

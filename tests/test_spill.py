@@ -394,3 +394,31 @@ def test_settling_memory_does_not_grow_with_one_shards_output(tmp_path: Path) ->
     assert big > 15 * small > 15 * (8 << 20)
     vectors = (36_000 - 2_000) * 3072 * 4 / 2**20  # MB more of float32 vectors
     assert high - low < 0.5 * vectors, peaks
+
+
+def test_embeddings_whose_first_window_holds_no_vector(tmp_path: Path, small_windows: None) -> None:
+    """The width comes from the first vector, even when the first windows have none."""
+    ids = [f"e{i}" for i in range(40)]
+    lines = []
+    for i, cid in enumerate(ids):
+        if i < 25:  # ~4.4 KB of failures: the first window (3 KB) holds no vector
+            lines.append(_ok_line(cid, "", status=500))
+            continue
+        vector = orjson.dumps([0.5, -0.25, 0.125, float(i)])
+        lines.append(
+            b'{"id":"b","custom_id":"%s","response":{"status_code":200,"request_id":"r",'
+            b'"body":{"object":"list","data":[{"object":"embedding","index":0,"embedding":%s}],'
+            b'"model":"m","usage":{"prompt_tokens":3,"total_tokens":3}}},"error":null}\n'
+            % (cid.encode(), vector)
+        )
+    storage, r = _attempt(str(tmp_path), ids, b"".join(lines))
+    kw: dict[str, Any] = {"endpoint": "/v1/embeddings", "json_schema": None}
+    spilled = record_outcome(storage, r, **kw)
+    assert spilled.spill is not None
+    assert spilled.ok_schema["embedding"] == pl.Array(pl.Float32, 4)
+    _spill.WHOLE_BYTES = 64 << 20  # (restored by the fixture)
+    whole = record_outcome(storage, r, **kw)
+    assert_frame_equal(spilled.ok, whole.ok)
+    assert_frame_equal(spilled.failed, whole.failed)
+    assert spilled.failed.height == 25
+    spilled.release()
