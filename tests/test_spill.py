@@ -16,13 +16,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from polars.testing import assert_frame_equal
+from pydantic import BaseModel
 
 import batchframe as bf
 from batchframe import _retry, _spill
@@ -61,13 +62,21 @@ def _frame(n: int) -> pl.DataFrame:
     )
 
 
-def _requests(endpoint: str, n: int) -> bf.Requests:
-    if endpoint == "/v1/embeddings":
-        frame = _frame(n).with_columns(inputs=pl.concat_list("text", pl.lit("and another")))
+class Label(BaseModel):
+    label: Literal["positive", "negative", "neutral"]
+    confidence: float
+
+
+def _requests(kind: str, n: int) -> bf.Requests:
+    frame = _frame(n)
+    if kind == "embeddings":
+        frame = frame.with_columns(inputs=pl.concat_list("text", pl.lit("and another")))
         body = bf.embeddings_body("text-embedding-3-small", input=pl.col("inputs"))
+    elif kind == "structured":  # a typed `parsed` column, through the spill too
+        body = bf.chat_body("gpt-4o-mini", user=pl.col("text"), response_format=Label)
     else:
-        frame = _frame(n)
         body = bf.chat_body("gpt-4o-mini", user=pl.col("text"), max_tokens=40)
+    endpoint = "/v1/embeddings" if kind == "embeddings" else "/v1/chat/completions"
     return bf.build_requests(frame, endpoint=endpoint, body=body, custom_id="id")
 
 
@@ -76,9 +85,9 @@ def _same(a: bf.BatchResults, b: bf.BatchResults) -> None:
     assert_frame_equal(a.failed, b.failed)
 
 
-@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/embeddings"])
+@pytest.mark.parametrize("kind", ["chat", "embeddings", "structured"])
 def test_spilled_job_publishes_what_one_parse_gives(
-    tmp_path: Path, endpoint: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = tmp_path / "job"
     monkeypatch.setattr(_spill, "WHOLE_BYTES", 3000)
@@ -87,16 +96,19 @@ def test_spilled_job_publishes_what_one_parse_gives(
     with bf.LocalBatchServer(failure_rate=0.3, seed=7) as server:
         create: dict[str, Any] = {"limits": bf.BatchLimits(max_requests=40), "max_attempts": 2}
         with bf.BatchJob.create(
-            _requests(endpoint, 120), str(root), client=server.client(), **create
+            _requests(kind, 120), str(root), client=server.client(), **create
         ) as job:
             job.wait(poll_interval=POLL, progress=False)
             spilled = job.collect()
     sizes = [p.stat().st_size for p in (root / "outputs").glob("*.jsonl")]
     assert max(sizes) > 3 * 3000  # the files really were parsed in several windows
     assert spilled.ok.height and spilled.failed.height  # retries, and rows that stayed failed
-    if endpoint == "/v1/embeddings":
+    if kind == "embeddings":
         assert spilled.ok.schema["embedding"] == pl.Array(pl.Float32, 1536)
         assert spilled.ok.height == 2 * spilled.ok["custom_id"].n_unique()  # one per vector
+    if kind == "structured":
+        assert isinstance(spilled.ok.schema["parsed"], pl.Struct)
+        assert spilled.ok["parsed"].struct.field("label").null_count() == 0
     assert not _spill_files(root)  # the settlement removed its spill files
 
     # The same files parsed in one window each: a reader rebuilds the dataset.
