@@ -171,10 +171,10 @@ class JobEngine:
         is refused once another driver wrote the manifest (see :mod:`batchframe._fence`).
         """
         self._m.queue = {(k or ""): v.to_dict() for k, v in self._learned.items()}
-        if self._m._content() != self._m._stored:
-            self._fence.check()  # raises JobLockedError once another driver took over
         try:
-            self._m.save(self._storage)
+            # The lock is checked when there is something to write: JobLockedError once
+            # another driver took over.
+            self._m.save(self._storage, before_write=self._fence.check)
         except WriteConflict as exc:
             raise self._fence.lost(exc) from exc
 

@@ -82,7 +82,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
@@ -312,8 +312,16 @@ class ShardAttempt:
         return changed
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form, for the manifest."""
-        return asdict(self)
+        """Plain-dict form, for the manifest.
+
+        Its lists and dicts are copies, as ``dataclasses.asdict`` makes them, at a tenth
+        of the cost: a save reads every record, so a job of 3,000 attempts spent ~0.15 s
+        a save in ``asdict`` alone.
+        """
+        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        for name in _RECORD_CONTAINERS:
+            data[name] = _plain(data[name])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardAttempt:
@@ -324,6 +332,22 @@ class ShardAttempt:
             msg = f"unknown status `{record.status}` for shard attempt {record.key} in the manifest"
             raise JobError(msg)
         return record
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(ShardAttempt))
+#: The fields that may hold a list or a dict (annotations are strings here).
+_RECORD_CONTAINERS = tuple(
+    f.name for f in fields(ShardAttempt) if "list[" in str(f.type) or "dict[" in str(f.type)
+)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with its lists and dicts copied (a record holds JSON values only)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(slots=True, kw_only=True)
@@ -481,11 +505,13 @@ class Manifest:
             lock_epoch=None if data.get("lock_epoch") is None else int(data["lock_epoch"]),
         )
 
-    def _content(self) -> bytes:
-        """The manifest's content without ``updated_at``, to tell whether a save changes it."""
-        data = self.to_dict()
-        del data["updated_at"]
-        return orjson.dumps(data)
+    def _content(self, data: dict[str, Any] | None = None) -> bytes:
+        """The manifest's content without ``updated_at``, to tell whether a save changes it.
+
+        ``data``: this manifest's :meth:`to_dict`, when the caller has it already.
+        """
+        data = self.to_dict() if data is None else data
+        return orjson.dumps({k: v for k, v in data.items() if k != "updated_at"})
 
     def _skeleton(self) -> bytes:
         """What recovery cannot learn again by itself (see the module docstring)."""
@@ -501,12 +527,12 @@ class Manifest:
             ]
         )
 
-    def _remember(self, data: bytes) -> None:
-        self._stored = self._content()
+    def _remember(self, data: bytes, content: bytes | None = None) -> None:
+        self._stored = self._content() if content is None else content
         self._stored_bytes = data
         self._stored_skeleton = self._skeleton()
 
-    def save(self, storage: Storage) -> None:
+    def save(self, storage: Storage, *, before_write: Callable[[], None] | None = None) -> None:
         """Write ``manifest.json`` atomically, unless it already holds this content.
 
         The write is skipped when the content (all but ``updated_at``) equals what this
@@ -520,17 +546,23 @@ class Manifest:
         object did (``If-Match`` its ETag; ``If-None-Match: *`` for a manifest never
         written): the fence of :mod:`batchframe._fence` on object stores.
 
+        ``before_write`` is called when there is something to write, before any write
+        (the engine checks its lock there).
+
         Raises
         ------
         WriteConflict
             (Conditional writes only.) Another process wrote ``manifest.json`` or
             ``manifest.prev.json`` since this object last did: this one must stop.
         """
-        content = self._content()
+        plain = self.to_dict()  # once: a job of thousands of attempts makes it costly
+        content = self._content(plain)
         if content == self._stored:
             return
-        self.updated_at = _now()
-        data = orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2)
+        if before_write is not None:
+            before_write()
+        self.updated_at = plain["updated_at"] = _now()
+        data = orjson.dumps(plain, option=orjson.OPT_INDENT_2)
         outgoing = self._stored_bytes
         if outgoing is not None and self._stored_skeleton != self._previous_skeleton:
             self._write_previous(storage, outgoing)
@@ -539,7 +571,7 @@ class Manifest:
             self._etag = _write_if(storage, MANIFEST_FILE, data, self._etag)
         else:
             storage.write_bytes(MANIFEST_FILE, data)
-        self._remember(data)
+        self._remember(data, content)
         if self._stored_skeleton != self._previous_skeleton and self._settled():
             # The job just settled: its final version is kept twice, so that readers of a
             # finished job never fall back to a version with rows still open.

@@ -321,5 +321,6 @@ def _spill_rows(
     spill.add(ok)
     # A copy: the id strings of a parsed window can be views into the window's bytes,
     # which keeping them would keep whole (measured: +55 MB a window of embeddings).
-    keys = pl.DataFrame(ok.select(key).to_dict(as_series=False), schema=ok.select(key).schema)
+    ids = ok.select(key)
+    keys = pl.DataFrame(ids.to_dict(as_series=False), schema=ids.schema)
     return (keys if seen is None else pl.concat([seen, keys])), foreign

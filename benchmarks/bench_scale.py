@@ -250,8 +250,8 @@ def _serve() -> tuple[subprocess.Popen[str], str]:
 
 
 def _slope(points: list[tuple[int, float]]) -> float | None:
-    """Least-squares MB per million rows."""
-    if len(points) < 2:
+    """Least-squares MB per million rows (None for fewer than two distinct sizes)."""
+    if len({x for x, _ in points}) < 2:
         return None
     xs = [x / 1e6 for x, _ in points]
     ys = [y for _, y in points]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -86,6 +87,50 @@ def test_manifest_missing_and_newer(tmp_path) -> None:
     storage.write_bytes(MANIFEST_FILE, orjson.dumps(data))
     with pytest.raises(ManifestVersionError, match="upgrade batchframe"):
         Manifest.load(storage)
+
+
+def test_record_to_dict_is_asdict_with_copies() -> None:
+    r = _record(3, status="completed")
+    r.previous_batch_ids = ["batch_a"]
+    r.batch_errors = [{"code": "x", "message": "m", "param": None, "line": 2}]
+    r.usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 1}}
+    r.duplicates = [{"batch_id": "batch_b", "status": "cancelled"}]
+    r.batch_timestamps = {"completed_at": 7}
+    plain = r.to_dict()
+    assert plain == dataclasses.asdict(r)
+    assert list(plain) == [f.name for f in dataclasses.fields(ShardAttempt)]
+    # the dict is a snapshot: changing the record in place leaves it as it was
+    r.previous_batch_ids.append("batch_c")
+    r.usage["input_tokens_details"]["cached_tokens"] = 9
+    r.batch_errors[0]["line"] = 3
+    assert plain["previous_batch_ids"] == ["batch_a"]
+    assert plain["usage"]["input_tokens_details"] == {"cached_tokens": 1}
+    assert plain["batch_errors"][0]["line"] == 2
+
+
+def test_manifest_save_writes_and_checks_only_when_something_changed(tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    m = _manifest([_record(0), _record(1)])
+    checks: list[int] = []
+    m.save(storage, before_write=lambda: checks.append(1))
+    assert checks == [1]
+    written = storage.read_bytes(MANIFEST_FILE)
+    m.save(storage, before_write=lambda: checks.append(1))  # nothing new: no check, no write
+    assert checks == [1]
+    assert storage.read_bytes(MANIFEST_FILE) == written
+    m.records[1].completed = 1
+    m.save(storage, before_write=lambda: checks.append(1))
+    assert checks == [1, 1]
+    assert Manifest.load(storage).records[1].completed == 1
+
+    def refuse() -> None:
+        raise JobLockedError("taken over")
+
+    m.records[0].completed = 1
+    before = storage.read_bytes(MANIFEST_FILE)
+    with pytest.raises(JobLockedError):
+        m.save(storage, before_write=refuse)
+    assert storage.read_bytes(MANIFEST_FILE) == before  # refused before any write
 
 
 @pytest.mark.parametrize(
