@@ -505,8 +505,8 @@ def results_to_duckdb(
     embeddings), ``{table}_failed`` (``PRIMARY KEY (custom_id)``) and
     ``{table}_batches`` (``PRIMARY KEY (batch_id)``). It reads the job's published
     dataset one shard attempt's file at a time, so memory tracks a shard, not the job;
-    all three tables are written in one transaction (or inside the caller's, if the
-    connection has one open), and writing twice changes nothing.
+    all three tables are swapped in by one transaction (or written inside the caller's,
+    if the connection has one open), and writing twice changes nothing.
 
     Parameters
     ----------

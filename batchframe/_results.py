@@ -237,7 +237,7 @@ class BatchResults:
     ) -> None:
         """Upsert into DuckDB tables ``{table}``, ``{table}_failed`` and ``{table}_batches``.
 
-        See :func:`batchframe._duckdb.write_duckdb`: one transaction, keyed by
+        See :func:`batchframe._duckdb.write_duckdb`: atomic, keyed by
         ``custom_id`` (``(custom_id, index)`` for embeddings), idempotent, and a later
         success removes the row from ``{table}_failed``.
         """

@@ -266,3 +266,49 @@ def test_batches_with_all_null_columns_fit_an_existing_table() -> None:
         ("b1", 1_700_000_000),
         ("b2", None),
     ]
+
+
+def test_key_index_bigger_than_the_memory_limit(tmp_path: Path, monkeypatch) -> None:
+    """A table whose key index outgrows DuckDB's memory_limit is still written.
+
+    Inside one transaction nothing is checkpointed, so the whole index stays in memory
+    (10M chat rows needed ~700 MB against the 192 MB limit). Here the same at a small
+    scale: 400,000 keys under a 24 MB limit, written and then written again (the old
+    rows go through the copy in slices), with the tables swapped in atomically.
+    """
+    import batchframe._duckdb as bfduck
+
+    monkeypatch.setattr(bfduck, "DUCKDB_MEMORY_LIMIT", "24MB")
+    monkeypatch.setattr(bfduck, "CHECKPOINT_ROWS", 50_000)
+    n = 400_000
+    ok = pl.DataFrame(
+        {"custom_id": [f"request-{i:09d}" for i in range(n)], "value": range(n)},
+        schema={"custom_id": pl.String, "value": pl.Int64},
+    )
+    failed = pl.DataFrame(schema={"custom_id": pl.String, "error": pl.String})
+    chunks = [ok.slice(k, 40_000) for k in range(0, n, 40_000)]
+    part = bfduck.Part(ok.schema, ["custom_id"], lambda: iter(chunks))
+    path = tmp_path / "big.duckdb"
+    for _ in range(2):  # the second write replaces every row by key: the same table
+        bfduck.upsert_parts(
+            path, table="t", ok=part, failed=bfduck.Part.of(failed, ["custom_id"]), batches=None
+        )
+        with duckdb.connect(str(path), read_only=True) as con:
+            assert con.execute("SELECT count(*), count(DISTINCT custom_id) FROM t").fetchone() == (
+                n,
+                n,
+            )
+            tables = {
+                r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+            }
+            assert tables == {"t", "t_failed"}  # no staging table left behind
+            assert _primary_key(con, "t") == ["custom_id"]
+
+
+def _primary_key(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    rows = con.execute(
+        "SELECT constraint_column_names FROM duckdb_constraints() "
+        "WHERE table_name = ? AND constraint_type = 'PRIMARY KEY'",
+        [table],
+    ).fetchall()
+    return [c for r in rows for c in r[0]]
