@@ -2,11 +2,10 @@
 
 :func:`upsert_parts` upserts ``{table}``, ``{table}_failed`` and ``{table}_batches``
 atomically (swapped in by one transaction), sqlite-utils' ``upsert_all`` in spirit, one
-chunk at a time: the
-whole of an in-memory ``BatchResults`` (:func:`write_duckdb`), or one published Parquet
-file of a job per chunk (``results_to_duckdb``, ``BatchJob.to_duckdb``), so that memory
-tracks a shard, not the job. (DuckDB is also the JSON
-engine that reads output lines: that is :mod:`batchframe._duckdb_json`.)
+chunk at a time: the whole of an in-memory ``BatchResults`` (:func:`write_duckdb`), or
+one published Parquet file of a job per chunk (``results_to_duckdb``,
+``BatchJob.to_duckdb``), so that memory tracks a shard, not the job. (DuckDB is also
+the JSON engine that reads output lines: that is :mod:`batchframe._duckdb_json`.)
 """
 
 from __future__ import annotations
@@ -364,9 +363,7 @@ def _stage_all(
                     raise ResultsError(msg) from exc
         # Old rows stay unless a new row has their key; an ok row also removes its id
         # from the failed table.
-        if exists[name] and con.execute(f"SELECT EXISTS (SELECT 1 FROM {_q(name)})").fetchone() == (
-            True,
-        ):
+        if exists[name] and _has_rows(con, name):
             old = f"SELECT {names} FROM {_q(name)} WHERE {key} NOT IN (SELECT {key} FROM {new})"
             if name == failed_t:
                 old += f" AND custom_id NOT IN (SELECT custom_id FROM {_q(stage[ok_t])})"
@@ -439,6 +436,10 @@ def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
         [name],
     ).fetchone()
     return bool(found and found[0])
+
+
+def _has_rows(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return con.execute(f"SELECT EXISTS (SELECT 1 FROM {_q(name)})").fetchone() == (True,)
 
 
 def _check_table(con: duckdb.DuckDBPyConnection, name: str, schema: pl.Schema) -> bool:
