@@ -444,9 +444,9 @@ def _has_rows(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 def _check_table(con: duckdb.DuckDBPyConnection, name: str, schema: pl.Schema) -> bool:
     """Whether ``name`` exists; if it does, check it has the same columns and types."""
-    cols = ", ".join(f"{_q(c)} {duckdb_type(t)}" for c, t in schema.items())
     if not _exists(con, name):
         return False
+    cols = ", ".join(f"{_q(c)} {duckdb_type(t)}" for c, t in schema.items())
     # Let DuckDB spell the expected types, so the comparison is exact.
     probe = f"__bf_expected_{abs(hash(name))}"
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_q(probe)} ({cols})")

@@ -179,9 +179,9 @@ class Outcome:
     """The rows of one shard attempt: ok and ``failed`` rows (every input id once).
 
     The ok rows are ``ok_frame``, or, for an output file bigger than
-    ``_spill.WHOLE_BYTES``, in ``spill`` (local Parquet files, ``ok_frame`` then empty). :attr:`ok` gives them
-    as one frame either way; :meth:`ok_rows`, :attr:`n_ok` and :attr:`ok_schema` read
-    no spilled row into memory.
+    ``_spill.WHOLE_BYTES``, in ``spill`` (local Parquet files; ``ok_frame`` is then
+    empty). :attr:`ok` gives them as one frame either way; :meth:`ok_rows`,
+    :attr:`n_ok` and :attr:`ok_schema` read no spilled row into memory.
     """
 
     ok_frame: pl.DataFrame
